@@ -1,0 +1,118 @@
+"""RIAD anomaly map: 1 - multi-scale gradient magnitude similarity, averaged over k.
+
+This numpy module is the reference arithmetic. The trainer's torch loss, the CUDA
+kernels (edge/kernels) and the CPU pipeline are all tested against it, so each step
+is written out plainly rather than left to a library whose border rules may differ.
+
+Conventions (those of the RIAD reference code):
+- images are float32 (C, H, W) in [0, 1]; gradients are taken on the channel mean;
+- Prewitt 3x3 kernels divided by 3, zero padding outside the image;
+- GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c), with c = 0.0026 (GMSD's 170 / 255^2);
+- 4 pyramid levels, each a 2x2 average of the one above, upsampled back bilinearly
+  with half-pixel centres (torch's align_corners=False) and averaged;
+- the map is smoothed with a separable Gaussian, border reflected (OpenCV's REFLECT_101).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+GMS_C = 0.0026
+PYRAMID_LEVELS = 4
+# The reference smooths with sigma 4 at 256 x 256; we keep that width relative to the image.
+SIGMA_AT_256 = 4.0
+
+
+def default_sigma(input_size: int) -> float:
+    return SIGMA_AT_256 * input_size / 256.0
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    levels: int = PYRAMID_LEVELS
+    c: float = GMS_C
+    sigma: float = SIGMA_AT_256
+
+
+def channel_mean(image: np.ndarray) -> np.ndarray:
+    return image.mean(axis=0, dtype=np.float32)
+
+
+def prewitt_magnitude(gray: np.ndarray) -> np.ndarray:
+    """Gradient magnitude with Prewitt kernels / 3, zero padded (as conv2d padding=1)."""
+    p = np.pad(gray, 1)
+    h, w = gray.shape
+    # Column sums over the 3 rows, and row sums over the 3 columns.
+    cols = p[0:h] + p[1 : h + 1] + p[2 : h + 2]  # (h, w + 2)
+    rows = p[:, 0:w] + p[:, 1 : w + 1] + p[:, 2 : w + 2]  # (h + 2, w)
+    gx = (cols[:, 0:w] - cols[:, 2 : w + 2]) / 3.0
+    gy = (rows[0:h] - rows[2 : h + 2]) / 3.0
+    return np.sqrt(gx * gx + gy * gy).astype(np.float32)
+
+
+def gms(gray_a: np.ndarray, gray_b: np.ndarray, c: float = GMS_C) -> np.ndarray:
+    ga, gb = prewitt_magnitude(gray_a), prewitt_magnitude(gray_b)
+    return ((2.0 * ga * gb + c) / (ga * ga + gb * gb + c)).astype(np.float32)
+
+
+def average_pool2(gray: np.ndarray) -> np.ndarray:
+    h, w = gray.shape[0] // 2, gray.shape[1] // 2
+    return gray[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _linear_taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights for half-pixel linear resampling along one axis."""
+    scale = in_len / out_len
+    src = np.maximum((np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def upsample_bilinear(gray: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres, identical to torch align_corners=False."""
+    r0, r1, wr = _linear_taps(height, gray.shape[0])
+    c0, c1, wc = _linear_taps(width, gray.shape[1])
+    rows = gray[r0] * (1 - wr)[:, None] + gray[r1] * wr[:, None]
+    return (rows[:, c0] * (1 - wc) + rows[:, c1] * wc).astype(np.float32)
+
+
+def msgms_map(original: np.ndarray, reconstruction: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
+    """(H, W) multi-scale GMS between two (C, H, W) images; 1 means identical gradients."""
+    a, b = channel_mean(original), channel_mean(reconstruction)
+    height, width = a.shape
+    total = np.zeros((height, width), np.float32)
+    for level in range(spec.levels):
+        if level:
+            a, b = average_pool2(a), average_pool2(b)
+        total += upsample_bilinear(gms(a, b, spec.c), height, width)
+    return total / spec.levels
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian, truncated at 3 sigma (as the CUDA kernel builds it)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return (k / k.sum()).astype(np.float32)
+
+
+def smooth(amap: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return amap
+    k = gaussian_kernel(sigma)
+    return cv2.sepFilter2D(amap, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT_101)
+
+
+def anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
+    """(H, W) anomaly map of one image from its per-k reconstructions (len(K), C, H, W)."""
+    per_k = [1.0 - msgms_map(original, recon, spec) for recon in reconstructions]
+    return smooth(np.mean(per_k, axis=0).astype(np.float32), spec.sigma)
+
+
+def image_score(amap: np.ndarray) -> float:
+    return float(amap.max())

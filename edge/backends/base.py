@@ -1,0 +1,41 @@
+"""What every inference backend does: one prepared frame in, its anomaly map out.
+
+A backend owns the whole per-frame method after preprocessing (the 12 masked
+variants as one batch, the network, recombination, the anomaly map), because the
+GPU backend keeps all of it on the device and returns only the map and score.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.manifest import Manifest
+
+
+@dataclass
+class FrameScore:
+    anomaly_map: np.ndarray  # (H, W) float32 at the model's input size
+    score: float  # the map's maximum
+
+
+class Backend(ABC):
+    name: str = "backend"
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    @abstractmethod
+    def score(self, image: np.ndarray) -> FrameScore:
+        """Score one (3, S, S) float32 RGB image in [0, 1] (see edge.preprocess.prepare)."""
+
+    def close(self) -> None:
+        """Release device memory and sessions; the default has nothing to release."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

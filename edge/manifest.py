@@ -1,0 +1,120 @@
+"""The manifest: everything the edge needs to know about a model, written beside it.
+
+`bottle.onnx` has its manifest in `bottle.onnx.json`, a TensorRT engine `bottle.plan`
+in `bottle.plan.json`. The trainer writes it at export, `build-engine` copies it and
+adds the engine's facts, and `riad-edge` refuses a model whose file no longer matches
+the hash its manifest recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from edge.anomaly_map import MapSpec
+from edge.masks import MaskSpec
+
+FORMAT_VERSION = 1
+
+
+class ManifestError(Exception):
+    """A model file and its manifest do not belong together, or the manifest is unusable."""
+
+
+def manifest_path(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Manifest:
+    model_id: str
+    category: str
+    input_size: int
+    model_width: int
+    threshold: float
+    model_file: str  # file name, relative to the manifest's folder
+    model_sha256: str
+    cell_sizes: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    num_sets: int = 3
+    mask_seed: int = 0
+    map_levels: int = 4
+    map_c: float = 0.0026
+    map_sigma: float = 4.0
+    # Network input = (rgb / 255 - mean) / std; the defaults leave pixels in [0, 1].
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    input_name: str = "images"
+    output_name: str = "reconstructions"
+    training_fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    # Filled by build-engine for a TensorRT engine: tensorrt_version, gpu_name,
+    # compute_capability, precision, source_onnx_sha256.
+    engine: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def mask_spec(self) -> MaskSpec:
+        return MaskSpec(tuple(self.cell_sizes), self.num_sets)
+
+    @property
+    def map_spec(self) -> MapSpec:
+        return MapSpec(self.map_levels, self.map_c, self.map_sigma)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """Parse a manifest file without checking the model file it names."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"no manifest at {path}; export the model with 'riad-trainer export'") from None
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest {path} is not a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(
+                f"manifest {path} has format version {version}; this riad-edge reads version {FORMAT_VERSION}"
+            )
+        known = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ManifestError(f"manifest {path} lacks {', '.join(missing)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ManifestError(f"manifest {path} is malformed: {exc}") from None
+
+    @classmethod
+    def for_model(cls, model_path: str | Path) -> Manifest:
+        """The manifest of a model file, checked to describe exactly that file."""
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ManifestError(f"model file {model_path} does not exist")
+        manifest = cls.read(manifest_path(model_path))
+        actual = file_sha256(model_path)
+        if actual != manifest.model_sha256:
+            raise ManifestError(
+                f"{model_path} does not match its manifest (sha256 {actual[:12]}..., manifest says "
+                f"{manifest.model_sha256[:12]}...); re-export or rebuild the model with its manifest"
+            )
+        return manifest

@@ -1,0 +1,42 @@
+"""Heatmap overlays a person can look at: the frame, its anomaly map in colour, the boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.results import Box
+
+
+def heatmap_overlay(
+    frame: np.ndarray,
+    amap: np.ndarray,
+    threshold: float,
+    boxes: list[Box] = (),
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """BGR image the frame's size: the map blended over the frame, regions boxed in red.
+
+    Colours are scaled so that the threshold sits at the middle of the colour map:
+    anything drawn warm is above it, whatever the model's score range.
+    """
+    from edge.preprocess import to_rgb8
+
+    bgr = cv2.cvtColor(to_rgb8(frame), cv2.COLOR_RGB2BGR)
+    h, w = bgr.shape[:2]
+    scale = 0.5 / threshold if threshold > 0 else 1.0
+    level = np.clip(amap * scale, 0.0, 1.0)
+    colour = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colour = cv2.resize(colour, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.addWeighted(bgr, 1.0 - alpha, colour, alpha, 0.0)
+    thickness = max(1, round(min(h, w) / 200))
+    for b in boxes:
+        cv2.rectangle(out, (b.x, b.y), (b.x + b.width - 1, b.y + b.height - 1), (0, 0, 255), thickness)
+    return out
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()

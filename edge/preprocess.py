@@ -1,0 +1,42 @@
+"""Camera frame -> network input: the one resize and colour convention, used everywhere."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def to_rgb8(frame: np.ndarray) -> np.ndarray:
+    """Any OpenCV frame (grey, BGR or BGRA, 8 or 16 bit) as an 8-bit RGB image."""
+    if frame.dtype == np.uint16:
+        frame = (frame / 257).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"unsupported frame dtype {frame.dtype}; expected 8- or 16-bit pixels")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"unsupported frame shape {frame.shape}")
+
+
+def prepare(frame: np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size) float32 RGB in [0, 1] from an OpenCV frame of any size."""
+    if frame is None or frame.size == 0:
+        raise ValueError("empty frame")
+    rgb = to_rgb8(frame)
+    h, w = rgb.shape[:2]
+    # Area averaging when shrinking (no aliasing); linear when enlarging.
+    interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    resized = cv2.resize(rgb, (size, size), interpolation=interpolation)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as an OpenCV BGR frame; a clear error when it cannot be decoded."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if frame is None:
+        raise ValueError(f"cannot decode image {path} (corrupt, empty or not an image)")
+    return frame
