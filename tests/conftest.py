@@ -1,0 +1,67 @@
+"""Fixtures shared by many test files: the real bottle data and a tiny ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec" / "bottle"
+
+
+@pytest.fixture(scope="session")
+def bottle_dir() -> Path:
+    if not (BOTTLE / "train" / "good").is_dir():
+        pytest.skip(f"MVTec AD bottle not found at {BOTTLE}")
+    return BOTTLE
+
+
+def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) -> Path:
+    """A two-layer conv net (not trained) exported with its manifest.
+
+    It stands in for a real model where a test needs the edge pipeline's plumbing,
+    not its accuracy; accuracy tests use a model our trainer produced.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge.anomaly_map import default_sigma
+    from edge.manifest import Manifest, file_sha256, manifest_path
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((3, 8, 3, 3)) * 0.2).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Conv", ["hr", "w2"], ["o"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["o"], ["reconstructions"]),
+    ]
+    shape = ["batch", 3, input_size, input_size]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("reconstructions", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    Manifest(
+        model_id="tiny-test",
+        category="test",
+        input_size=input_size,
+        model_width=8,
+        threshold=threshold,
+        model_file=path.name,
+        model_sha256=file_sha256(path),
+        map_sigma=default_sigma(input_size),
+    ).save(manifest_path(path))
+    return path
+
+
+@pytest.fixture
+def tiny_onnx_model(tmp_path: Path) -> Path:
+    return write_tiny_onnx(tmp_path / "tiny.onnx")
