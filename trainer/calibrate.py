@@ -1,0 +1,51 @@
+"""The alert threshold, set from defect-free images the model never trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.backends.base import Backend
+from edge.preprocess import prepare, read_image
+
+SPREAD = 3.0  # standard deviations above the mean good score
+
+
+def good_scores(backend: Backend, image_paths: Sequence[str | Path]) -> np.ndarray:
+    """The image score of each file, computed exactly as the edge box computes it."""
+    size = backend.manifest.input_size
+    scores = [
+        backend.score(prepare(read_image(path), size)).score
+        for path in tqdm(image_paths, desc="calibrating", unit="image", leave=False)
+    ]
+    return np.asarray(scores, dtype=np.float64)
+
+
+def calibrate_threshold(backend: Backend, image_paths: Sequence[str | Path]) -> dict:
+    """Threshold = max(mean + 3 * std, max) of the held-out good images' scores.
+
+    A quality engineer pays for every false alarm on a good part, so the threshold sits
+    in the far tail of the good scores: mean + 3 std (about 1 false alarm in 740 parts
+    if good scores were normal) and never below the highest good score seen, so every
+    held-out good image passes. The std is the sample std (ddof=1): with the few
+    dozen held-out images usual here it is the less optimistic estimate. Defects whose
+    score lands below the threshold are missed; `riad-trainer evaluate` measures that.
+
+    Returns {"threshold", "good_mean", "good_std", "good_max", "count"}.
+    """
+    if len(image_paths) < 2:
+        raise ValueError(
+            f"calibration needs at least 2 held-out defect-free images to measure their spread; got {len(image_paths)}"
+        )
+    scores = good_scores(backend, image_paths)
+    mean, std, top = float(scores.mean()), float(scores.std(ddof=1)), float(scores.max())
+    return {
+        "threshold": max(mean + SPREAD * std, top),
+        "good_mean": mean,
+        "good_std": std,
+        "good_max": top,
+        "count": int(scores.size),
+    }
