@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project into it. Safe to run again.
+#   scripts/setup.sh edge     the inspector alone (no torch): what an edge box needs
+#   scripts/setup.sh full     trainer and tests too (torch CPU build, onnx)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-full}
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+
+if [ "$what" = full ]; then
+    # This exact pin is the CPU build; a bare 'torch' would pull GBs of CUDA wheels.
+    # The [train] extra asks for a range this pin satisfies.
+    python -m pip install -q "torch==2.13.0"
+    python -m pip install -q -e ".[train,test]" tensorrt-stubs mypy
+else
+    python -m pip install -q -e .
+fi
+
+# System programs: mosquitto is the MQTT broker the demo and the tests start;
+# chromium drives the live-view browser test. Both are optional for the edge box itself.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    pkgs="mosquitto mosquitto-clients"
+    [ "$what" = full ] && pkgs="$pkgs chromium"
+    missing=""
+    for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    if [ -n "$missing" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
+fi
