@@ -1,0 +1,92 @@
+"""Finding, splitting and loading training images, and the errors a user sees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.preprocess import prepare, read_image
+from trainer.data import DataError, GoodImages, find_training_set
+
+
+def small_good_folder(bottle_dir: Path, folder: Path, count: int, suffixes=(".png",)) -> Path:
+    """`count` real bottle images, shrunk to 96 px so the tests stay fast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((bottle_dir / "train" / "good").glob("*.png"))[:count]
+    for i, source in enumerate(sources):
+        image = cv2.resize(read_image(source), (96, 96), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"part{i:02d}{suffixes[i % len(suffixes)]}"), image)
+    return folder
+
+
+def test_plain_folder_with_mixed_suffixes(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "widgets", 8, (".png", ".JPG", ".jpeg", ".Bmp"))
+    (folder / "notes.txt").write_text("not an image")
+    data = find_training_set(folder)
+    assert data.category == "widgets"
+    assert len(data.held_out) == 4 and len(data.train) == 4
+    assert not set(data.train) & set(data.held_out)
+    assert {p.suffix for p in data.train + data.held_out} == {".png", ".JPG", ".jpeg", ".Bmp"}
+
+
+def test_mvtec_layout_gives_category_name(bottle_dir):
+    data = find_training_set(bottle_dir)
+    assert data.category == "bottle"
+    assert len(data.train) + len(data.held_out) == 209
+    assert len(data.held_out) == 20  # 10 % of 209, capped at 20
+    assert find_training_set(bottle_dir / "train" / "good").category == "bottle"
+
+
+def test_split_is_reproducible_from_the_seed(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "parts", 12)
+    first, again = find_training_set(folder, seed=3), find_training_set(folder, seed=3)
+    assert first.held_out == again.held_out and first.fingerprint() == again.fingerprint()
+    other = find_training_set(folder, seed=4)
+    assert other.held_out != first.held_out
+    assert other.fingerprint() != first.fingerprint()
+
+
+def test_fingerprint_sees_a_changed_file(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "parts", 6)
+    before = find_training_set(folder).fingerprint()
+    shutil.copy(folder / "part01.png", folder / "part00.png")
+    assert find_training_set(folder).fingerprint() != before
+
+
+def test_dataset_uses_the_edge_preprocessing(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "parts", 6)
+    data = find_training_set(folder)
+    images = GoodImages(data.train, 32)
+    assert len(images) == 2 and images[0].shape == (3, 32, 32)
+    np.testing.assert_array_equal(images[1].numpy(), prepare(read_image(data.train[1]), 32))
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(DataError, match="nowhere.*does not exist"):
+        find_training_set(tmp_path / "nowhere")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"no images in .*empty"):
+        find_training_set(tmp_path / "empty")
+
+
+def test_too_few_images_to_hold_out(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "few", 5)
+    with pytest.raises(DataError, match=r"few has 5 images; at least 6"):
+        find_training_set(folder)
+
+
+def test_corrupt_image_is_named(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "parts", 6)
+    data = find_training_set(folder)
+    broken = data.train[0]
+    broken.write_bytes(broken.read_bytes()[:100])  # a truncated PNG
+    with pytest.raises(DataError, match=broken.name):
+        GoodImages(data.train, 32)

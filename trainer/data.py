@@ -1,0 +1,115 @@
+"""Training images: find them, hold some out for the threshold, load them as the edge does.
+
+A data folder is either an MVTec AD category (`<category>/train/good`) or a plain
+folder of defect-free images. A seeded share of the images is held out of training:
+the threshold is calibrated on good images the net has never seen, otherwise it
+would sit too low and raise false alarms on the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edge.preprocess import prepare, read_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+HOLDOUT_FRACTION = 0.1
+MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
+MAX_HELD_OUT = 20  # beyond this the threshold barely moves; train on the rest
+MIN_TRAINING = 2
+
+
+class DataError(Exception):
+    """The training data cannot be used; the message names the path at fault."""
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    root: Path  # the folder that holds the images
+    category: str
+    train: list[Path]
+    held_out: list[Path]
+
+    def fingerprint(self) -> str:
+        """sha256 of every image's name, role (train / held out) and bytes.
+
+        Recorded in the checkpoint and the manifest: the same value means the model
+        was trained and calibrated on exactly these files.
+        """
+        role = {path: "train" for path in self.train} | {path: "held-out" for path in self.held_out}
+        digest = hashlib.sha256()
+        for path in sorted(role, key=lambda p: p.name):
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{role[path]}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def image_folder(data_dir: Path) -> tuple[Path, str]:
+    """The folder of good images and the category name for a user's data directory."""
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist")
+    mvtec_good = data_dir / "train" / "good"
+    if mvtec_good.is_dir():
+        return mvtec_good, data_dir.resolve().name
+    resolved = data_dir.resolve()
+    if resolved.name == "good" and resolved.parent.name == "train":  # given <category>/train/good itself
+        return data_dir, resolved.parent.parent.name
+    return data_dir, resolved.name
+
+
+def held_out_count(total: int, fraction: float) -> int:
+    return min(MAX_HELD_OUT, max(MIN_HELD_OUT, math.ceil(fraction * total)))
+
+
+def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> TrainingSet:
+    folder, category = image_folder(Path(data_dir))
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    n_held = held_out_count(len(images), holdout_fraction)
+    if len(images) < n_held + MIN_TRAINING:
+        raise DataError(
+            f"{folder} has {len(images)} images; at least {n_held + MIN_TRAINING} are needed "
+            f"({n_held} held out to set the threshold, the rest to train on)"
+        )
+    order = np.random.default_rng(seed).permutation(len(images))
+    held = sorted(images[i] for i in order[:n_held])
+    train = sorted(images[i] for i in order[n_held:])
+    return TrainingSet(folder, category, train, held)
+
+
+def load_images(paths: list[Path], input_size: int) -> np.ndarray:
+    """(N, 3, S, S) float32: the files through the edge's own read and resize."""
+    images = np.empty((len(paths), 3, input_size, input_size), np.float32)
+    for i, path in enumerate(paths):
+        try:
+            images[i] = prepare(read_image(path), input_size)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"cannot use training image {path}: {exc}") from None
+    return images
+
+
+class GoodImages(Dataset):
+    """Decoded, resized training images, all held in memory.
+
+    Resized images are small (a 128 px image is 200 kB), and decoding a 900 px PNG
+    costs more than a training step, so each file is decoded once. No augmentation,
+    as in the paper: flips or rotations would teach the net that a part mounted the
+    wrong way round is normal.
+    """
+
+    def __init__(self, paths: list[Path], input_size: int):
+        self.images = torch.from_numpy(load_images(paths, input_size))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
