@@ -1,0 +1,145 @@
+"""Detection metrics on cases small enough to check by hand."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from trainer.metrics import image_auroc, pixel_auroc, pro_score, threshold_counts
+
+
+def test_image_auroc_hand_cases():
+    assert image_auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert image_auroc([0.8, 0.9, 0.1, 0.2], [0, 0, 1, 1]) == 0.0
+    assert image_auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
+    # Of the four (defective, good) pairs only 0.35 < 0.4 is ordered wrongly.
+    assert image_auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    # Pairs: 0.5~0.5 half, 0.5>0.2, 0.9>0.5, 0.9>0.2 -> 3.5 of 4.
+    assert image_auroc([0.5, 0.5, 0.2, 0.9], [1, 0, 0, 1]) == 0.875
+
+
+def test_auroc_needs_both_classes_and_finite_scores():
+    with pytest.raises(ValueError, match="no defective"):
+        image_auroc([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="no defect-free"):
+        image_auroc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="3 scores but 2 labels"):
+        image_auroc([0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        image_auroc([0.1, float("nan")], [0, 1])
+
+
+def test_pixel_auroc_over_all_images():
+    masks = [np.array([[0, 1], [0, 0]]), np.array([[0, 0], [1, 0]])]
+    perfect = [m * 0.9 + 0.05 for m in masks]
+    assert pixel_auroc(perfect, masks) == 1.0
+    assert pixel_auroc([1 - m for m in perfect], masks) == 0.0
+    assert pixel_auroc([np.zeros((2, 2))] * 2, masks) == 0.5
+    # Second image's defect (0.3) is beaten by one good pixel (0.4) of the first: 11 of 12 pairs.
+    maps = [np.array([[0.1, 0.9], [0.4, 0.2]]), np.array([[0.0, 0.1], [0.3, 0.2]])]
+    assert pixel_auroc(maps, masks) == pytest.approx(11 / 12)
+    with pytest.raises(ValueError, match="no defective"):
+        pixel_auroc(maps, [np.zeros((2, 2))] * 2)
+    with pytest.raises(ValueError, match="shape"):
+        pixel_auroc([np.zeros((2, 3))], [np.zeros((2, 2))])
+
+
+def two_regions() -> np.ndarray:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:12, 2:12] = 1  # a large defect, 100 px
+    mask[25:27, 25:27] = 1  # a small one, 4 px
+    return mask
+
+
+def test_pro_of_a_perfect_map_is_one():
+    mask = two_regions()
+    amap = np.where(mask > 0, 0.7, 0.1)
+    amap[2, 2] = 0.9  # regions need not be uniform, only above every good pixel
+    assert pro_score([amap], [mask]) == pytest.approx(1.0)
+    assert pro_score([amap], [mask], max_fpr=1.0) == pytest.approx(1.0)
+
+
+def test_pro_weighs_regions_equally_whatever_their_size():
+    mask = two_regions()
+    amap = np.full(mask.shape, 0.5)  # good pixels in between
+    amap[2:12, 2:12] = 1.0  # the large defect found
+    amap[25:27, 25:27] = 0.0  # the small one below every good pixel
+    # PRO = 0.5 from FPR 0 to 1; pixel AUROC would call this 100 of 104 defect pixels found.
+    assert pro_score([amap], [mask]) == pytest.approx(0.5)
+
+
+def test_pro_interpolates_the_curve_at_max_fpr():
+    mask = two_regions()
+    amap = np.zeros(mask.shape)
+    amap[2:12, 2:12] = 1.0
+    # Curve (0, 0) -> (0, 0.5) -> (1, 1): PRO at FPR 0.3 is 0.65, area 0.3 * (0.5 + 0.65) / 2.
+    assert pro_score([amap], [mask]) == pytest.approx(0.575)
+
+
+def test_pro_regions_are_8_connected():
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1, 1] = mask[2, 2] = 1  # diagonal neighbours: one region
+    mask[6, 6] = 1
+    amap = np.full(mask.shape, 0.5)
+    amap[1, 1] = amap[6, 6] = 1.0
+    amap[2, 2] = 0.0
+    # Regions {(1,1),(2,2)} half found and {(6,6)} found: 0.75 (4-connected would give 2/3).
+    assert pro_score([amap], [mask]) == pytest.approx(0.75)
+
+
+def test_pro_of_a_random_or_constant_map_is_half_max_fpr():
+    # A map that ignores the defects finds every region as often as good pixels: PRO = FPR.
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(8)]
+    for i, mask in enumerate(masks):
+        mask[4 * i : 4 * i + 20, 10:30] = 1
+    maps = [rng.random(mask.shape) for mask in masks]
+    assert pro_score(maps, masks) == pytest.approx(0.15, abs=0.01)
+    assert pro_score([np.zeros((64, 64))] * 8, masks) == pytest.approx(0.15)
+
+
+def test_pro_matches_a_plain_threshold_sweep():
+    rng = np.random.default_rng(1)
+    masks = [two_regions(), np.zeros((32, 32), np.uint8)]
+    maps = [np.round(rng.random((32, 32)) + 0.5 * m, 2) for m in masks]  # rounding makes ties
+    assert pro_score(maps, masks) == pytest.approx(threshold_sweep_pro(maps, masks), abs=1e-9)
+
+
+def threshold_sweep_pro(maps, masks, max_fpr=0.3):
+    """PRO the slow, obvious way: one pass over the images per threshold."""
+    labelled = [cv2.connectedComponents(m.astype(np.uint8), connectivity=8) for m in masks]
+    thresholds = np.unique(np.concatenate([m.ravel() for m in maps]))[::-1]
+    normal_total = sum((m == 0).sum() for m in masks)
+    points = [(0.0, 0.0)]
+    for t in thresholds:
+        overlaps, false_positives = [], 0
+        for amap, mask, (count, labels) in zip(maps, masks, labelled, strict=True):
+            above = amap >= t
+            false_positives += (above & (mask == 0)).sum()
+            overlaps += [above[labels == r].mean() for r in range(1, count)]
+        points.append((false_positives / normal_total, np.mean(overlaps)))
+    fpr, pro = map(np.array, zip(*points, strict=True))
+    inside = fpr < max_fpr
+    pro_at_max = np.interp(max_fpr, fpr, pro)
+    return np.trapezoid(np.r_[pro[inside], pro_at_max], np.r_[fpr[inside], max_fpr]) / max_fpr
+
+
+def test_pro_rejects_masks_without_regions_or_without_good_pixels():
+    with pytest.raises(ValueError, match="at least one defective region"):
+        pro_score([np.zeros((4, 4))], [np.zeros((4, 4))])
+    with pytest.raises(ValueError, match="defect-free pixels"):
+        pro_score([np.zeros((4, 4))], [np.ones((4, 4))])
+    with pytest.raises(ValueError, match="max_fpr"):
+        pro_score([np.zeros((4, 4))], [two_regions()[:4, :4]], max_fpr=0)
+
+
+def test_threshold_counts():
+    counts = threshold_counts([0.1, 0.6, 0.5, 0.9, 0.2], [0, 0, 1, 1, 1], threshold=0.5)
+    # Flagged (score > 0.5): 0.6 (good) and 0.9 (defective); 0.5 itself is not flagged.
+    assert counts["true_positives"] == 1 and counts["false_positives"] == 1
+    assert counts["false_negatives"] == 2 and counts["true_negatives"] == 1
+    assert counts["precision"] == 0.5
+    assert counts["recall"] == pytest.approx(1 / 3)
+    assert counts["false_alarm_rate"] == 0.5
+    assert threshold_counts([0.1], [1], threshold=0.5)["precision"] is None
