@@ -1,0 +1,116 @@
+"""A durable outbox on disk: messages wait here until the broker has acknowledged them.
+
+SQLite in WAL mode with synchronous=FULL: a `put` that returned is on the disk and
+survives a crash or a power cut; an `ack` deletes the message. Only one process may
+use a spool at a time (a lock file beside it), so two inspectors never send the same
+messages twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SpoolError(Exception):
+    """The spool cannot be opened or written."""
+
+
+class SpoolFullError(SpoolError):
+    """No room left for another message: the disk (or the spool's size limit) is full."""
+
+
+@dataclass(frozen=True)
+class SpooledMessage:
+    id: int  # increases with every put: the delivery order
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Spool:
+    """Messages in insertion order, kept until acknowledged. Safe to share between threads."""
+
+    def __init__(self, path: Path | str, max_bytes: int | None = None):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._lock_file = self._take_process_lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Without this the WAL file keeps its largest size; checkpoints then truncate it.
+            self._db.execute("PRAGMA journal_size_limit=1048576")
+            if max_bytes is not None:
+                page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS messages ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+                " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            )
+        except sqlite3.DatabaseError as e:
+            self._lock_file.close()
+            raise self._error("open", e) from None
+
+    def _take_process_lock(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise SpoolError(f"spool {self.path} is in use by another process") from None
+        return lock_file
+
+    def _error(self, action: str, e: Exception) -> SpoolError:
+        full = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+            isinstance(e, OSError) and e.errno == errno.ENOSPC
+        )
+        if full:
+            return SpoolFullError(f"spool {self.path} is full (no space left on its disk or at its size limit): {e}")
+        return SpoolError(f"cannot {action} spool {self.path}: {e}")
+
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        """Stores a message durably and returns its id; SpoolFullError when there is no room."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
+                    (topic, payload, qos, int(retain)),
+                )
+            except (sqlite3.DatabaseError, OSError) as e:
+                raise self._error("write to", e) from None
+            return cursor.lastrowid
+
+    def pending(self, limit: int, after: int = 0) -> list[SpooledMessage]:
+        """Up to `limit` unacknowledged messages with an id above `after`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [SpooledMessage(i, t, bytes(p), q, bool(r)) for i, t, p, q, r in rows]
+
+    def ack(self, message_id: int) -> None:
+        """The broker has the message: forget it."""
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            except (sqlite3.DatabaseError, OSError) as e:
+                raise self._error("update", e) from None
+
+    def depth(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._lock_file.close()
+

@@ -1,0 +1,68 @@
+"""Broker URLs: what a user types on the command line, and the clear errors for what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.broker import BrokerError, parse_broker_url
+
+
+@pytest.mark.parametrize(
+    "url, host, port, tls",
+    [
+        ("mqtt://broker.local", "broker.local", 1883, False),
+        ("mqtt://10.0.0.5:1884", "10.0.0.5", 1884, False),
+        ("mqtts://broker.local", "broker.local", 8883, True),
+        ("mqtts://broker.local:9883/", "broker.local", 9883, True),
+    ],
+)
+def test_parses_host_port_and_tls(url, host, port, tls):
+    config = parse_broker_url(url)
+    assert (config.host, config.port, config.tls, config.username) == (host, port, tls, None)
+
+
+def test_credentials_in_url_are_decoded_and_never_shown():
+    config = parse_broker_url("mqtt://line%201:p%40ss@broker:1883")
+    assert (config.username, config.password) == ("line 1", "p@ss")
+    assert "p@ss" not in config.url and "p@ss" not in repr(config)
+
+
+def test_explicit_credentials_win_over_the_url():
+    config = parse_broker_url("mqtt://old:old@broker", username="edge", password="s3cret")
+    assert (config.username, config.password) == ("edge", "s3cret")
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://broker", "expected mqtt://"),
+        ("broker:1883", "expected mqtt://"),
+        ("mqtt://broker:99999", "port must be a number"),
+        ("mqtt://broker:abc", "port must be a number"),
+        ("mqtt://broker:0", "port must be a number"),
+        ("mqtt://", "no host name"),
+        ("mqtt://:1883", "no host name"),
+        ("mqtt://broker/riad", "no path"),
+    ],
+)
+def test_bad_urls_raise_clear_errors(url, message):
+    with pytest.raises(BrokerError, match=message):
+        parse_broker_url(url)
+
+
+def test_error_messages_hide_the_password():
+    with pytest.raises(BrokerError) as error:
+        parse_broker_url("mqtt://edge:topsecret@broker:70000")
+    assert "topsecret" not in str(error.value)
+
+
+def test_certificate_files_need_tls_and_must_exist(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    with pytest.raises(BrokerError, match="not TLS"):
+        parse_broker_url("mqtt://broker", ca_file=ca)
+    with pytest.raises(BrokerError, match="not found"):
+        parse_broker_url("mqtts://broker", ca_file=tmp_path / "missing.pem")
+    with pytest.raises(BrokerError, match="both"):
+        parse_broker_url("mqtts://broker", cert_file=ca)
+    assert parse_broker_url("mqtts://broker", ca_file=ca).ca_file == ca
