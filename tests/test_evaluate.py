@@ -1,0 +1,161 @@
+"""The test-set reader and `riad-trainer evaluate` on a small copy of the bottle category."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import write_tiny_onnx
+from typer.testing import CliRunner
+
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import Manifest
+from edge.preprocess import prepare, read_image
+from trainer.cli import app
+from trainer.evaluate import evaluate
+from trainer.testset import TestSetError, load_test_set, read_mask
+
+DEFECTS = ["broken_large", "contamination"]
+
+
+@pytest.fixture
+def category(tmp_path, bottle_dir) -> Path:
+    """MVTec layout with 2 good and 2 defective (one per defect type) bottle images."""
+    root = tmp_path / "bottle"
+    (root / "test" / "good").mkdir(parents=True)
+    for name in ["000.png", "001.png"]:
+        shutil.copy(bottle_dir / "test" / "good" / name, root / "test" / "good" / name)
+    for defect in DEFECTS:
+        (root / "test" / defect).mkdir()
+        (root / "ground_truth" / defect).mkdir(parents=True)
+        shutil.copy(bottle_dir / "test" / defect / "000.png", root / "test" / defect / "000.png")
+        shutil.copy(bottle_dir / "ground_truth" / defect / "000_mask.png", root / "ground_truth" / defect / "000_mask.png")
+    return root
+
+
+def test_test_set_lists_images_with_their_masks(category):
+    items = load_test_set(category)
+
+    assert [(i.defect_type, i.image_path.name) for i in items] == [
+        ("broken_large", "000.png"),
+        ("contamination", "000.png"),
+        ("good", "000.png"),
+        ("good", "001.png"),
+    ]
+    assert items[0].mask_path == category / "ground_truth" / "broken_large" / "000_mask.png"
+    assert items[2].mask_path is None and not items[2].is_defective
+    assert not read_mask(items[2], (900, 900, 3)).any()
+    defect = read_mask(items[0], (900, 900, 3))
+    assert defect.dtype == bool and 0 < defect.mean() < 0.5
+
+
+def test_a_missing_mask_is_named(category):
+    mask = category / "ground_truth" / "contamination" / "000_mask.png"
+    mask.unlink()
+    with pytest.raises(TestSetError, match=r"contamination/000\.png has no ground-truth mask .*000_mask\.png"):
+        load_test_set(category)
+
+
+def test_a_mask_of_the_wrong_size_names_both_files(category):
+    mask = category / "ground_truth" / "broken_large" / "000_mask.png"
+    cv2.imwrite(str(mask), cv2.resize(cv2.imread(str(mask)), (450, 450), interpolation=cv2.INTER_NEAREST))
+    with pytest.raises(TestSetError, match=r"000_mask\.png is 450x450 but its image .*000\.png is 900x900"):
+        load_test_set(category)
+
+
+def test_a_zero_one_mask_reads_like_a_zero_255_mask(category):
+    item = load_test_set(category)[0]
+    expected = read_mask(item, (900, 900))
+    cv2.imwrite(str(item.mask_path), expected.astype(np.uint8))  # 0/1 instead of 0/255
+    assert np.array_equal(read_mask(item, (900, 900)), expected)
+
+
+def test_a_folder_of_good_images_has_no_test_set(bottle_dir):
+    with pytest.raises(TestSetError, match="only allows calibrating"):
+        load_test_set(bottle_dir / "train" / "good")
+
+
+def test_a_test_set_needs_good_and_defective_images(category):
+    shutil.rmtree(category / "test" / "good")
+    with pytest.raises(TestSetError, match="no good images"):
+        load_test_set(category)
+    (category / "test" / "good").mkdir()
+    shutil.copy(category / "test" / "broken_large" / "000.png", category / "test" / "good" / "000.png")
+    for defect in DEFECTS:
+        shutil.rmtree(category / "test" / defect)
+    with pytest.raises(TestSetError, match="no defective images"):
+        load_test_set(category)
+
+
+def test_evaluate_measures_the_onnx_model_as_the_edge_runs_it(category, tiny_onnx_model, tmp_path):
+    out = tmp_path / "eval"
+    report = evaluate(tiny_onnx_model, category, out)
+
+    # The scores are those of the edge's own preprocessing and backend.
+    with OnnxCpuBackend(tiny_onnx_model, threads=1) as backend:
+        for image in report["images"]:
+            frame = read_image(category / image["image"])
+            assert image["score"] == pytest.approx(backend.score(prepare(frame, 64)).score, rel=1e-6)
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == report
+    assert set(report["per_defect"]) == set(DEFECTS)
+    for metrics in [report["overall"], *report["per_defect"].values()]:
+        for key in ["image_auroc", "pixel_auroc", "pro"]:
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["good_images"] == 2
+    assert report["overall"]["defective_images"] == 2
+    assert report["per_defect"]["contamination"]["defective_images"] == 1
+
+    table = (out / "metrics.md").read_text()
+    assert "| **all** | 2 |" in table and "| broken_large | 1 |" in table and "| contamination | 1 |" in table
+    assert f"{report['overall']['image_auroc']:.3f}" in table
+
+    for image in report["images"]:
+        stem = Path(image["image"]).stem
+        overlay = cv2.imread(str(out / "overlays" / image["defect_type"] / f"{stem}.jpg"))
+        assert overlay is not None and overlay.shape == (900, 900, 3)
+
+    # The headline metrics travel with the model, whose manifest still checks out.
+    evaluation = Manifest.for_model(tiny_onnx_model).metrics["evaluation"]
+    assert evaluation["image_auroc"] == report["overall"]["image_auroc"]
+    assert evaluation["test_set"] == "bottle"
+
+
+def test_decisions_follow_the_manifest_threshold(category, tmp_path):
+    flag_all = evaluate(write_tiny_onnx(tmp_path / "low.onnx", threshold=0.0), category, tmp_path / "low", overlays=False)
+    assert flag_all["overall"]["recall"] == 1.0 and flag_all["overall"]["false_alarm_rate"] == 1.0
+    assert flag_all["overall"]["precision"] == 0.5
+    assert not (tmp_path / "low" / "overlays").exists()
+
+    flag_none = evaluate(write_tiny_onnx(tmp_path / "high.onnx", threshold=1e9), category, tmp_path / "high", False)
+    assert flag_none["overall"]["recall"] == 0.0 and flag_none["overall"]["false_alarm_rate"] == 0.0
+    assert flag_none["overall"]["precision"] is None
+    assert "precision n/a" in (tmp_path / "high" / "metrics.md").read_text()
+
+
+def test_cli_evaluate_prints_the_table(category, tiny_onnx_model, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_onnx_model), str(category), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "| **all** | 2 |" in result.output
+    assert (tmp_path / "e" / "metrics.json").is_file()
+
+
+def test_cli_evaluate_rejects_bad_input_clearly(category, tiny_onnx_model, bottle_dir, tmp_path):
+    runner = CliRunner()
+    plain = runner.invoke(app, ["evaluate", str(tiny_onnx_model), str(bottle_dir / "train" / "good")])
+    assert plain.exit_code == 2 and "only allows calibrating" in plain.output
+
+    missing = runner.invoke(app, ["evaluate", str(tiny_onnx_model), str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+    engine = runner.invoke(app, ["evaluate", str(tmp_path / "model.plan"), str(category)])
+    assert engine.exit_code == 2 and "not an ONNX model" in engine.output
+
+    tiny_onnx_model.with_name("tiny.onnx.json").unlink()
+    no_manifest = runner.invoke(app, ["evaluate", str(tiny_onnx_model), str(category), "--no-overlays"])
+    assert no_manifest.exit_code == 2 and "no manifest" in no_manifest.output

@@ -1,0 +1,187 @@
+"""Measure an exported model on an MVTec AD test set, exactly as the edge box would run it.
+
+The ONNX file goes through the edge's own code (edge.preprocess, OnnxCpuBackend, the
+manifest's threshold), so the numbers describe what runs by the line, not the torch
+model before export.
+
+Pixel metrics are computed at the model's resolution, where the map is made: each
+ground-truth mask is resized to S x S with nearest neighbour (no new soft edges; a
+region thinner than one map pixel can vanish, as it would for the detector too).
+Upsampling the map to the image size would only interpolate it, at many times the cost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import Manifest, manifest_path
+from edge.overlay import encode_jpeg, heatmap_overlay
+from edge.preprocess import prepare, read_image
+from edge.regions import defect_boxes
+from trainer.metrics import image_auroc, pixel_auroc, pro_score, threshold_counts
+from trainer.testset import TestItem, load_test_set, read_mask
+
+MAX_FPR = 0.3
+GROUND_TRUTH_COLOUR = (0, 255, 0)  # BGR green, beside the overlay's red boxes
+
+
+@dataclass
+class ScoredImage:
+    item: TestItem
+    score: float
+    anomaly_map: np.ndarray  # (S, S)
+    mask: np.ndarray  # (S, S) bool ground truth at the map's resolution
+
+
+def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Path, overlays: bool = True) -> dict:
+    """Score every test image, write metrics.json, metrics.md and overlays; return the report.
+
+    The headline numbers are also stored in the model's manifest under
+    metrics["evaluation"], with the test set they were measured on: the manifest travels
+    with the model to the edge (and into TensorRT engines built from it), so whoever
+    deploys it sees how well it detects. The manifest's sha256 is that of the .onnx
+    file, which evaluation leaves untouched.
+    """
+    model_path, category_dir, out_dir = Path(model_path), Path(category_dir), Path(out_dir)
+    items = load_test_set(category_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with OnnxCpuBackend(model_path) as backend:
+        manifest = backend.manifest
+        scored = []
+        for item in tqdm(items, desc="evaluating", unit="image"):
+            frame = read_image(item.image_path)
+            result = backend.score(prepare(frame, manifest.input_size))
+            mask = read_mask(item, frame.shape)
+            if overlays:
+                overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
+                write_overlay(overlay_path, frame, result.anomaly_map, manifest.threshold, mask)
+            scored.append(ScoredImage(item, result.score, result.anomaly_map, at_map_size(mask, result.anomaly_map)))
+
+    report = build_report(model_path, category_dir, manifest, scored)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "metrics.md").write_text(markdown_table(report))
+    record_in_manifest(model_path, manifest, report)
+    return report
+
+
+def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
+    h, w = amap.shape
+    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def write_overlay(path: Path, frame: np.ndarray, amap: np.ndarray, threshold: float, mask: np.ndarray) -> None:
+    """The edge's heatmap overlay at the image's own size, the ground truth outlined in green."""
+    image = heatmap_overlay(frame, amap, threshold, defect_boxes(amap, threshold, frame.shape))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, GROUND_TRUTH_COLOUR, max(1, round(min(image.shape[:2]) / 200)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_jpeg(image))
+
+
+def detection_metrics(scored: list[ScoredImage], threshold: float) -> dict:
+    """AUROCs, PRO and the decisions at the threshold for one group of test images."""
+    scores = [s.score for s in scored]
+    labels = [s.item.is_defective for s in scored]
+    maps, masks = [s.anomaly_map for s in scored], [s.mask for s in scored]
+    # A defect type whose regions all vanish at the map's resolution has no pixel metrics.
+    has_defect_pixels = any(m.any() for m in masks)
+    return {
+        "defective_images": sum(labels),
+        "good_images": len(labels) - sum(labels),
+        "image_auroc": image_auroc(scores, labels),
+        "pixel_auroc": pixel_auroc(maps, masks) if has_defect_pixels else None,
+        "pro": pro_score(maps, masks, MAX_FPR) if has_defect_pixels else None,
+        **threshold_counts(scores, labels, threshold),
+    }
+
+
+def build_report(model_path: Path, category_dir: Path, manifest: Manifest, scored: list[ScoredImage]) -> dict:
+    good = [s for s in scored if not s.item.is_defective]
+    defect_types = sorted({s.item.defect_type for s in scored if s.item.is_defective})
+    size = manifest.input_size
+    return {
+        "model": model_path.name,
+        "model_sha256": manifest.model_sha256,
+        "test_set": str(category_dir.resolve()),
+        "category": category_dir.resolve().name,
+        "threshold": manifest.threshold,
+        "pixel_metrics_resolution": f"{size}x{size} (ground truth resized with nearest neighbour)",
+        "pro_max_fpr": MAX_FPR,
+        "overall": detection_metrics(scored, manifest.threshold),
+        # Each defect type against all the good images.
+        "per_defect": {
+            defect: detection_metrics(good + [s for s in scored if s.item.defect_type == defect], manifest.threshold)
+            for defect in defect_types
+        },
+        "images": [
+            {
+                "image": s.item.image_path.relative_to(category_dir).as_posix(),
+                "defect_type": s.item.defect_type,
+                "score": s.score,
+                "flagged": s.score > manifest.threshold,
+            }
+            for s in scored
+        ],
+    }
+
+
+def record_in_manifest(model_path: Path, manifest: Manifest, report: dict) -> None:
+    overall = report["overall"]
+    headline = ["image_auroc", "pixel_auroc", "pro", "precision", "recall", "false_alarm_rate"]
+    evaluation = {key: overall[key] for key in headline}
+    evaluation |= {
+        "test_set": report["category"],
+        "good_images": overall["good_images"],
+        "defective_images": overall["defective_images"],
+        "threshold": report["threshold"],
+    }
+    manifest.metrics = {**manifest.metrics, "evaluation": evaluation}
+    manifest.save(manifest_path(model_path))
+
+
+def markdown_table(report: dict) -> str:
+    overall = report["overall"]
+    rows = [("**all**", overall)] + list(report["per_defect"].items())
+    lines = [
+        f"## {report['model']} on {report['category']}",
+        "",
+        (
+            f"Threshold {report['threshold']:.4g} (from the manifest). {overall['good_images']} good and "
+            f"{overall['defective_images']} defective test images; each defect type is measured against all "
+            "the good ones."
+        ),
+        f"Pixel metrics at {report['pixel_metrics_resolution']}; PRO integrated up to FPR {report['pro_max_fpr']}.",
+        "",
+        "| defect type | defective images | image AUROC | pixel AUROC | PRO | caught at threshold |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, m in rows:
+        caught = f"{m['true_positives']}/{m['defective_images']} ({_percent(m['recall'])})"
+        lines.append(
+            f"| {name} | {m['defective_images']} | {_number(m['image_auroc'])} | {_number(m['pixel_auroc'])} "
+            f"| {_number(m['pro'])} | {caught} |"
+        )
+    lines += [
+        "",
+        (
+            f"At the threshold: recall {_percent(overall['recall'])}, precision {_percent(overall['precision'])}, "
+            f"false alarms on {overall['false_positives']} of {overall['good_images']} good images "
+            f"({_percent(overall['false_alarm_rate'])})."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,99 @@
+"""An MVTec AD category's test set: test images, their defect type, their ground-truth masks.
+
+    <category>/test/good/000.png                      defect-free, no mask (all zero)
+    <category>/test/<defect>/000.png                  defective
+    <category>/ground_truth/<defect>/000_mask.png     its mask (PNG, the image's size, bright = defect)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.preprocess import read_image
+from trainer.data import IMAGE_SUFFIXES, DataError
+
+GOOD = "good"
+
+
+class TestSetError(DataError):
+    """The test set is missing or inconsistent; the message names the files at fault."""
+
+    __test__ = False  # not a pytest test class
+
+
+@dataclass(frozen=True)
+class TestItem:
+    __test__ = False
+
+    image_path: Path
+    defect_type: str  # "good" for a defect-free image
+    mask_path: Path | None  # None for a good image
+
+    @property
+    def is_defective(self) -> bool:
+        return self.defect_type != GOOD
+
+
+def load_test_set(category_dir: str | Path) -> list[TestItem]:
+    """Every test image with its mask, checked: each defective image has a mask of its size.
+
+    The images and masks are decoded once here, so that a broken file stops the run
+    before minutes of scoring rather than after.
+    """
+    category_dir = Path(category_dir)
+    test_dir = category_dir / "test"
+    if not category_dir.is_dir():
+        raise TestSetError(f"data directory {category_dir} does not exist")
+    if not test_dir.is_dir():
+        raise TestSetError(
+            f"{category_dir} has no test/ folder, so there is nothing to measure detection on: "
+            "a folder of good images only allows calibrating the threshold. Evaluation needs an "
+            "MVTec AD layout: test/good, test/<defect>/ and ground_truth/<defect>/<name>_mask.png"
+        )
+    items = []
+    for folder in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        for image_path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            if folder.name == GOOD:
+                items.append(TestItem(image_path, GOOD, None))
+                continue
+            mask_path = category_dir / "ground_truth" / folder.name / f"{image_path.stem}_mask.png"
+            if not mask_path.is_file():
+                raise TestSetError(f"defective test image {image_path} has no ground-truth mask {mask_path}")
+            items.append(TestItem(image_path, folder.name, mask_path))
+            _check_mask_size(items[-1])
+    if not any(item.defect_type == GOOD for item in items):
+        raise TestSetError(f"{test_dir} has no good images (test/{GOOD}); false alarms and AUROC need them")
+    if all(item.defect_type == GOOD for item in items):
+        raise TestSetError(f"{test_dir} has no defective images (test/<defect>/); only calibration is possible")
+    return items
+
+
+def read_mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool ground truth at the image's size `shape`; all False for a good image."""
+    if item.mask_path is None:
+        return np.zeros(shape[:2], bool)
+    try:
+        mask = read_image(item.mask_path)
+    except ValueError as exc:
+        raise TestSetError(str(exc)) from None
+    if mask.ndim == 3:
+        mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY if mask.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if mask.shape[:2] != shape[:2]:
+        raise TestSetError(
+            f"mask {item.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {item.image_path} "
+            f"is {shape[1]}x{shape[0]}; a mask must have its image's size"
+        )
+    # Half the mask's own maximum: 0/255 and 0/1 masks alike, soft edges split down the middle.
+    return mask > mask.max() / 2
+
+
+def _check_mask_size(item: TestItem) -> None:
+    try:
+        image = read_image(item.image_path)
+    except ValueError as exc:
+        raise TestSetError(str(exc)) from None
+    read_mask(item, image.shape)
