@@ -1,0 +1,341 @@
+"""Video sources: every input is one URI string, read one frame at a time.
+
+Modelled on jetson-inference's videoSource. `open_source(uri)` understands:
+
+    0, /dev/video0, v4l2:///dev/video0     a USB/V4L2 camera (index or device node)
+    csi://0                                a Jetson CSI camera (GStreamer nvarguscamerasrc)
+    rtsp://..., http(s)://...              a network stream
+    file://clip.mp4, clip.mp4              a video file
+    a folder, file://folder                its images in natural order (img2 before img10)
+    part.png                               a single image
+
+Live sources (cameras, streams) never end on their own: when the camera drops they
+reconnect with exponential backoff and count each drop. Files and folders end cleanly.
+
+Frames that cannot be decoded: an unreadable image in a folder is logged, counted in
+`frames_corrupt` and skipped, so one bad file does not stop an inspection run. In a
+video file FFmpeg already conceals or skips damaged packets; a failed read there
+means the file has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+
+from edge.preprocess import read_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Network streams: give up opening or reading after this long, so a dead camera
+# turns into a reconnect instead of a read that blocks forever.
+STREAM_TIMEOUT_MS = 10_000
+RECONNECT_BACKOFF_S = (0.5, 30.0)
+
+
+class SourceError(Exception):
+    """A source that cannot be opened: missing camera, unreadable file, no such path."""
+
+
+@dataclass
+class Frame:
+    index: int  # 0-based position in the source
+    timestamp: float  # capture time, seconds since the epoch
+    captured_at: float  # capture time on the monotonic clock, for latency
+    image: np.ndarray  # BGR (or grey), as OpenCV decoded it
+
+
+def _capture_now(index: int, image: np.ndarray) -> Frame:
+    return Frame(index=index, timestamp=time.time(), captured_at=time.monotonic(), image=image)
+
+
+class VideoSource(ABC):
+    description: str  # for people: "camera 0", "video file clip.mp4"
+    camera_id: str  # for topics: "cam0", "clip"
+    is_live: bool
+
+    def __init__(self) -> None:
+        self.frames_corrupt = 0
+        self.disconnects = 0
+        self.reconnects = 0
+
+    @abstractmethod
+    def read(self) -> Frame | None:
+        """The next frame, or None when the source has ended or was closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop reading. Safe to call from any thread (a signal handler included), twice."""
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "frames_corrupt": self.frames_corrupt,
+            "disconnects": self.disconnects,
+            "reconnects": self.reconnects,
+        }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class CaptureSource(VideoSource):
+    """Anything cv2.VideoCapture opens: cameras, streams, video files.
+
+    `open_capture` makes a new cv2.VideoCapture; a live source calls it again to
+    reconnect, waiting `backoff` = (first, longest) seconds, doubling in between.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        open_capture: Callable[[], cv2.VideoCapture],
+        *,
+        live: bool,
+        camera_id: str,
+        backoff: tuple[float, float] = RECONNECT_BACKOFF_S,
+    ):
+        super().__init__()
+        self.description = description
+        self.camera_id = camera_id
+        self.is_live = live
+        self._open_capture = open_capture
+        self._backoff = backoff
+        self._closed = threading.Event()
+        self._lock = threading.Lock()  # held while the capture is read or released
+        self._next_index = 0
+        self._capture = open_capture()
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"cannot open {description}")
+
+    def read(self) -> Frame | None:
+        while not self._closed.is_set():
+            with self._lock:
+                if self._closed.is_set() or self._capture is None:
+                    break
+                ok, image = self._capture.read()
+            if ok and image is not None and image.size:
+                frame = _capture_now(self._next_index, image)
+                self._next_index += 1
+                return frame
+            if not self.is_live:
+                break
+            self._reconnect()
+        self._release()
+        return None
+
+    def _reconnect(self) -> None:
+        self.disconnects += 1
+        log.warning("%s dropped; reconnecting", self.description)
+        self._release()
+        delay, longest = self._backoff
+        while not self._closed.wait(delay):
+            capture = self._open_capture()
+            if capture.isOpened():
+                with self._lock:
+                    self._capture = capture
+                self.reconnects += 1
+                log.warning("%s reconnected", self.description)
+                return
+            capture.release()
+            log.info("%s still unavailable; next try in %.1f s", self.description, min(delay * 2, longest))
+            delay = min(delay * 2, longest)
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
+
+    def close(self) -> None:
+        self._closed.set()
+        # Never wait here: a reader holding the lock releases the capture itself
+        # once it sees the flag, and close() may run in a signal handler.
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._capture is not None:
+                    self._capture.release()
+                    self._capture = None
+            finally:
+                self._lock.release()
+
+
+class ImageFolderSource(VideoSource):
+    """Image files read in order; a frame's index is its file's position in the list."""
+
+    is_live = False
+
+    def __init__(self, paths: list[Path], description: str, camera_id: str):
+        super().__init__()
+        self.description = description
+        self.camera_id = camera_id
+        self._paths = paths
+        self._position = 0
+        self._closed = False
+
+    def read(self) -> Frame | None:
+        while not self._closed and self._position < len(self._paths):
+            index, path = self._position, self._paths[self._position]
+            self._position += 1
+            try:
+                return _capture_now(index, read_image(path))
+            except (ValueError, OSError) as exc:
+                self.frames_corrupt += 1
+                log.warning("skipping %s: %s", path, exc)
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that puts img2.png before img10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _slug(text: str) -> str:
+    """A camera id safe for MQTT topics: lowercase letters, digits, '-' and '_'."""
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "cam"
+
+
+CAMERA_HINT = "not connected, in use by another program, or no permission (is the user in group 'video'?)"
+
+
+def _camera(index: int) -> CaptureSource:
+    try:
+        return CaptureSource(
+            f"camera {index}",
+            lambda: cv2.VideoCapture(index, cv2.CAP_V4L2),
+            live=True,
+            camera_id=f"cam{index}",
+        )
+    except SourceError as exc:
+        raise SourceError(f"{exc} (/dev/video{index}): {CAMERA_HINT}") from None
+
+
+def _v4l2_device(device: str) -> CaptureSource:
+    if not Path(device).exists():
+        raise SourceError(f"{device}: no such camera device")
+    number = re.search(r"(\d+)$", device)
+    try:
+        return CaptureSource(
+            f"V4L2 camera {device}",
+            lambda: cv2.VideoCapture(device, cv2.CAP_V4L2),
+            live=True,
+            camera_id=f"cam{number.group(1)}" if number else _slug(Path(device).name),
+        )
+    except SourceError as exc:
+        raise SourceError(f"{exc}: {CAMERA_HINT}") from None
+
+
+def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+    """GStreamer pipeline for a Jetson CSI camera, ending in BGR frames for OpenCV."""
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM), width={width}, height={height}, framerate={fps}/1, format=NV12 ! "
+        "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+        "appsink drop=true max-buffers=1"
+    )
+
+
+def _has_gstreamer() -> bool:
+    info = cv2.getBuildInformation()
+    return re.search(r"GStreamer:\s+YES", info) is not None
+
+
+def _csi(uri: str, sensor: str) -> CaptureSource:
+    if not sensor.isdigit():
+        raise SourceError(f"{uri}: expected csi://<sensor number>, e.g. csi://0")
+    if not _has_gstreamer():
+        raise SourceError(
+            f"{uri}: this OpenCV was built without GStreamer, which the CSI camera needs; "
+            "use JetPack's OpenCV (apt python3-opencv) instead of the pip wheel"
+        )
+    pipeline = csi_pipeline(int(sensor))
+    try:
+        return CaptureSource(
+            f"CSI camera {sensor}",
+            lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER),
+            live=True,
+            camera_id=f"csi{sensor}",
+        )
+    except SourceError as exc:
+        raise SourceError(f"{exc} ({uri}): is the camera connected and nvargus-daemon running?") from None
+
+
+def _stream(uri: str) -> CaptureSource:
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+    parsed = urlparse(uri)
+    shown = uri.replace(f"{parsed.password}@", "***@") if parsed.password else uri
+    try:
+        return CaptureSource(
+            f"stream {shown}",
+            lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
+            live=True,
+            camera_id=_slug(parsed.hostname or "stream"),
+        )
+    except SourceError as exc:
+        raise SourceError(f"{exc}: unreachable, wrong path or credentials, or not a video stream") from None
+
+
+def _path(uri: str, path: Path) -> VideoSource:
+    if path.is_dir():
+        images = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+            key=natural_key,
+        )
+        if not images:
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise SourceError(f"{uri}: folder has no images ({kinds})")
+        return ImageFolderSource(images, f"folder {path} ({len(images)} images)", _slug(path.name))
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file or folder")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFolderSource([path], f"image {path}", _slug(path.stem))
+    if path.stat().st_size == 0:
+        raise SourceError(f"{uri}: video file is empty")
+    try:
+        return CaptureSource(
+            f"video file {path}",
+            lambda: cv2.VideoCapture(str(path), cv2.CAP_FFMPEG),
+            live=False,
+            camera_id=_slug(path.stem),
+        )
+    except SourceError:
+        raise SourceError(f"{uri}: cannot read video file (corrupt, or a format FFmpeg does not know)") from None
+
+
+def open_source(uri: str) -> VideoSource:
+    """The source a URI names; SourceError, naming the URI, when it cannot be opened."""
+    uri = uri.strip()
+    if uri.isdigit():
+        return _camera(int(uri))
+    scheme, _, rest = uri.partition("://")
+    scheme = scheme.lower() if rest else ""
+    if scheme == "v4l2":
+        return _v4l2_device(rest)
+    if scheme == "csi":
+        return _csi(uri, rest)
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        return _stream(uri)
+    if scheme == "file":
+        return _path(uri, Path(rest))
+    if scheme:
+        raise SourceError(f"{uri}: unknown source type '{scheme}://' (use a camera number, v4l2://, csi://, rtsp://, http(s)://, file:// or a path)")
+    if uri.startswith("/dev/video"):
+        return _v4l2_device(uri)
+    return _path(uri, Path(uri))
