@@ -56,17 +56,17 @@ def pro_score(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], max_fpr: 
     """
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
-    values, region_share, normal = [], [], []
+    value_parts, share_parts, normal_parts = [], [], []
     regions = 0
     for amap, mask in _checked_pairs(maps, masks):
         count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         sizes = np.bincount(labels.ravel(), minlength=count)
         # Each pixel of a region carries 1/size of it: summed above a threshold, its overlap.
-        region_share.append(np.where(labels > 0, 1.0 / sizes[labels], 0.0).ravel())
-        normal.append(labels.ravel() == 0)
-        values.append(amap.ravel().astype(np.float64))
+        share_parts.append(np.where(labels > 0, 1.0 / sizes[labels], 0.0).ravel())
+        normal_parts.append(labels.ravel() == 0)
+        value_parts.append(amap.ravel().astype(np.float64))
         regions += count - 1
-    values, region_share, normal = map(np.concatenate, (values, region_share, normal))
+    values, region_share, normal = (np.concatenate(p) for p in (value_parts, share_parts, normal_parts))
     if regions == 0:
         raise ValueError("PRO needs at least one defective region; the masks are empty")
     if not normal.any():
