@@ -1,0 +1,338 @@
+"""Defect alerts over MQTT, delivered at least once: spooled to disk first, deleted when the broker has them.
+
+The topics and payloads are a public API, documented in docs/mqtt.md (schema_version 1).
+
+Threads: `handle` runs on the pipeline thread and only writes to the spool; a sender
+thread hands spooled messages to paho in order; paho's network thread (loop_start)
+connects, reconnects and calls `_on_publish` when the broker acknowledges a message.
+A message handed to paho stays with paho, which re-sends it after a reconnect, until
+the broker's PUBACK; so within one process each spooled message is handed over once.
+paho calls `_on_publish` while holding its own lock, so the callbacks never take ours:
+they pass acknowledgements to the sender through a queue and wake it with an event.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.broker import BrokerConfig, BrokerError, refused
+from edge.overlay import encode_jpeg, heatmap_overlay
+from edge.results import FrameResult
+from edge.spool import Spool, SpoolError, SpoolFullError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+QOS_EVENTS = 1  # defects and their overlays: acknowledged by the broker, hence never lost
+QOS_STATS = 0  # superseded every few seconds; losing one costs nothing
+IN_FLIGHT = 20  # messages handed to paho and not yet acknowledged (paho's default window)
+MEMORY_QUEUE_LIMIT = 1000  # defect events held in memory while the spool is full (about 1 kB each)
+KEEPALIVE_S = 30
+RECONNECT_DELAY_S = (1, 30)  # paho doubles the delay after each failed attempt, up to the maximum
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MqttPublisher:
+    """A ResultSink that publishes each defective frame as an event and its heatmap overlay.
+
+    The constructor connects; it raises BrokerError when the broker refuses the login or
+    the TLS handshake fails (a configuration error), but an unreachable broker is not an
+    error: events wait in the spool and paho keeps retrying.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        camera_id: str,
+        spool_path: Path,
+        topic_prefix: str = "riad",
+        model_id: str = "",
+        stats_source: Callable[[], dict] | None = None,
+        stats_interval: float = 10.0,
+        client_id: str | None = None,
+        spool_max_bytes: int | None = None,
+        connect_timeout: float = 5.0,
+    ):
+        if not camera_id or any(c in camera_id for c in "/+#"):
+            raise ValueError(f"camera id {camera_id!r} must be non-empty and contain no '/', '+' or '#'")
+        self.broker = broker
+        self.camera_id = camera_id
+        self.model_id = model_id
+        self.base_topic = f"{topic_prefix}/{camera_id}"
+        self.availability_topic = f"{self.base_topic}/available"
+        self._stats_source = stats_source
+        self._stats_interval = stats_interval
+        self.spool = Spool(spool_path, max_bytes=spool_max_bytes)
+
+        self._lock = threading.Lock()  # guards the state below (pipeline and sender threads)
+        self._kick = threading.Event()  # wakes the sender: new event, acknowledgement, connection
+        self._acked_mids: queue.SimpleQueue[int] = queue.SimpleQueue()  # from paho's thread
+        self._in_flight: dict[int, int | None] = {}  # paho mid -> spool id (None: sent from memory)
+        self._last_handed = 0  # highest spool id handed to paho by this process
+        self._memory_queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._to_delete: collections.deque[int] = collections.deque()  # delivered spool ids
+        self._dropped = 0
+        self._connections = 0
+        self._closing = False
+        self._answered = threading.Event()  # the broker answered our first CONNECT
+        self._refusal: BrokerError | None = None
+
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"riad-edge-{camera_id}-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv311,  # what every broker speaks, Node-RED's and amqtt included
+        )
+        broker.apply_to(self._client)
+        self._client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._connect(connect_timeout)
+
+        self._sender = threading.Thread(target=self._send_loop, name=f"mqtt-sender-{camera_id}", daemon=True)
+        self._sender.start()
+        left = self.spool.depth()
+        if left:
+            log.info("%d message(s) left in spool %s by a previous run; delivering them first", left, spool_path)
+
+    # --- connection -------------------------------------------------------------------
+
+    def _connect(self, timeout: float) -> None:
+        """Raises BrokerError for a refused login or a failed TLS handshake; an unreachable broker is retried."""
+        try:
+            self._client.connect(self.broker.host, self.broker.port, KEEPALIVE_S)
+            reached = True
+        except ssl.SSLError as e:
+            self.spool.close()
+            raise BrokerError(f"TLS handshake with {self.broker.url} failed: {e}") from None
+        except OSError as e:
+            log.warning("broker %s unreachable (%s); spooling events and retrying", self.broker.url, e)
+            self._client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
+            reached = False
+        self._client.loop_start()
+        if reached and self._answered.wait(timeout) and self._refusal is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self.spool.close()
+            raise self._refusal
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            error = refused(self.broker, reason_code)
+            if not self._answered.is_set():
+                self._refusal = error
+            log.error("%s; retrying", error)
+            self._answered.set()
+            return
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self._connections += 1
+        if self._connections > 1:
+            log.warning("reconnected to broker %s", self.broker.url)
+        self._answered.set()
+        self._kick.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._closing:
+            log.warning("lost the broker %s (%s); spooling events until it is back", self.broker.url, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked_mids.put(mid)
+        self._kick.set()
+
+    # --- the pipeline side ------------------------------------------------------------
+
+    def handle(self, result: FrameResult) -> None:
+        """Spools an event (and its overlay) for a defective frame; good frames publish nothing."""
+        if not result.is_defect:
+            return
+        event_id = str(uuid.uuid4())
+        overlay_topic = f"{self.base_topic}/defect/{event_id}/overlay"
+        event = self._event(result, event_id, overlay_topic)
+        overlay = encode_jpeg(heatmap_overlay(result.frame, result.anomaly_map, result.threshold, result.boxes))
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("MqttPublisher.handle() after close()")
+            self._spool_or_hold(f"{self.base_topic}/defect", event, event_id)
+            if not self._memory_queue:  # an overlay is only worth its disk space next to its event
+                try:
+                    self.spool.put(overlay_topic, overlay, QOS_EVENTS, False)
+                except SpoolError as e:
+                    log.error("overlay of event %s not kept: %s", event_id, e)
+            else:
+                log.error("overlay of event %s dropped: the spool is full", event_id)
+        self._kick.set()
+
+    def _spool_or_hold(self, topic: str, event: bytes, event_id: str) -> None:
+        """The event into the spool; into the bounded memory queue when the spool is full."""
+        self._drain_memory_queue()
+        if not self._memory_queue:  # newer events never overtake held ones
+            try:
+                self.spool.put(topic, event, QOS_EVENTS, False)
+                return
+            except SpoolError as e:
+                log.error("%s; holding events in memory (up to %d) until there is room", e, MEMORY_QUEUE_LIMIT)
+        if len(self._memory_queue) >= MEMORY_QUEUE_LIMIT:
+            self._dropped += 1
+            log.error("DROPPED defect event %s: spool full and %d events already held in memory", event_id, MEMORY_QUEUE_LIMIT)
+            return
+        self._memory_queue.append((topic, event))
+
+    def _drain_memory_queue(self) -> None:
+        while self._memory_queue:
+            topic, event = self._memory_queue[0]
+            try:
+                self.spool.put(topic, event, QOS_EVENTS, False)
+            except SpoolError:
+                return
+            self._memory_queue.popleft()
+
+    def _event(self, result: FrameResult, event_id: str, overlay_topic: str) -> bytes:
+        height, width = result.frame.shape[:2]
+        return json.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": event_id,
+                "camera_id": self.camera_id,
+                "model_id": self.model_id,
+                "frame_index": result.frame_index,
+                "timestamp": iso_utc(result.timestamp),
+                "epoch": result.timestamp,
+                "score": float(result.score),
+                "threshold": float(result.threshold),
+                "frame_width": width,
+                "frame_height": height,
+                "boxes": [
+                    {"x": b.x, "y": b.y, "width": b.width, "height": b.height, "peak": float(b.peak)}
+                    for b in result.boxes
+                ],
+                "overlay_topic": overlay_topic,
+            }
+        ).encode()
+
+    # --- the sender thread ------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        next_stats = time.monotonic() + self._stats_interval
+        while True:
+            self._kick.clear()
+            with self._lock:
+                self._collect_acks()
+                self._delete_delivered()
+                self._drain_memory_queue()
+                connected = self._client.is_connected()
+                if connected:
+                    self._hand_over()
+                if self._closing and (not connected or self._idle()):
+                    return
+            self._kick.wait(timeout=max(0.0, min(1.0, next_stats - time.monotonic())))
+            if time.monotonic() >= next_stats:
+                self._publish_stats()
+                next_stats = time.monotonic() + self._stats_interval
+
+    def _collect_acks(self) -> None:
+        while not self._acked_mids.empty():
+            spool_id = self._in_flight.pop(self._acked_mids.get(), None)  # None too for availability
+            if spool_id is not None:
+                self._to_delete.append(spool_id)
+
+    def _delete_delivered(self) -> None:
+        # A full disk can refuse even a delete (WAL): keep the ids and retry, never re-send them.
+        while self._to_delete:
+            try:
+                self.spool.ack(self._to_delete[0])
+            except SpoolError as e:
+                log.error("%s; a delivered message stays in the spool (re-sent after a restart if never deleted)", e)
+                return
+            self._to_delete.popleft()
+
+    def _hand_over(self) -> None:
+        room = IN_FLIGHT - len(self._in_flight)
+        for message in self.spool.pending(room, after=self._last_handed) if room > 0 else []:
+            info = self._client.publish(message.topic, message.payload, message.qos, message.retain)
+            self._in_flight[info.mid] = message.id
+            self._last_handed = message.id
+            room -= 1
+        # Held events go out only when nothing older waits in the spool; paho keeps them until acknowledged.
+        while room > 0 and self._memory_queue and not self.spool.pending(1, after=self._last_handed):
+            topic, event = self._memory_queue.popleft()
+            info = self._client.publish(topic, event, QOS_EVENTS, False)
+            self._in_flight[info.mid] = None
+            room -= 1
+
+    def _idle(self) -> bool:
+        return not self._in_flight and not self._memory_queue and not self.spool.pending(1, after=self._last_handed)
+
+    def _publish_stats(self) -> None:
+        if not self._client.is_connected():
+            return
+        try:
+            pipeline = self._stats_source() if self._stats_source else {}
+        except Exception:
+            log.exception("stats source failed; publishing MQTT stats only")
+            pipeline = {}
+        now = time.time()
+        with self._lock:
+            mqtt = {
+                "spool_depth": self.spool.depth(),
+                "memory_queue": len(self._memory_queue),
+                "in_flight": len(self._in_flight),
+                "dropped": self._dropped,
+                "reconnects": max(0, self._connections - 1),
+            }
+        payload = {
+            "schema_version": SCHEMA_VERSION,
+            "camera_id": self.camera_id,
+            "model_id": self.model_id,
+            "timestamp": iso_utc(now),
+            "epoch": now,
+            "pipeline": pipeline,
+            "mqtt": mqtt,
+        }
+        self._client.publish(f"{self.base_topic}/stats", json.dumps(payload, default=float), QOS_STATS, False)
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Delivers what it can within `timeout`, publishes `offline` and disconnects.
+
+        Whatever is still in the spool is delivered by the next start on the same spool.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._kick.set()
+        self._sender.join(timeout)
+        if self._client.is_connected():
+            self._client.publish(self.availability_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._sender.join()  # returns within a second now that the client is disconnected
+        with self._lock:
+            self._collect_acks()
+            self._delete_delivered()
+            self._drain_memory_queue()
+            lost = len(self._memory_queue)
+        left = self.spool.depth()
+        self.spool.close()
+        if left:
+            log.warning("%d message(s) stay in spool %s; the next start delivers them", left, self.spool.path)
+        if lost:
+            log.error("LOST %d defect event(s) held in memory: the spool was full at shutdown", lost)

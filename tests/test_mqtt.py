@@ -1,0 +1,197 @@
+"""MqttPublisher against a real broker on loopback: the documented topics and payloads, a crash, a full spool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.broker import BrokerError, parse_broker_url
+from edge.mqtt import MqttPublisher
+from tests.broker import USERS, Subscriber, broker, broker_with_login, frame_result  # noqa: F401
+
+CAMERA = "line1"
+AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", f"riad/{CAMERA}/stats"
+
+# A publisher in its own process, so a test can SIGKILL it like a crash or a power cut.
+PUBLISHER_PROCESS = """
+import sys, time
+from pathlib import Path
+from edge.broker import parse_broker_url
+from edge.mqtt import MqttPublisher
+from tests.broker import frame_result
+url, spool, bottle, count = sys.argv[1:]
+publisher = MqttPublisher(parse_broker_url(url), "line1", Path(spool), connect_timeout=2)
+for i in range(int(count)):
+    publisher.handle(frame_result(Path(bottle), i))
+print("handled", flush=True)
+time.sleep(60)
+"""
+
+
+def run_publisher_then_kill(url, spool, bottle_dir, count, until=None):
+    process = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER_PROCESS, url, str(spool), str(bottle_dir), str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert process.stdout.readline().strip() == "handled"
+        if until is not None:
+            assert until()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+
+@pytest.fixture
+def publisher_factory(tmp_path):
+    made = []
+
+    def make(broker, **kwargs):
+        kwargs.setdefault("spool_path", tmp_path / "spool.db")
+        publisher = MqttPublisher(parse_broker_url(broker.url), CAMERA, model_id="bottle-w8", **kwargs)
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.close()
+
+
+def test_available_online_retained_then_offline_on_close(broker, publisher_factory):
+    publisher = publisher_factory(broker)
+    late = Subscriber(broker, [AVAILABLE])  # subscribes after connect: sees the retained state
+    assert late.wait_for(lambda: late.messages)
+    assert late.messages[0] == (AVAILABLE, b"online", True)
+    publisher.close()
+    assert late.wait_for(lambda: late.on(AVAILABLE)[-1:] == [b"offline"])
+    late.close()
+    after = Subscriber(broker, [AVAILABLE])
+    assert after.wait_for(lambda: after.messages == [(AVAILABLE, b"offline", True)])
+    after.close()
+
+
+def test_last_will_says_offline_when_the_process_is_killed(broker, bottle_dir, tmp_path):
+    watcher = Subscriber(broker, [AVAILABLE])
+    run_publisher_then_kill(
+        broker.url, tmp_path / "spool.db", bottle_dir, 0, until=lambda: watcher.wait_for(lambda: watcher.on(AVAILABLE))
+    )
+    assert watcher.wait_for(lambda: watcher.on(AVAILABLE)[-1:] == [b"offline"])
+    watcher.close()
+    after = Subscriber(broker, [AVAILABLE])
+    assert after.wait_for(lambda: after.messages == [(AVAILABLE, b"offline", True)])
+    after.close()
+
+
+def test_defect_event_has_the_documented_schema_and_an_overlay(broker, bottle_dir, publisher_factory):
+    sub = Subscriber(broker, [f"riad/{CAMERA}/defect/#"])
+    publisher = publisher_factory(broker)
+    result = frame_result(bottle_dir, 3)
+    publisher.handle(result)
+    assert sub.wait_for(lambda: len(sub.messages) == 2)
+    (topic, payload, retained), (overlay_topic, jpeg, overlay_retained) = sub.messages
+    assert (topic, retained, overlay_retained) == (DEFECT, False, False)
+    event = json.loads(payload)
+    assert set(event) == {
+        "schema_version", "event_id", "camera_id", "model_id", "frame_index", "timestamp", "epoch",
+        "score", "threshold", "frame_width", "frame_height", "boxes", "overlay_topic",
+    }  # fmt: skip
+    assert event["schema_version"] == 1
+    assert uuid.UUID(event["event_id"]).version == 4
+    assert (event["camera_id"], event["model_id"], event["frame_index"]) == (CAMERA, "bottle-w8", 3)
+    assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp() == pytest.approx(
+        result.timestamp, abs=1e-3
+    )
+    assert event["epoch"] == result.timestamp
+    assert (event["score"], event["threshold"]) == (pytest.approx(0.8), 0.5)
+    height, width = result.frame.shape[:2]
+    assert (event["frame_width"], event["frame_height"]) == (width, height)
+    # The hot square covers map rows 20-27, columns 30-39 of 64: in frame pixels
+    [box] = event["boxes"]
+    assert box == {
+        "x": int(30 * width / 64),
+        "y": int(20 * height / 64),
+        "width": round(10 * width / 64),
+        "height": round(8 * height / 64),
+        "peak": pytest.approx(0.8),
+    }
+    assert overlay_topic == event["overlay_topic"] == f"riad/{CAMERA}/defect/{event['event_id']}/overlay"
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == result.frame.shape
+    # The box is drawn in red on the overlay
+    b, g, r = image[box["y"] + 1, box["x"] + box["width"] // 2].astype(int)
+    assert r > 150 and g < 100 and b < 100
+    sub.close()
+
+
+def test_a_good_frame_publishes_nothing(broker, bottle_dir, publisher_factory):
+    sub = Subscriber(broker, [f"riad/{CAMERA}/defect/#"])
+    publisher = publisher_factory(broker)
+    publisher.handle(frame_result(bottle_dir, 0, defect=False))
+    publisher.handle(frame_result(bottle_dir, 1))  # a marker: once it arrives, the good frame had its chance
+    assert sub.wait_for(lambda: sub.on(DEFECT))
+    assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == [1]
+    assert sub.wait_for(lambda: publisher.spool.depth() == 0)  # nothing of the good frame waits either
+    sub.close()
+
+
+def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publisher_factory):
+    sub = Subscriber(broker, [STATS])
+    publisher_factory(broker, stats_source=lambda: {"fps": 12.5, "frames": 40}, stats_interval=0.2)
+    assert sub.wait_for(lambda: len(sub.on(STATS)) >= 2)
+    stats = json.loads(sub.on(STATS)[0])
+    assert stats["schema_version"] == 1 and stats["camera_id"] == CAMERA
+    assert stats["pipeline"] == {"fps": 12.5, "frames": 40}
+    assert stats["mqtt"] == {"spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "reconnects": 0}
+    assert not sub.messages[0][2]  # not retained
+    sub.close()
+
+
+def test_events_spooled_by_a_crashed_process_are_delivered_by_the_next(broker, bottle_dir, tmp_path, publisher_factory):
+    spool = tmp_path / "spool.db"
+    broker.stop()  # the first process never reaches the broker: everything stays in its spool
+    run_publisher_then_kill(broker.url, spool, bottle_dir, 3)
+    broker.start()
+    sub = Subscriber(broker, [DEFECT])
+    publisher = publisher_factory(broker, spool_path=spool)
+    assert sub.wait_for(lambda: len(sub.on(DEFECT)) == 3)
+    assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == [0, 1, 2]
+    assert sub.wait_for(lambda: publisher.spool.depth() == 0)
+    sub.close()
+
+
+def test_a_full_spool_holds_events_in_memory_and_says_so(broker, bottle_dir, publisher_factory, caplog):
+    broker.stop()
+    # 64 kB: room for a few events but not for their overlays; the same SQLITE_FULL as a full disk.
+    publisher = publisher_factory(broker, spool_max_bytes=64 * 1024)
+    with caplog.at_level(logging.ERROR, logger="edge.mqtt"):
+        for i in range(8):
+            publisher.handle(frame_result(bottle_dir, i))
+    assert "is full" in caplog.text and "holding events in memory" in caplog.text
+    assert "DROPPED" not in caplog.text
+    broker.start()
+    sub = Subscriber(broker, [DEFECT])
+    assert sub.wait_for(lambda: len(sub.on(DEFECT)) == 8, timeout=15)
+    assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == list(range(8))
+    sub.close()
+
+
+def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):
+    wrong = parse_broker_url(broker_with_login.url, username="edge", password="wrong")
+    with pytest.raises(BrokerError, match="refused the connection.*user 'edge'"):
+        MqttPublisher(wrong, CAMERA, tmp_path / "spool.db")
+    with pytest.raises(BrokerError, match="anonymous"):
+        MqttPublisher(parse_broker_url(broker_with_login.url), CAMERA, tmp_path / "spool.db")
+    right = parse_broker_url(broker_with_login.url, username="edge", password=USERS["edge"])
+    MqttPublisher(right, CAMERA, tmp_path / "spool.db").close()  # the spool was released by the failures
