@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -12,7 +14,7 @@ def heatmap_overlay(
     frame: np.ndarray,
     amap: np.ndarray,
     threshold: float,
-    boxes: list[Box] = (),
+    boxes: Sequence[Box] = (),
     alpha: float = 0.45,
 ) -> np.ndarray:
     """BGR image the frame's size: the map blended over the frame, regions boxed in red.
