@@ -1,0 +1,447 @@
+"""The RIAD method on the GPU: one frame up, the 12 masked variants made on the device,
+and only the anomaly map and its score back down.
+
+`GpuAnomalyMap` compiles edge/kernels/riad_kernels.cu at run time and owns every
+device buffer for one input size, allocated once. Per frame it uploads the image
+through a pinned buffer, expands the variants into the network's input buffer and,
+once the network has written its output buffer, runs recombination, the multi-scale
+GMS map, the Gaussian and the max on the same stream. The kernels share their
+arithmetic with the host build that tests them (tests/test_kernels_host.py), and that
+arithmetic mirrors edge/anomaly_map.py, the reference.
+
+It launches through pycuda (what JetPack offers) or, where only CuPy is installed,
+through cupy.RawModule; neither is imported until a map is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.anomaly_map import MapSpec, gaussian_kernel
+from edge.manifest import Manifest
+from edge.masks import fixed_masks
+
+KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
+THREADS = (
+    256  # threads per block; max_value's shared array in riad_kernels.cu has this size
+)
+# Contraction into FMA would round once where numpy rounds twice.
+COMPILE_OPTIONS = ["--fmad=false"]
+
+# Kernel name -> argument types (P pointer, i int32, f float32), as riad_kernels.cu declares them.
+KERNEL_SIGNATURES = {
+    "expand_variants": "PPPiiiiP",
+    "frame_gray": "PiiP",
+    "recombined_gray": "PPPiiiiiP",
+    "pool_level": "Piiiii",
+    "gms_level": "PiiiiifP",
+    "raw_anomaly": "PiiiiiP",
+    "gaussian_pass": "PPiiiiP",
+    "max_value": "PiP",
+}
+
+
+class GpuUnavailableError(RuntimeError):
+    """No way to run CUDA kernels here: no pycuda or CuPy, or no GPU."""
+
+
+def pixel_sets(masks: np.ndarray) -> np.ndarray:
+    """(K, H, W) uint8: which set hides each pixel, from (K, n, H, W) disjoint masks."""
+    if not np.array_equal(
+        masks.sum(axis=1), np.ones(masks.shape[:1] + masks.shape[2:], masks.dtype)
+    ):
+        raise ValueError("masks must hide every pixel in exactly one set per cell size")
+    return masks.argmax(axis=1).astype(np.uint8)
+
+
+def smoothing_taps(sigma: float) -> np.ndarray:
+    """The Gaussian's taps; a single tap of 1 (an exact copy) when sigma <= 0, as smooth() does."""
+    return gaussian_kernel(sigma) if sigma > 0 else np.ones(1, np.float32)
+
+
+def _blocks(count: int) -> tuple[int, int, int]:
+    return ((count + THREADS - 1) // THREADS, 1, 1)
+
+
+class _PyCudaDevice:
+    """Device 0's primary context (shared with TensorRT), one stream, nvcc-compiled kernels."""
+
+    def __init__(self) -> None:
+        import pycuda.driver as cuda
+        from pycuda.compiler import SourceModule
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            raise GpuUnavailableError("pycuda found no CUDA GPU")
+        self.cuda = cuda
+        self.device = cuda.Device(0)
+        self.context = self.device.retain_primary_context()
+        self.context.push()
+        try:
+            self.stream = cuda.Stream()
+            module = SourceModule(
+                (KERNELS_DIR / "riad_kernels.cu").read_text(),
+                options=COMPILE_OPTIONS,
+                include_dirs=[str(KERNELS_DIR)],
+                no_extern_c=True,
+            )
+            self.kernels = {
+                name: module.get_function(name) for name in KERNEL_SIGNATURES
+            }
+            for name, kernel in self.kernels.items():
+                kernel.prepare(KERNEL_SIGNATURES[name])
+        finally:
+            self.context.pop()
+        self.allocations: list[Any] = []
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream.handle)
+
+    def name(self) -> str:
+        return str(self.device.name())
+
+    def compute_capability(self) -> tuple[int, int]:
+        major, minor = self.device.compute_capability()
+        return int(major), int(minor)
+
+    def push(self) -> None:
+        self.context.push()
+
+    def pop(self) -> None:
+        self.context.pop()
+
+    def alloc(self, nbytes: int) -> int:
+        allocation = self.cuda.mem_alloc(nbytes)
+        self.allocations.append(allocation)
+        return int(allocation)
+
+    def pinned(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return self.cuda.pagelocked_empty(tuple(shape), dtype)
+
+    def to_device(self, address: int, host: np.ndarray) -> None:
+        self.cuda.memcpy_htod_async(address, host, self.stream)
+
+    def to_host(self, host: np.ndarray, address: int) -> None:
+        self.cuda.memcpy_dtoh_async(host, address, self.stream)
+
+    def device_copy(self, destination: int, source: int, nbytes: int) -> None:
+        self.cuda.memcpy_dtod_async(destination, source, nbytes, self.stream)
+
+    def launch(self, name: str, count: int, *args: Any) -> None:
+        self.kernels[name].prepared_async_call(
+            _blocks(count), (THREADS, 1, 1), self.stream, *args
+        )
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.context.push()
+        try:
+            for allocation in self.allocations:
+                allocation.free()
+            self.allocations.clear()
+        finally:
+            self.context.pop()
+            self.context.detach()
+
+
+class _CupyDevice:
+    """The same through CuPy (NVRTC), for machines with CuPy and no pycuda."""
+
+    def __init__(self) -> None:
+        import cupy
+        import cupyx
+
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            raise GpuUnavailableError("CuPy found no CUDA GPU")
+        self.cupy, self.cupyx = cupy, cupyx
+        self.device = cupy.cuda.Device(0)
+        with self.device:
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            module = cupy.RawModule(
+                code=(KERNELS_DIR / "riad_kernels.cu").read_text(),
+                options=(*COMPILE_OPTIONS, f"-I{KERNELS_DIR}"),
+            )
+            self.kernels = {
+                name: module.get_function(name) for name in KERNEL_SIGNATURES
+            }
+        self.allocations: list[Any] = []
+        self.runtime = cupy.cuda.runtime
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream.ptr)
+
+    def name(self) -> str:
+        return str(self.runtime.getDeviceProperties(0)["name"].decode())
+
+    def compute_capability(self) -> tuple[int, int]:
+        cc = self.device.compute_capability  # "87"
+        return int(cc[:-1]), int(cc[-1])
+
+    def push(self) -> None:
+        self.device.use()
+
+    def pop(self) -> None:
+        """CuPy works in the runtime's current device; nothing to undo."""
+
+    def alloc(self, nbytes: int) -> int:
+        with self.device:
+            allocation = self.cupy.cuda.alloc(nbytes)
+        self.allocations.append(allocation)
+        return int(allocation.ptr)
+
+    def pinned(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return self.cupyx.empty_pinned(tuple(shape), dtype)
+
+    def to_device(self, address: int, host: np.ndarray) -> None:
+        self.runtime.memcpyAsync(
+            address,
+            host.ctypes.data,
+            host.nbytes,
+            self.runtime.memcpyHostToDevice,
+            self.stream.ptr,
+        )
+
+    def to_host(self, host: np.ndarray, address: int) -> None:
+        self.runtime.memcpyAsync(
+            host.ctypes.data,
+            address,
+            host.nbytes,
+            self.runtime.memcpyDeviceToHost,
+            self.stream.ptr,
+        )
+
+    def device_copy(self, destination: int, source: int, nbytes: int) -> None:
+        self.runtime.memcpyAsync(
+            destination,
+            source,
+            nbytes,
+            self.runtime.memcpyDeviceToDevice,
+            self.stream.ptr,
+        )
+
+    def launch(self, name: str, count: int, *args: Any) -> None:
+        # CuPy passes a Python int as 8 bytes: give every argument its C type.
+        typed = [
+            np.uint64(a) if t == "P" else np.int32(a) if t == "i" else np.float32(a)
+            for t, a in zip(KERNEL_SIGNATURES[name], args)
+        ]
+        self.kernels[name](
+            _blocks(count), (THREADS, 1, 1), tuple(typed), stream=self.stream
+        )
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.allocations.clear()
+
+
+def open_device() -> _PyCudaDevice | _CupyDevice:
+    """pycuda where installed (JetPack), else CuPy; a clear error when neither can run."""
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return _PyCudaDevice()
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        raise GpuUnavailableError(
+            "neither pycuda nor CuPy is installed; on a Jetson use JetPack's python3-pycuda "
+            "(see docs/gpu.md), on x86 'pip install .[gpu]'"
+        ) from None
+    return _CupyDevice()
+
+
+class GpuAnomalyMap:
+    """Device buffers and kernels for one input size, mask set and map spec."""
+
+    def __init__(
+        self,
+        input_size: int,
+        masks: np.ndarray,
+        map_spec: MapSpec,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+    ):
+        num_sizes, num_sets, height, width = masks.shape
+        if (height, width) != (input_size, input_size):
+            raise ValueError(
+                f"masks are {height}x{width}, the input size is {input_size}"
+            )
+        if input_size % (1 << (map_spec.levels - 1)):
+            raise ValueError(
+                f"input size {input_size} cannot be halved {map_spec.levels - 1} times"
+            )
+        self.size = input_size
+        self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
+        self.num_variants = num_sizes * num_sets
+        plane = input_size * input_size
+        self.pyramid_size = sum(
+            plane >> (2 * level) for level in range(map_spec.levels)
+        )
+        taps = smoothing_taps(map_spec.sigma)
+        self.radius = len(taps) // 2
+
+        self.device = open_device()
+        self.device.push()
+        try:
+            f32 = 4
+            self.frame_address = self.device.alloc(3 * plane * f32)
+            self.variants_address = self.device.alloc(
+                self.num_variants * 3 * plane * f32
+            )
+            self.outputs_address = self.device.alloc(
+                self.num_variants * 3 * plane * f32
+            )
+            self.pixel_set_address = self.device.alloc(num_sizes * plane)
+            self.norm_address = self.device.alloc(6 * f32)
+            self.taps_address = self.device.alloc(len(taps) * f32)
+            self.gray_address = self.device.alloc(
+                (1 + num_sizes) * self.pyramid_size * f32
+            )
+            self.gms_address = self.device.alloc(num_sizes * self.pyramid_size * f32)
+            self.raw_map_address = self.device.alloc(plane * f32)
+            self.scratch_address = self.device.alloc(plane * f32)
+            self.map_address = self.device.alloc(plane * f32)
+            self.score_address = self.device.alloc(f32)
+            # Pinned host buffers, so uploads and downloads are true async DMA.
+            self.frame_host = self.device.pinned(
+                (3, input_size, input_size), np.float32
+            )
+            self.map_host = self.device.pinned((input_size, input_size), np.float32)
+            self.score_host = self.device.pinned((1,), np.float32)
+            # Constants, uploaded once.
+            self._upload_constant(pixel_sets(masks), self.pixel_set_address)
+            self._upload_constant(
+                np.concatenate([np.float32(mean), np.float32(std)]), self.norm_address
+            )
+            self._upload_constant(taps, self.taps_address)
+            self.device.synchronize()
+        finally:
+            self.device.pop()
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest) -> GpuAnomalyMap:
+        size = manifest.input_size
+        masks = fixed_masks(size, size, manifest.mask_spec, manifest.mask_seed)
+        return cls(size, masks, manifest.map_spec, manifest.mean, manifest.std)
+
+    @property
+    def stream_handle(self) -> int:
+        """The stream every copy and kernel runs on; run the network on it too."""
+        return self.device.stream_handle
+
+    def _upload_constant(self, array: np.ndarray, address: int) -> None:
+        staging = self.device.pinned(array.shape, array.dtype)
+        staging[...] = array
+        self.device.to_device(address, staging)
+        self.device.synchronize()
+
+    def variants(self, frame: np.ndarray | int) -> int:
+        """Queue the frame's masked, normalised variants; returns the batch's device address.
+
+        `frame` is a (3, S, S) float32 RGB image in [0, 1], on the host or (as an int)
+        already on the device. The batch is (K*n, 3, S, S) float32 at `variants_address`.
+        """
+        s, plane = self.size, self.size * self.size
+        self.device.push()
+        try:
+            if isinstance(frame, (int, np.integer)):
+                self.device.device_copy(self.frame_address, int(frame), 3 * plane * 4)
+            else:
+                if frame.shape != (3, s, s):
+                    raise ValueError(f"frame is {frame.shape}, expected (3, {s}, {s})")
+                self.frame_host[...] = frame
+                self.device.to_device(self.frame_address, self.frame_host)
+            self.device.launch(
+                "expand_variants", self.num_variants * 3 * plane,
+                self.frame_address, self.pixel_set_address, self.norm_address,
+                self.num_sizes, self.num_sets, s, s, self.variants_address,
+            )  # fmt: skip
+            self.device.launch(
+                "frame_gray", plane, self.frame_address, s, s, self.gray_address
+            )
+        finally:
+            self.device.pop()
+        return self.variants_address
+
+    def score(self, outputs: int | None = None) -> tuple[np.ndarray, float]:
+        """The (S, S) anomaly map and its maximum, from the network's outputs on the device.
+
+        `outputs` is the address of the (K*n, 3, S, S) float32 reconstructions (by default
+        `outputs_address`, where the engine writes); call after `variants` on this stream.
+        """
+        s, plane, d = self.size, self.size * self.size, self.device
+        levels = self.spec.levels
+        d.push()
+        try:
+            d.launch(
+                "recombined_gray", self.num_sizes * plane,
+                self.outputs_address if outputs is None else outputs, self.pixel_set_address, self.norm_address,
+                self.num_sizes, self.num_sets, s, s, self.pyramid_size, self.gray_address,
+            )  # fmt: skip
+            for level in range(1, levels):
+                count = (1 + self.num_sizes) * (plane >> (2 * level))
+                d.launch(
+                    "pool_level",
+                    count,
+                    self.gray_address,
+                    1 + self.num_sizes,
+                    self.pyramid_size,
+                    level,
+                    s,
+                    s,
+                )
+            for level in range(levels):
+                d.launch(
+                    "gms_level", self.num_sizes * (plane >> (2 * level)),
+                    self.gray_address, self.num_sizes, self.pyramid_size, level, s, s, self.spec.c, self.gms_address,
+                )  # fmt: skip
+            d.launch("raw_anomaly", plane, self.gms_address, self.num_sizes, self.pyramid_size, levels, s, s,
+                     self.raw_map_address)  # fmt: skip
+            d.launch("gaussian_pass", plane, self.raw_map_address, self.taps_address, self.radius, s, s, 0,
+                     self.scratch_address)  # fmt: skip
+            d.launch("gaussian_pass", plane, self.scratch_address, self.taps_address, self.radius, s, s, 1,
+                     self.map_address)  # fmt: skip
+            # One block: max_value reduces the whole map itself.
+            d.launch("max_value", 1, self.map_address, plane, self.score_address)
+            d.to_host(self.map_host, self.map_address)
+            d.to_host(self.score_host, self.score_address)
+            d.synchronize()
+        finally:
+            d.pop()
+        return self.map_host.copy(), float(self.score_host[0])
+
+    def download(self, address: int, shape: Sequence[int]) -> np.ndarray:
+        """A float32 device buffer as a host array (synchronous; for checks, not per frame)."""
+        host = np.empty(tuple(shape), np.float32)
+        self.device.push()
+        try:
+            staging = self.device.pinned(host.shape, np.float32)
+            self.device.to_host(staging, address)
+            self.device.synchronize()
+            host[...] = staging
+        finally:
+            self.device.pop()
+        return host
+
+    def upload(self, array: np.ndarray, address: int) -> None:
+        """Copy a float32 host array to a device buffer (synchronous; for checks, not per frame)."""
+        self.device.push()
+        try:
+            self._upload_constant(np.ascontiguousarray(array, np.float32), address)
+        finally:
+            self.device.pop()
+
+    def close(self) -> None:
+        self.device.close()
