@@ -1,0 +1,150 @@
+"""Checkpoint -> ONNX model + manifest, checked against torch and calibrated.
+
+The ONNX file is what every edge backend loads (ONNX Runtime directly, TensorRT after
+`build-engine`). Export proves the file computes what the trained net computes, then
+scores the held-out good images with the edge's own CPU backend to set the threshold,
+so the threshold is measured on exactly the arithmetic the edge box will run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edge.anomaly_map import default_sigma
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.masks import fixed_masks, masked_variants
+from trainer.calibrate import calibrate_threshold
+from trainer.data import load_images
+from trainer.train import TrainConfig, build_model, load_checkpoint
+
+# 17 is TensorRT 8.6's ceiling (JetPack 5); the torch.export-based exporter starts at 18
+# and down-converts cleanly.
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "reconstructions"
+# float32 reorderings differ by ~1e-7; beyond 1e-4 the graph computes something else.
+MAX_ABS_DIFF = 1e-4
+
+
+class ExportError(Exception):
+    """The checkpoint cannot become a trustworthy edge model."""
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter narrates each pass, warns about torch internals and about building
+    opset 18 then converting it down; a user exporting a model needs none of it."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, out_path: Path) -> None:
+    """One self-contained .onnx file (weights inside, so the manifest's hash covers them)
+    with a dynamic batch axis: the CPU backend sends 12 variants, TensorRT may batch more.
+
+    Uses the torch.export-based exporter (torch's default since 2.9): its graph is clean
+    (batch norm folded, static Resize scales, no shape arithmetic), which TensorRT likes.
+    """
+    with quiet_exporter():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out_path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+
+
+def onnx_max_abs_diff(model: torch.nn.Module, onnx_path: Path, batch: np.ndarray) -> float:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    with torch.no_grad():
+        torch_out = model(torch.from_numpy(batch)).numpy()
+    return float(np.abs(onnx_out - torch_out).max())
+
+
+def export_onnx(checkpoint: str | Path, out_path: str | Path) -> Manifest:
+    """Write `out_path` (.onnx) and its manifest beside it; return the manifest."""
+    checkpoint, out_path = Path(checkpoint), Path(out_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise ExportError(f"{out_path} does not end in .onnx; name the model file, e.g. engines/bottle.onnx")
+    state = load_checkpoint(checkpoint)
+    if state["epoch"] == 0:
+        raise ExportError(f"{checkpoint} holds no completed epoch; train longer before exporting")
+    config = TrainConfig.from_dict(state["config"])
+    size = config.input_size
+    held_out = [Path(p) for p in state["held_out_images"]]
+    missing = [str(p) for p in held_out if not p.is_file()]
+    if missing:
+        raise ExportError(
+            f"the held-out images that set the threshold are gone ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); restore {state['data_root']} to export"
+        )
+
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    model.eval()
+
+    # Verify on the batch the edge really sends: the 12 masked variants of a good image.
+    image = load_images(held_out[:1], size)[0]
+    variants = masked_variants(image, fixed_masks(size, size, config.mask_spec, config.seed))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_onnx(model, torch.from_numpy(variants[:2]), out_path)
+    diff = onnx_max_abs_diff(model, out_path, variants)
+    if not diff <= MAX_ABS_DIFF:
+        out_path.unlink()
+        raise ExportError(
+            f"the ONNX model differs from the torch model by {diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
+            "nothing was written"
+        )
+
+    sha = file_sha256(out_path)
+    manifest = Manifest(
+        model_id=f"{state['category']}-w{config.base_width}-{size}-{sha[:8]}",
+        category=state["category"],
+        input_size=size,
+        model_width=config.base_width,
+        threshold=float("nan"),  # set below, from this very file's scores
+        model_file=out_path.name,
+        model_sha256=sha,
+        cell_sizes=list(config.cell_sizes),
+        num_sets=config.num_sets,
+        mask_seed=config.seed,
+        map_sigma=default_sigma(size),
+        training_fingerprint=state["fingerprint"],
+        recipe=config.to_dict(),
+    )
+    with OnnxCpuBackend(out_path, manifest=manifest) as backend:
+        calibration = calibrate_threshold(backend, held_out)
+    threshold = calibration.pop("threshold")
+    metrics = {
+        "calibration": calibration,
+        "epochs_trained": state["epoch"],
+        "final_train_loss": state["losses"][-1],
+        "onnx_max_abs_diff": diff,
+    }
+    manifest = replace(manifest, threshold=threshold, metrics=metrics)
+    manifest.save(manifest_path(out_path))
+    return manifest
