@@ -117,10 +117,11 @@ class CaptureSource(VideoSource):
         self._closed = threading.Event()
         self._lock = threading.Lock()  # held while the capture is read or released
         self._next_index = 0
-        self._capture = open_capture()
-        if not self._capture.isOpened():
-            self._capture.release()
+        capture = open_capture()
+        if not capture.isOpened():
+            capture.release()
             raise SourceError(f"cannot open {description}")
+        self._capture: cv2.VideoCapture | None = capture
 
     def read(self) -> Frame | None:
         while not self._closed.is_set():

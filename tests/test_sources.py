@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import cv2
 import pytest
-from media import bottle_frames, nearest, write_image_folder, write_truncated_png, write_video
+from media import (
+    bottle_frames,
+    nearest,
+    write_image_folder,
+    write_truncated_png,
+    write_video,
+)
 
 from edge.sources import CaptureSource, SourceError, _has_gstreamer, open_source
 
@@ -141,7 +148,7 @@ def test_live_source_reconnects_with_growing_backoff_when_the_camera_comes_back(
 
     assert frame is not None and frame.index == 3  # numbering goes on across the drop
     assert source.counters() == {"frames_corrupt": 0, "disconnects": 1, "reconnects": 1}
-    gaps = [b - a for a, b in zip(opener.calls[1:], opener.calls[2:])]
+    gaps = [b - a for a, b in itertools.pairwise(opener.calls[1:])]
     assert opener.calls[-1] - opener.calls[1] >= 0.35  # it kept trying until the camera was back...
     assert min(gaps) >= 0.015 and max(gaps) < 0.3  # ...waiting backoff-sized gaps...
     assert gaps[0] < 0.06 and len(gaps) <= 12  # ...that grew from 0.02 s toward the 0.08 s cap
