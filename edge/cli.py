@@ -2,6 +2,64 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Watch a camera, find defects, publish them over MQTT.")
+
+
+@app.callback()
+def main() -> None:
+    # Keeps `riad-edge run ...` a subcommand even while it is the only command.
+    pass
+
+
+@app.command("run")
+def run_command(
+    camera: Annotated[int | None, typer.Option("--camera", help="Camera number (V4L2), e.g. 0 for /dev/video0.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., file://clip.mp4, a video file, an image folder.")] = None,
+    model: Annotated[Path, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = ...,
+    broker: Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...; without it defects are only printed.")] = None,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")] = None,
+    spool: Annotated[Path | None, typer.Option(help="Where undelivered MQTT events wait (default: ~/.local/state/riad-edge/<camera-id>.spool).")] = None,
+    camera_id: Annotated[str | None, typer.Option(help="Name in MQTT topics (default from the source: cam0, the file name...).")] = None,
+    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level.")] = "riad",
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after inspecting this many frames.")] = None,
+    save_dir: Annotated[Path | None, typer.Option(help="Save each defective frame and its heatmap overlay here as JPEG.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Anomaly score threshold (default: the model manifest's).")] = None,
+) -> None:
+    """Inspect frames from a camera, stream, video or folder; report defects.
+
+    Ctrl-C or SIGTERM stops gracefully: queued frames are finished, MQTT says offline.
+
+    Exit codes: 0 done or stopped; 2 bad model, manifest, broker settings or options;
+    3 source unavailable (no such camera, file or folder, unreadable video).
+    """
+    from edge.runner import run_inspection
+
+    if (camera is None) == (source is None):
+        raise typer.BadParameter("give exactly one of --camera N or --source URI")
+    code = run_inspection(
+        str(camera) if camera is not None else source,
+        model,
+        broker_url=broker,
+        username=username,
+        password=password,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        spool=spool,
+        camera_id=camera_id,
+        topic_prefix=topic_prefix,
+        max_frames=max_frames,
+        save_dir=save_dir,
+        threshold=threshold,
+    )
+    raise typer.Exit(code)
+

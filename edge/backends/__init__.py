@@ -45,11 +45,15 @@ def open_backend(model_path: str | Path) -> Backend:
 def _tensorrt(model_path: Path) -> Backend:
     if not model_path.is_file():
         raise ManifestError(f"model file {model_path} does not exist")
+    needs = f"{model_path} is a TensorRT engine, which needs TensorRT, pycuda and an NVIDIA GPU"
+    use_onnx = "pass the .onnx model instead to use the CPU backend"
     try:
         from edge.backends.tensorrt import TensorRTBackend
     except ImportError as exc:
-        raise BackendError(
-            f"{model_path} is a TensorRT engine, which needs TensorRT, pycuda and an NVIDIA GPU "
-            f"({exc}); pass the .onnx model instead to use the CPU backend"
-        ) from None
-    return TensorRTBackend(model_path)
+        raise BackendError(f"{needs} ({exc}); {use_onnx}") from None
+    from edge.backends.gpu_available import GpuUnavailable
+
+    try:
+        return TensorRTBackend(model_path)
+    except GpuUnavailable as exc:
+        raise BackendError(f"{needs} ({exc}); {use_onnx}") from None

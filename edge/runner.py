@@ -1,0 +1,180 @@
+"""`riad-edge run`, wired: model -> backend, URI -> source, options -> sinks; errors -> exit codes.
+
+Exit codes (also in the command's help):
+    0  the source ended, --max-frames were inspected, or SIGINT/SIGTERM stopped the run
+    2  bad input: the model or its manifest, the broker settings, the snapshot folder, the options
+    3  the source is unavailable: no such camera, file or folder, or an unreadable video
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import cv2
+
+from edge.backends import BackendError, open_backend
+from edge.broker import BrokerError, parse_broker_url
+from edge.manifest import ManifestError
+from edge.pipeline import Pipeline
+from edge.results import FrameResult
+from edge.snapshots import SnapshotSaver
+from edge.sources import SourceError, open_source
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_SOURCE_UNAVAILABLE = 3
+BOXES_SHOWN = 5  # per console line; the MQTT event carries them all
+
+
+class ConsoleSink:
+    """One line per defective frame on stdout: score, threshold and the regions found."""
+
+    def __init__(self, camera_id: str):
+        self.camera_id = camera_id
+
+    def handle(self, result: FrameResult) -> None:
+        if result.is_defect:
+            print(format_defect(self.camera_id, result), flush=True)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def format_defect(camera_id: str, result: FrameResult) -> str:
+    boxes = " ".join(f"[x={b.x} y={b.y} w={b.width} h={b.height} peak={b.peak:.4f}]" for b in result.boxes[:BOXES_SHOWN])
+    more = f" +{len(result.boxes) - BOXES_SHOWN} more" if len(result.boxes) > BOXES_SHOWN else ""
+    return (
+        f"DEFECT {camera_id} frame {result.frame_index} score {result.score:.4f} > {result.threshold:.4f} "
+        f"boxes {len(result.boxes)}: {boxes}{more}"
+    )
+
+
+def format_summary(summary: dict) -> str:
+    return (
+        f"summary: {summary['frames_processed']} frames, {summary['defects']} defective, "
+        f"{summary['frames_dropped']} dropped, {summary['frames_corrupt']} corrupt, "
+        f"{summary['reconnects']} reconnects; {summary['fps']:.1f} fps, latency p50 "
+        f"{summary['latency_p50_ms']:.1f} ms, p99 {summary['latency_p99_ms']:.1f} ms"
+    )
+
+
+def default_spool_path(camera_id: str) -> Path:
+    """Undelivered MQTT events survive restarts here (XDG state folder)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "riad-edge" / f"{camera_id}.spool"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_inspection(
+    source_uri: str,
+    model_path: Path,
+    *,
+    broker_url: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    spool: Path | None = None,
+    camera_id: str | None = None,
+    topic_prefix: str = "riad",
+    max_frames: int | None = None,
+    save_dir: Path | None = None,
+    threshold: float | None = None,
+) -> int:
+    """Runs one inspection to its end and returns the process exit code."""
+    # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    with ExitStack() as stack:
+        try:
+            broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
+            backend = stack.enter_context(open_backend(model_path))
+        except (ManifestError, BackendError, BrokerError) as exc:
+            return _fail(str(exc), EXIT_BAD_INPUT)
+        try:
+            source = stack.enter_context(open_source(source_uri))
+        except SourceError as exc:
+            return _fail(str(exc), EXIT_SOURCE_UNAVAILABLE)
+        camera_id = camera_id or source.camera_id
+        threshold = backend.manifest.threshold if threshold is None else threshold
+        print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_size} px), threshold {threshold:.4f}")
+        print(f"source: {source.description} as camera '{camera_id}'")
+
+        sinks: list = [ConsoleSink(camera_id)]
+        saver = None
+        if save_dir is not None:
+            try:
+                saver = SnapshotSaver(save_dir)
+            except OSError as exc:
+                return _fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
+            sinks.append(saver)
+        pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
+        if broker is not None:
+            try:
+                pipeline.add_sink(_publisher(broker, camera_id, topic_prefix, spool, backend, pipeline))
+            except (BrokerError, ValueError, OSError) as exc:
+                return _fail(str(exc), EXIT_BAD_INPUT)
+            print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
+        else:
+            print("mqtt: off (no --broker); defects are printed here")
+
+        with _stop_on_signals(pipeline):
+            summary = pipeline.run()
+        print(format_summary(summary))
+        if saver is not None:
+            failed = f", {saver.failed} could not be written" if saver.failed else ""
+            print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}")
+    return EXIT_OK
+
+
+def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
+    from edge.mqtt import MqttPublisher
+
+    spool = spool or default_spool_path(camera_id)
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    return MqttPublisher(
+        broker,
+        camera_id,
+        spool,
+        topic_prefix=topic_prefix,
+        model_id=backend.manifest.model_id,
+        stats_source=pipeline.stats.snapshot,
+    )
+
+
+class _stop_on_signals:
+    """SIGINT/SIGTERM stop the pipeline gracefully; a second one interrupts at once."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.previous: dict[int, signal.Handlers | Callable | int | None] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        # os.write, not print: a handler interrupting a print must not print itself.
+        os.write(2, f"{signal.Signals(signum).name}: finishing queued frames (again to abort)\n".encode())
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.pipeline.stop()
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,145 @@
+"""`riad-edge run` as a user runs it: a real process, real videos, the tiny ONNX model, a real broker."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from media import bottle_frames, write_video
+
+from tests.broker import Subscriber
+
+pytest_plugins = ["tests.broker"]  # the broker fixtures
+
+
+def riad_edge(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from edge.cli import app; app()", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(*args, timeout: float = 60) -> tuple[int, str, str]:
+    process = riad_edge(*args)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture
+def clip(bottle_dir, tmp_path):
+    return write_video(tmp_path / "line.avi", bottle_frames(bottle_dir, 8), "MJPG")
+
+
+def test_run_on_a_video_prints_each_defect_and_a_summary(clip, tiny_onnx_model, tmp_path):
+    code, out, err = finished(
+        "run", "--source", clip, "--model", tiny_onnx_model, "--max-frames", 5, "--save-dir", tmp_path / "snaps"
+    )
+    assert code == 0, err
+    assert "backend: cpu (onnxruntime), model tiny-test (64 px), threshold 0.5000" in out
+    assert "source: video file" in out and "as camera 'line'" in out
+    assert "mqtt: off" in out
+    defects = int(re.search(r"summary: 5 frames, (\d+) defective, 0 dropped, 0 corrupt", out).group(1))
+    lines = [line for line in out.splitlines() if line.startswith("DEFECT line frame ")]
+    assert len(lines) == defects
+    assert all(re.search(r"score \d\.\d{4} > 0\.5000 boxes [1-9]\d*: \[x=\d+ y=\d+ w=\d+ h=\d+ peak=", line) for line in lines)
+    assert len(list((tmp_path / "snaps").glob("*.jpg"))) == 2 * defects
+    assert f"snapshots: {defects} defective frames saved" in out
+
+
+def test_the_engine_alias_and_a_threshold_override(clip, tiny_onnx_model):
+    code, out, err = finished("run", "--source", f"file://{clip}", "--engine", tiny_onnx_model, "--threshold", 2.0)
+    assert code == 0, err
+    assert "threshold 2.0000" in out and "summary: 8 frames, 0 defective" in out and "DEFECT" not in out
+
+
+def test_a_model_that_does_not_match_its_manifest_is_refused_with_exit_2(clip, tiny_onnx_model):
+    with open(tiny_onnx_model, "ab") as f:
+        f.write(b"\0")  # one byte changed after export, as by a bad copy
+    code, out, err = finished("run", "--source", clip, "--model", tiny_onnx_model)
+    assert code == 2
+    assert err.startswith("error: ") and "does not match its manifest" in err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "missing.onnx"], "model file missing.onnx does not exist"),
+        (["--model", "model.pt"], "unknown model type '.pt'"),
+        (["--model", "model.plan"], "pass the .onnx model instead"),
+    ],
+)
+def test_unusable_models_exit_2(clip, tmp_path, args, message):
+    (tmp_path / "model.pt").write_bytes(b"torch")
+    (tmp_path / "model.plan").write_bytes(b"engine")
+    if message.startswith("pass") and _tensorrt_importable():
+        pytest.skip("TensorRT is installed here")
+    args = [str(tmp_path / a) if a.startswith("model.") else a for a in args]
+    code, _, err = finished("run", "--source", clip, *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def _tensorrt_importable() -> bool:
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Runtime")  # not just its type stubs
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (["--source", "missing.mp4"], "missing.mp4: no such file or folder"),
+        (["--camera", 97], "cannot open camera 97"),
+        (["--source", "rtsp://127.0.0.1:9/line"], "cannot open stream rtsp://127.0.0.1:9/line"),
+    ],
+)
+def test_an_unavailable_source_exits_3(tiny_onnx_model, source, message):
+    code, out, err = finished("run", *source, "--model", tiny_onnx_model, timeout=20)
+    assert code == 3, err
+    assert err.strip().startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sources", [[], ["--camera", 0, "--source", "clip.avi"]])
+def test_exactly_one_source_is_required(tiny_onnx_model, sources):
+    code, _, err = finished("run", *sources, "--model", tiny_onnx_model)
+    assert code == 2 and "exactly one of --camera N or --source URI" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_gracefully_with_a_summary_and_exit_0(bottle_dir, tmp_path, tiny_onnx_model, sig):
+    long_clip = write_video(tmp_path / "long.avi", bottle_frames(bottle_dir, 8) * 40, "MJPG")
+    process = riad_edge("run", "--source", long_clip, "--model", tiny_onnx_model, "--threshold", 0)
+    while not process.stdout.readline().startswith("DEFECT"):  # inspecting now
+        assert process.poll() is None, process.stderr.read()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"{sig.name}: finishing queued frames" in err
+    processed = int(re.search(r"summary: (\d+) frames", out).group(1))
+    assert 1 <= processed < 320
+
+
+def test_run_publishes_defects_and_goes_offline_at_the_end(broker, clip, tiny_onnx_model, tmp_path):
+    subscriber = Subscriber(broker, ["riad/line2/#"])
+    try:
+        code, out, err = finished(
+            "run", "--source", clip, "--model", tiny_onnx_model, "--max-frames", 3, "--threshold", 0,
+            "--broker", broker.url, "--camera-id", "line2", "--spool", tmp_path / "spool.db",
+        )
+        assert code == 0, err
+        assert f"mqtt: {broker.url}, topics riad/line2/..." in out
+        assert subscriber.wait_for(lambda: len(subscriber.on("riad/line2/defect")) == 3)
+        assert subscriber.wait_for(lambda: subscriber.on("riad/line2/available")[-1:] == [b"offline"])
+    finally:
+        subscriber.close()
+    events = [json.loads(payload) for payload in subscriber.on("riad/line2/defect")]
+    assert sorted(e["frame_index"] for e in events) == [0, 1, 2]
+    assert all(e["camera_id"] == "line2" and e["model_id"] == "tiny-test" and e["boxes"] for e in events)
