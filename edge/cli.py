@@ -63,3 +63,36 @@ def run_command(
     )
     raise typer.Exit(code)
 
+
+@app.command("watch")
+def watch_command(
+    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
+    camera_id: Annotated[str, typer.Option(help="Camera to watch; + for all.")] = "+",
+    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level.")] = "riad",
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many defect events.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds.")] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="Print each message as one JSON line.")] = False,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")] = None,
+) -> None:
+    """Print defect alerts and camera availability as they arrive (see docs/mqtt.md).
+
+    Exit codes: 0 done; 1 --timeout passed before --count events; 2 broker unreachable or login refused.
+    """
+    from edge.broker import BrokerError, parse_broker_url
+    from edge.watch import watch
+
+    try:
+        config = parse_broker_url(broker, username, password, tls_ca, tls_cert, tls_key)
+        seen = watch(config, camera_id, topic_prefix, count, timeout, json_lines)
+    except BrokerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if count is not None and seen < count:
+        typer.echo(f"timed out after {timeout:g} s with {seen} of {count} defect events", err=True)
+        raise typer.Exit(1)

@@ -21,9 +21,9 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.broker import BrokerConfig, BrokerError, refused
 from edge.overlay import encode_jpeg, heatmap_overlay
 from edge.results import FrameResult
-from edge.spool import Spool, SpoolError, SpoolFullError
+from edge.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class Spool:
 
     def _take_process_lock(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")
+        lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 (held open: the lock)
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,7 +86,7 @@ class Spool:
                 )
             except (sqlite3.DatabaseError, OSError) as e:
                 raise self._error("write to", e) from None
-            return cursor.lastrowid
+            return int(cursor.lastrowid)  # type: ignore[arg-type]  # set by every INSERT
 
     def pending(self, limit: int, after: int = 0) -> list[SpooledMessage]:
         """Up to `limit` unacknowledged messages with an id above `after`, oldest first."""

@@ -2,7 +2,7 @@
 
 The broker runs as a subprocess stopped by its PID, so a test can SIGKILL it like a crash
 and start it again on the same port. Use the fixtures with
-`from tests.broker import broker, broker_with_login  # noqa: F401`.
+`pytest_plugins = ["tests.broker"]` in a test module.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def broker(tmp_path: Path):
 
 @pytest.fixture
 def broker_with_login(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker", users=USERS)
+    b = TestBroker(tmp_path / "broker-login", users=USERS)
     b.start()
     yield b
     b.stop()
@@ -183,7 +183,7 @@ def broker_with_login(tmp_path: Path):
 
 @pytest.fixture
 def persistent_broker(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker", persistence=True)
+    b = TestBroker(tmp_path / "broker-persistent", persistence=True)
     b.start()
     yield b
     b.stop()
@@ -215,3 +215,23 @@ def frame_result(bottle_dir: Path, index: int = 0, defect: bool = True):
         threshold=threshold,
         boxes=defect_boxes(amap, threshold, frame.shape),
     )
+
+
+@pytest.fixture
+def subscribe():
+    """subscribe(broker, topics, client_id="", clean_session=True) -> a Subscriber, closed after the test."""
+    made: list[Subscriber] = []
+
+    def make(broker: TestBroker, topics: list[str], **kwargs) -> Subscriber:
+        made.append(Subscriber(broker, topics, **kwargs))
+        return made[-1]
+
+    yield make
+    for subscriber in made:
+        subscriber.close()
+
+
+@pytest.fixture
+def make_result(bottle_dir: Path):
+    """make_result(index=0, defect=True) -> frame_result on the bottle data."""
+    return lambda index=0, defect=True: frame_result(bottle_dir, index, defect)

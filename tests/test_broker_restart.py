@@ -7,24 +7,25 @@ import time
 
 from edge.broker import parse_broker_url
 from edge.mqtt import MqttPublisher
-from tests.broker import Subscriber, frame_result, persistent_broker  # noqa: F401
+
+pytest_plugins = ["tests.broker"]  # the broker fixtures
 
 DEFECT = "riad/line1/defect"
 
 
-def test_every_event_arrives_once_by_id_and_in_order_across_a_broker_crash(persistent_broker, bottle_dir, tmp_path):
+def test_every_event_arrives_once_by_id_and_in_order_across_a_broker_crash(persistent_broker, tmp_path, subscribe, make_result):
     # The consumer keeps a persistent session (clean_session=False), as docs/mqtt.md asks of
     # consumers that must not miss events; the broker saves it, so it survives the crash.
-    consumer = Subscriber(persistent_broker, [DEFECT], client_id="test-consumer", clean_session=False)
+    consumer = subscribe(persistent_broker, [DEFECT], client_id="test-consumer", clean_session=False)
     publisher = MqttPublisher(parse_broker_url(persistent_broker.url), "line1", tmp_path / "spool.db")
     sent = []
 
     def publish(indices):
         for i in indices:
-            publisher.handle(frame_result(bottle_dir, i))
+            publisher.handle(make_result(i))
             sent.append(i)
 
-    publish(range(0, 10))
+    publish(range(10))
     persistent_broker.kill()  # SIGKILL mid-run: no goodbye to anyone
     publish(range(10, 20))  # while the broker is down
     time.sleep(0.5)
@@ -47,4 +48,3 @@ def test_every_event_arrives_once_by_id_and_in_order_across_a_broker_crash(persi
     assert duplicates <= 20, f"{duplicates} re-deliveries: more than the in-flight window"  # at-least-once
     assert consumer.wait_for(lambda: publisher.spool.depth() == 0)
     publisher.close()
-    consumer.close()

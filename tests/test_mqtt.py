@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from edge.broker import BrokerError, parse_broker_url
-from edge.mqtt import MqttPublisher
-from tests.broker import USERS, Subscriber, broker, broker_with_login, frame_result  # noqa: F401
+from edge.mqtt import MqttPublisher, iso_utc
+
+pytest_plugins = ["tests.broker"]  # the broker fixtures
 
 CAMERA = "line1"
 AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", f"riad/{CAMERA}/stats"
@@ -27,7 +28,7 @@ PUBLISHER_PROCESS = """
 import sys, time
 from pathlib import Path
 from edge.broker import parse_broker_url
-from edge.mqtt import MqttPublisher
+from edge.mqtt import MqttPublisher, iso_utc
 from tests.broker import frame_result
 url, spool, bottle, count = sys.argv[1:]
 publisher = MqttPublisher(parse_broker_url(url), "line1", Path(spool), connect_timeout=2)
@@ -69,35 +70,31 @@ def publisher_factory(tmp_path):
         publisher.close()
 
 
-def test_available_online_retained_then_offline_on_close(broker, publisher_factory):
+def test_available_online_retained_then_offline_on_close(broker, publisher_factory, subscribe):
     publisher = publisher_factory(broker)
-    late = Subscriber(broker, [AVAILABLE])  # subscribes after connect: sees the retained state
+    late = subscribe(broker, [AVAILABLE])  # subscribes after connect: sees the retained state
     assert late.wait_for(lambda: late.messages)
     assert late.messages[0] == (AVAILABLE, b"online", True)
     publisher.close()
     assert late.wait_for(lambda: late.on(AVAILABLE)[-1:] == [b"offline"])
-    late.close()
-    after = Subscriber(broker, [AVAILABLE])
+    after = subscribe(broker, [AVAILABLE])
     assert after.wait_for(lambda: after.messages == [(AVAILABLE, b"offline", True)])
-    after.close()
 
 
-def test_last_will_says_offline_when_the_process_is_killed(broker, bottle_dir, tmp_path):
-    watcher = Subscriber(broker, [AVAILABLE])
+def test_last_will_says_offline_when_the_process_is_killed(broker, bottle_dir, tmp_path, subscribe):
+    watcher = subscribe(broker, [AVAILABLE])
     run_publisher_then_kill(
         broker.url, tmp_path / "spool.db", bottle_dir, 0, until=lambda: watcher.wait_for(lambda: watcher.on(AVAILABLE))
     )
     assert watcher.wait_for(lambda: watcher.on(AVAILABLE)[-1:] == [b"offline"])
-    watcher.close()
-    after = Subscriber(broker, [AVAILABLE])
+    after = subscribe(broker, [AVAILABLE])
     assert after.wait_for(lambda: after.messages == [(AVAILABLE, b"offline", True)])
-    after.close()
 
 
-def test_defect_event_has_the_documented_schema_and_an_overlay(broker, bottle_dir, publisher_factory):
-    sub = Subscriber(broker, [f"riad/{CAMERA}/defect/#"])
+def test_defect_event_has_the_documented_schema_and_an_overlay(broker, publisher_factory, subscribe, make_result):
+    sub = subscribe(broker, [f"riad/{CAMERA}/defect/#"])
     publisher = publisher_factory(broker)
-    result = frame_result(bottle_dir, 3)
+    result = make_result(3)
     publisher.handle(result)
     assert sub.wait_for(lambda: len(sub.messages) == 2)
     (topic, payload, retained), (overlay_topic, jpeg, overlay_retained) = sub.messages
@@ -132,22 +129,20 @@ def test_defect_event_has_the_documented_schema_and_an_overlay(broker, bottle_di
     # The box is drawn in red on the overlay
     b, g, r = image[box["y"] + 1, box["x"] + box["width"] // 2].astype(int)
     assert r > 150 and g < 100 and b < 100
-    sub.close()
 
 
-def test_a_good_frame_publishes_nothing(broker, bottle_dir, publisher_factory):
-    sub = Subscriber(broker, [f"riad/{CAMERA}/defect/#"])
+def test_a_good_frame_publishes_nothing(broker, publisher_factory, subscribe, make_result):
+    sub = subscribe(broker, [f"riad/{CAMERA}/defect/#"])
     publisher = publisher_factory(broker)
-    publisher.handle(frame_result(bottle_dir, 0, defect=False))
-    publisher.handle(frame_result(bottle_dir, 1))  # a marker: once it arrives, the good frame had its chance
+    publisher.handle(make_result(0, defect=False))
+    publisher.handle(make_result(1))  # a marker: once it arrives, the good frame had its chance
     assert sub.wait_for(lambda: sub.on(DEFECT))
     assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == [1]
     assert sub.wait_for(lambda: publisher.spool.depth() == 0)  # nothing of the good frame waits either
-    sub.close()
 
 
-def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publisher_factory):
-    sub = Subscriber(broker, [STATS])
+def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publisher_factory, subscribe):
+    sub = subscribe(broker, [STATS])
     publisher_factory(broker, stats_source=lambda: {"fps": 12.5, "frames": 40}, stats_interval=0.2)
     assert sub.wait_for(lambda: len(sub.on(STATS)) >= 2)
     stats = json.loads(sub.on(STATS)[0])
@@ -155,36 +150,33 @@ def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publ
     assert stats["pipeline"] == {"fps": 12.5, "frames": 40}
     assert stats["mqtt"] == {"spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "reconnects": 0}
     assert not sub.messages[0][2]  # not retained
-    sub.close()
 
 
-def test_events_spooled_by_a_crashed_process_are_delivered_by_the_next(broker, bottle_dir, tmp_path, publisher_factory):
+def test_events_spooled_by_a_crashed_process_are_delivered_by_the_next(broker, bottle_dir, tmp_path, publisher_factory, subscribe):
     spool = tmp_path / "spool.db"
     broker.stop()  # the first process never reaches the broker: everything stays in its spool
     run_publisher_then_kill(broker.url, spool, bottle_dir, 3)
     broker.start()
-    sub = Subscriber(broker, [DEFECT])
+    sub = subscribe(broker, [DEFECT])
     publisher = publisher_factory(broker, spool_path=spool)
     assert sub.wait_for(lambda: len(sub.on(DEFECT)) == 3)
     assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == [0, 1, 2]
     assert sub.wait_for(lambda: publisher.spool.depth() == 0)
-    sub.close()
 
 
-def test_a_full_spool_holds_events_in_memory_and_says_so(broker, bottle_dir, publisher_factory, caplog):
+def test_a_full_spool_holds_events_in_memory_and_says_so(broker, publisher_factory, caplog, subscribe, make_result):
     broker.stop()
     # 64 kB: room for a few events but not for their overlays; the same SQLITE_FULL as a full disk.
     publisher = publisher_factory(broker, spool_max_bytes=64 * 1024)
     with caplog.at_level(logging.ERROR, logger="edge.mqtt"):
         for i in range(8):
-            publisher.handle(frame_result(bottle_dir, i))
+            publisher.handle(make_result(i))
     assert "is full" in caplog.text and "holding events in memory" in caplog.text
     assert "DROPPED" not in caplog.text
     broker.start()
-    sub = Subscriber(broker, [DEFECT])
+    sub = subscribe(broker, [DEFECT])
     assert sub.wait_for(lambda: len(sub.on(DEFECT)) == 8, timeout=15)
     assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == list(range(8))
-    sub.close()
 
 
 def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):
@@ -193,5 +185,42 @@ def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):
         MqttPublisher(wrong, CAMERA, tmp_path / "spool.db")
     with pytest.raises(BrokerError, match="anonymous"):
         MqttPublisher(parse_broker_url(broker_with_login.url), CAMERA, tmp_path / "spool.db")
-    right = parse_broker_url(broker_with_login.url, username="edge", password=USERS["edge"])
+    right = parse_broker_url(broker_with_login.url, username="edge", password=broker_with_login.users["edge"])
     MqttPublisher(right, CAMERA, tmp_path / "spool.db").close()  # the spool was released by the failures
+
+
+def riad_edge(*args):
+    return subprocess.Popen(
+        [sys.executable, "-c", "from edge.cli import app; app()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_watch_prints_availability_and_each_alert_once(broker, publisher_factory, make_result):
+    publisher = publisher_factory(broker)
+    watcher = riad_edge("watch", "--broker", broker.url, "--count", "2", "--timeout", "20")
+    assert "line1  online  (retained)" in watcher.stdout.readline()  # subscribed: now publish
+    result = make_result(7)
+    publisher.handle(result)
+    publisher.handle(make_result(8))
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0, err
+    first, second = out.splitlines()
+    assert first.startswith(iso_utc(result.timestamp))
+    assert "line1  DEFECT  frame 7  score 0.800 > 0.500  1 region: " in first
+    assert "frame 8" in second
+
+
+def test_watch_exit_codes(broker, broker_with_login):
+    timed_out = riad_edge("watch", "--broker", broker.url, "--count", "1", "--timeout", "0.5")
+    assert timed_out.wait(20) == 1 and "with 0 of 1 defect events" in timed_out.stderr.read()
+    refused_login = riad_edge("watch", "--broker", broker_with_login.url, "--username", "edge", "--password", "nope")
+    assert refused_login.wait(20) == 2
+    assert "refused the connection" in refused_login.stderr.read()
+    broker.stop()
+    unreachable = riad_edge("watch", "--broker", broker.url)
+    assert unreachable.wait(20) == 2 and "cannot connect to broker" in unreachable.stderr.read()
+    bad_url = riad_edge("watch", "--broker", "http://x")
+    assert bad_url.wait(20) == 2 and "expected mqtt://" in bad_url.stderr.read()

@@ -1,0 +1,115 @@
+"""`riad-edge watch`: subscribe to the inspector's alerts and print one readable line per event."""
+
+from __future__ import annotations
+
+import collections
+import json
+import queue
+import sys
+import threading
+import time
+from typing import TextIO
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.broker import BrokerConfig, BrokerError, refused
+from edge.mqtt import iso_utc
+
+RECENT_IDS = 10_000  # delivery is at-least-once: remember this many event ids to drop repeats
+
+
+def describe(event: dict) -> str:
+    """One line: time, camera, frame, score, boxes."""
+    boxes = event.get("boxes", [])
+    regions = "; ".join(f"{b['width']}x{b['height']} at ({b['x']},{b['y']}) peak {b['peak']:.3f}" for b in boxes[:3])
+    more = f"; +{len(boxes) - 3} more" if len(boxes) > 3 else ""
+    return (
+        f"{event['timestamp']}  {event['camera_id']}  DEFECT  frame {event['frame_index']}  "
+        f"score {event['score']:.3f} > {event['threshold']:.3f}  "
+        f"{len(boxes)} region{'s' if len(boxes) != 1 else ''}{': ' if boxes else ''}{regions}{more}"
+    )
+
+
+def watch(
+    broker: BrokerConfig,
+    camera_id: str = "+",
+    topic_prefix: str = "riad",
+    count: int | None = None,
+    timeout: float | None = None,
+    as_json: bool = False,
+    out: TextIO = sys.stdout,
+    connect_timeout: float = 10.0,
+) -> int:
+    """Prints defect events and availability changes until `count` events or `timeout` seconds.
+
+    Returns the number of distinct defect events printed. Raises BrokerError when the
+    broker cannot be reached or refuses the login: a person is watching, so fail fast.
+    """
+    defect_topic = f"{topic_prefix}/{camera_id}/defect"
+    available_topic = f"{topic_prefix}/{camera_id}/available"
+    inbox: queue.SimpleQueue[paho.MQTTMessage] = queue.SimpleQueue()
+    answered = threading.Event()
+    refusal: list[BrokerError] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            refusal.append(refused(broker, reason_code))
+        else:
+            client.subscribe([(defect_topic, 1), (available_topic, 1)])
+        answered.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    broker.apply_to(client)
+    client.on_connect = on_connect
+    client.on_message = lambda c, u, message: inbox.put(message)
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as e:
+        raise BrokerError(f"cannot connect to broker {broker.url}: {e}") from None
+    client.loop_start()
+    try:
+        if not answered.wait(connect_timeout):
+            raise BrokerError(f"broker {broker.url} did not answer within {connect_timeout:g} s")
+        if refusal:
+            raise refusal[0]
+        return _print_messages(inbox, count, timeout, as_json, out)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _print_messages(inbox, count, timeout, as_json, out) -> int:
+    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+    printed = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while count is None or printed < count:
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            break
+        try:
+            message = inbox.get(timeout=wait)
+        except queue.Empty:
+            break
+        camera = message.topic.split("/")[-2]
+        if message.topic.endswith("/available"):
+            state = message.payload.decode(errors="replace")
+            line = json.dumps({"camera_id": camera, "available": state}) if as_json else (
+                f"{iso_utc(time.time())}  {camera}  {state}{'  (retained)' if message.retain else ''}"
+            )
+        else:
+            try:
+                event = json.loads(message.payload)
+                event_id = event["event_id"]
+                line = json.dumps(event) if as_json else describe(event)
+            except (ValueError, KeyError, TypeError) as e:
+                print(f"ignored a malformed event on {message.topic}: {e}", file=sys.stderr)
+                continue
+            if event_id in seen:
+                continue
+            seen[event_id] = None
+            if len(seen) > RECENT_IDS:
+                seen.popitem(last=False)
+            printed += 1
+        print(line, file=out, flush=True)
+    return printed
