@@ -168,3 +168,31 @@ def test_close_interrupts_a_live_source_waiting_to_reconnect(bottle_dir, tmp_pat
     assert not reader.is_alive() and time.monotonic() - started < 1.0
     assert [f.index for f in results[:2]] == [0, 1] and results[2] is None
     assert source.disconnects == 1 and source.reconnects == 0
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A plain HTTP server over tmp_path, as an IP camera's recording endpoint would be."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_stream_is_live_and_reconnects_when_it_ends(bottle_dir, tmp_path, http_server):
+    originals = bottle_frames(bottle_dir, 4)
+    write_video(tmp_path / "cam.avi", originals, "MJPG")
+    with open_source(f"{http_server}/cam.avi") as source:
+        assert source.is_live and source.camera_id == "127-0-0-1"
+        frames = [source.read() for _ in range(6)]  # the stream "drops" after 4 frames
+        assert source.disconnects == 1 and source.reconnects == 1
+    assert [f.index for f in frames] == list(range(6))
+    assert [nearest(f.image, originals) for f in frames] == [0, 1, 2, 3, 0, 1]
