@@ -37,11 +37,14 @@ class TestBroker:
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None, persistence: bool = False):
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, persistence: bool = False, tls: bool = False
+    ):
         self.workdir = workdir
         self.port = free_port()
         self.users = users
         self.persistence = persistence
+        self.tls = tls
         self.process: subprocess.Popen | None = None
         self.kind = "mosquitto" if MOSQUITTO else "amqtt"
         self.log = workdir / f"{self.kind}.log"
@@ -49,7 +52,32 @@ class TestBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        # The test certificate is for "localhost"; TLS checks the name.
+        return f"mqtts://localhost:{self.port}" if self.tls else f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "ca.pem"
+
+    def _make_certificates(self) -> list[str]:
+        """A throw-away CA and a server certificate for localhost, made with openssl."""
+        ca_key, key, csr, cert = (self.workdir / n for n in ("ca.key", "server.key", "server.csr", "server.pem"))
+        openssl = ["openssl"]
+        subprocess.run(
+            [*openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=riad test CA",
+             "-keyout", ca_key, "-out", self.ca_file], check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            [*openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        extensions = self.workdir / "san.cnf"
+        extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        subprocess.run(
+            [*openssl, "x509", "-req", "-in", csr, "-CA", self.ca_file, "-CAkey", ca_key, "-CAcreateserial",
+             "-days", "2", "-extfile", extensions, "-out", cert], check=True, capture_output=True,
+        )  # fmt: skip
+        return [f"cafile {self.ca_file}", f"certfile {cert}", f"keyfile {key}"]
 
     def _configure(self) -> list[str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +87,8 @@ class TestBroker:
                 f"allow_anonymous {'false' if self.users else 'true'}",
                 f"user {getpass.getuser()}",  # run as root, mosquitto would switch users and lose our files
             ]
+            if self.tls:
+                lines += self._make_certificates()
             if self.users:
                 passwd = self.workdir / "passwd"
                 passwd.touch(mode=0o600)
@@ -78,8 +108,8 @@ class TestBroker:
             config = self.workdir / "mosquitto.conf"
             config.write_text("\n".join(lines) + "\n")
             return [MOSQUITTO, "-c", str(config)]
-        if self.users or self.persistence:
-            pytest.skip("amqtt stands in for mosquitto without logins or persistence; install mosquitto")
+        if self.users or self.persistence or self.tls:
+            pytest.skip("amqtt stands in for mosquitto without logins, persistence or TLS; install mosquitto")
         config = self.workdir / "amqtt.yaml"
         config.write_text(
             "listeners:\n  default:\n    type: tcp\n"
@@ -176,6 +206,14 @@ def broker(tmp_path: Path):
 @pytest.fixture
 def broker_with_login(tmp_path: Path):
     b = TestBroker(tmp_path / "broker-login", users=USERS)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path):
+    b = TestBroker(tmp_path / "broker-tls", tls=True)
     b.start()
     yield b
     b.stop()

@@ -224,3 +224,19 @@ def test_watch_exit_codes(broker, broker_with_login):
     assert unreachable.wait(20) == 2 and "cannot connect to broker" in unreachable.stderr.read()
     bad_url = riad_edge("watch", "--broker", "http://x")
     assert bad_url.wait(20) == 2 and "expected mqtt://" in bad_url.stderr.read()
+
+
+
+def test_tls_with_the_right_ca_and_a_clear_error_with_the_wrong_one(tls_broker, tmp_path, make_result):
+    with_ca = parse_broker_url(tls_broker.url, ca_file=tls_broker.ca_file)
+    publisher = MqttPublisher(with_ca, CAMERA, tmp_path / "spool.db")
+    watcher = riad_edge("watch", "--broker", tls_broker.url, "--tls-ca", str(tls_broker.ca_file), "--count", "1", "--json")
+    assert json.loads(watcher.stdout.readline()) == {"camera_id": CAMERA, "available": "online"}
+    publisher.handle(make_result(2))
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0, err
+    assert json.loads(out)["frame_index"] == 2
+    publisher.close()
+    # The system's CAs do not know the test CA
+    with pytest.raises(BrokerError, match="TLS handshake with mqtts://localhost:.* failed.*certificate verify failed"):
+        MqttPublisher(parse_broker_url(tls_broker.url), CAMERA, tmp_path / "spool.db")
