@@ -15,7 +15,9 @@ reconnect with exponential backoff and count each drop. Files and folders end cl
 Frames that cannot be decoded: an unreadable image in a folder is logged, counted in
 `frames_corrupt` and skipped, so one bad file does not stop an inspection run. In a
 video file FFmpeg already conceals or skips damaged packets; a failed read there
-means the file has ended.
+means the file has ended. From a live source a failed read is a drop: reconnect.
+A source that cannot be opened at start is an error (SourceError), not a retry loop:
+a wrong URI should fail loudly, and a service manager restarts us if the camera is late.
 """
 
 from __future__ import annotations
