@@ -37,8 +37,8 @@ def train(
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
-    options = {"epochs": epochs, "input_size": input_size, "base_width": width, "batch_size": batch_size}
-    options |= {"seed": seed, "device": device}
+    options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "base_width": width}
+    options |= {"batch_size": batch_size, "seed": seed, "device": device}
     try:
         if resume:
             config = resume_config(out, recipe=recipe, **options)

@@ -1,0 +1,229 @@
+"""Training, resuming, interrupting and exporting a tiny model on real bottle images."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import Manifest, ManifestError, file_sha256, manifest_path
+from edge.masks import fixed_masks, masked_variants, recombine
+from edge.preprocess import prepare, read_image
+from trainer.cli import app
+from trainer.export import ExportError, export_onnx
+from trainer.train import (
+    TrainConfig,
+    TrainError,
+    build_model,
+    load_checkpoint,
+    masked_inputs,
+    recipe,
+    resume_config,
+    train,
+)
+from trainer.train import recombine as torch_recombine
+
+TINY = {"input_size": 32, "base_width": 4, "batch_size": 2, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def parts(bottle_dir, tmp_path_factory) -> Path:
+    """Six real good bottles, shrunk to 64 px: 4 held out, 2 to train on."""
+    folder = tmp_path_factory.mktemp("data") / "bottle-mini"
+    folder.mkdir()
+    for source in sorted((bottle_dir / "train" / "good").glob("*.png"))[:6]:
+        small = cv2.resize(read_image(source), (64, 64), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / source.name), small)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(parts, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    return train(parts, run, recipe("cpu", **TINY | {"epochs": 2}))
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> tuple[Path, Manifest]:
+    out = tmp_path_factory.mktemp("engines") / "bottle-mini.onnx"
+    return out, export_onnx(trained, out)
+
+
+def test_torch_masking_matches_edge_masks():
+    masks = fixed_masks(32, 32, TrainConfig().mask_spec, seed=3)
+    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    variants = masked_inputs(torch.from_numpy(images), torch.from_numpy(masks))
+    variants = variants.reshape(12, 2, 3, 32, 32).numpy()
+    outputs = np.random.default_rng(1).random((12, 2, 3, 32, 32), dtype=np.float32)
+    recombined = torch_recombine(torch.from_numpy(outputs), torch.from_numpy(masks)).numpy()
+    for b in range(2):
+        np.testing.assert_array_equal(variants[:, b], masked_variants(images[b], masks))
+        np.testing.assert_allclose(recombined[:, b], recombine(outputs[:, b], masks), atol=1e-7)
+
+
+def test_recipes():
+    cpu, gpu = recipe("cpu"), recipe("gpu")
+    assert (cpu.input_size, cpu.base_width) == (128, 16)
+    assert (gpu.input_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 64, 300, 1e-4)
+    assert recipe("gpu", epochs=5, base_width=None).epochs == 5
+    with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
+        recipe("tpu")
+
+
+def test_checkpoint_holds_the_run(trained, parts):
+    state = load_checkpoint(trained)
+    assert state["epoch"] == 2 and len(state["losses"]) == 2
+    assert state["category"] == "bottle-mini"
+    assert len(state["train_images"]) == 2 and len(state["held_out_images"]) == 4
+    assert TrainConfig.from_dict(state["config"]) == recipe("cpu", **TINY | {"epochs": 2})
+
+
+def test_resume_continues_exactly_where_it_stopped(parts, trained, tmp_path):
+    """One epoch, then a resumed second, gives the very weights of two epochs in one go."""
+    first = train(parts, tmp_path, recipe("cpu", **TINY))
+    assert load_checkpoint(first)["epoch"] == 1
+    config = resume_config(tmp_path, epochs=2)
+    assert config.epochs == 2
+    resumed = load_checkpoint(train(parts, tmp_path, config, resume=True))
+    straight = load_checkpoint(trained)
+    assert resumed["epoch"] == 2 and resumed["losses"][0] == straight["losses"][0]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+
+
+def test_resume_refuses_changed_data_and_settings(parts, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in parts.iterdir():
+        (data / image.name).write_bytes(image.read_bytes())
+    run = tmp_path / "run"
+    train(data, run, recipe("cpu", **TINY))
+    with pytest.raises(TrainError, match="already exists; use --resume"):
+        train(data, run, recipe("cpu", **TINY))
+    with pytest.raises(TrainError, match="cannot change base_width"):
+        resume_config(run, base_width=8)
+    (data / "000.png").write_bytes((data / "001.png").read_bytes())
+    with pytest.raises(TrainError, match="changed since"):
+        train(data, run, resume_config(run, epochs=2), resume=True)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(parts, tmp_path):
+    command = [sys.executable, "-c", "from trainer.cli import app; app()", "train", str(parts)]
+    command += ["--out", str(tmp_path), "--epochs", "100000", "--input-size", "32", "--width", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "last.pt"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted; progress is saved" in err and "Traceback" not in err
+    state = load_checkpoint(checkpoint)
+    assert state["epoch"] >= 1 and len(state["losses"]) == state["epoch"]
+
+
+def test_bad_input_size_is_refused(parts, tmp_path):
+    with pytest.raises(TrainError, match="40x40 is not a multiple"):
+        train(parts, tmp_path, recipe("cpu", **TINY | {"input_size": 40}))
+
+
+def test_onnx_matches_torch_with_a_dynamic_batch(exported, trained):
+    out, manifest = exported
+    model = onnx.load(out)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["reconstructions"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert manifest.metrics["onnx_max_abs_diff"] < 1e-4
+
+    net = build_model(TrainConfig.from_dict(load_checkpoint(trained)["config"]))
+    net.load_state_dict(load_checkpoint(trained)["model"])
+    net.eval()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        images = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
+        (onnx_out,) = session.run(["reconstructions"], {"images": images})
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_out, net(torch.from_numpy(images)).numpy(), atol=1e-4)
+
+
+def test_manifest_describes_the_model(exported, trained):
+    out, manifest = exported
+    state = load_checkpoint(trained)
+    assert Manifest.for_model(out) == manifest
+    assert manifest.model_id == f"bottle-mini-w4-32-{file_sha256(out)[:8]}"
+    assert (manifest.input_size, manifest.model_width, manifest.mask_seed) == (32, 4, 0)
+    assert manifest.training_fingerprint == state["fingerprint"]
+    assert manifest.map_sigma == pytest.approx(0.5)
+    assert manifest.recipe["epochs"] == 2 and manifest.metrics["epochs_trained"] == 2
+    assert manifest.metrics["calibration"]["count"] == 4
+    # The threshold passes every held-out good image, scored as the edge box scores them.
+    with OnnxCpuBackend(out) as backend:
+        for path in state["held_out_images"]:
+            assert backend.score(prepare(read_image(path), 32)).score <= manifest.threshold
+
+
+def test_tampered_model_is_refused(exported, tmp_path):
+    out, _ = exported
+    copy = tmp_path / out.name
+    copy.write_bytes(out.read_bytes()[:-1] + b"\0")
+    manifest_path(copy).write_bytes(manifest_path(out).read_bytes())
+    with pytest.raises(ManifestError, match="does not match its manifest"):
+        Manifest.for_model(copy)
+
+
+def test_export_errors(trained, tmp_path):
+    with pytest.raises(ExportError, match="does not end in .onnx"):
+        export_onnx(trained, tmp_path / "model.plan")
+    untrained = tmp_path / "untrained.pt"
+    torch.save(load_checkpoint(trained) | {"epoch": 0}, untrained)
+    with pytest.raises(ExportError, match="no completed epoch"):
+        export_onnx(untrained, tmp_path / "m.onnx")
+    moved = tmp_path / "moved.pt"
+    torch.save(load_checkpoint(trained) | {"held_out_images": ["/nowhere/000.png"]}, moved)
+    with pytest.raises(ExportError, match="held-out images .* are gone"):
+        export_onnx(moved, tmp_path / "m.onnx")
+
+
+def test_cli_train_then_export(parts, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "runs" / "mini"
+    args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--epochs", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (run / "last.pt").is_file()
+    result = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(tmp_path / "engines" / "mini.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "threshold:" in result.output
+    assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "{empty}", "--out", "{out}"], "no images in"),
+        (["train", "{parts}", "--out", "{out}", "--recipe", "tpu"], "unknown recipe"),
+        (["train", "{parts}", "--out", "{out}", "--resume"], "no checkpoint at"),
+        (["export", "{out}/last.pt", "--out", "{out}/m.onnx"], "no checkpoint at"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(parts, tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    paths = {"empty": empty, "parts": parts, "out": tmp_path / "run"}
+    result = CliRunner().invoke(app, [a.format(**paths) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
