@@ -43,8 +43,9 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # Bilinear upsampling rather than transposed convs: no checkerboard artefacts,
-        # which the gradient-similarity map would otherwise report as anomalies.
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        # which the gradient-similarity map would otherwise report as anomalies. A fixed
+        # factor of 2 (sides are multiples of 2**depth) exports as a constant-scale Resize.
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.conv(torch.cat([skip, x], dim=1))
 
 
