@@ -24,6 +24,7 @@ from edge.manifest import ManifestError
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.snapshots import SnapshotSaver
+from edge.spool import SpoolError
 from edge.sources import SourceError, open_source
 
 EXIT_OK = 0
@@ -126,7 +127,7 @@ def run_inspection(
         if broker is not None:
             try:
                 pipeline.add_sink(_publisher(broker, camera_id, topic_prefix, spool, backend, pipeline))
-            except (BrokerError, ValueError, OSError) as exc:
+            except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return _fail(str(exc), EXIT_BAD_INPUT)
             print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
         else:
