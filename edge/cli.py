@@ -96,3 +96,30 @@ def watch_command(
     if count is not None and seen < count:
         typer.echo(f"timed out after {timeout:g} s with {seen} of {count} defect events", err=True)
         raise typer.Exit(1)
+
+
+@app.command("doctor")
+def doctor_command(
+    camera: Annotated[int | None, typer.Option("--camera", help="Camera number to test, e.g. 0 for /dev/video0.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Source URI to test instead of a camera (as for run).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "--engine", help="Model file to load and score a frame with.")] = None,
+    broker: Annotated[str | None, typer.Option(help="MQTT broker to log in to, mqtt://host[:port] or mqtts://...")] = None,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool (default: ~/.local/state/riad-edge).")] = None,
+) -> None:
+    """Check that this machine can inspect: camera, GPU, model, broker, spool disk.
+
+    Prints OK / WARN / FAIL per check with what to fix. Exit code 0 when nothing FAILs, 1 otherwise.
+    """
+    from edge.doctor import FAIL, format_table, run_checks
+    from edge.runner import default_spool_path
+
+    if camera is not None and source is not None:
+        raise typer.BadParameter("give one of --camera N or --source URI")
+    uri = str(camera) if camera is not None else source
+    spool_dir = spool_dir or default_spool_path("cam").parent
+    checks = run_checks(uri, model, broker, username, password, tls_ca, spool_dir)
+    typer.echo(format_table(checks))
+    raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)

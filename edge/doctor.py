@@ -1,0 +1,180 @@
+"""`riad-edge doctor`: is this machine ready to inspect? One line per check, and what to fix.
+
+Each check tries the real thing the same way `riad-edge run` would (open the camera and
+read a frame, load the model and score a frame, log in to the broker), so an OK here
+means run will get past the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+SOURCE_TIMEOUT_S = 10.0
+BROKER_TIMEOUT_S = 5.0
+SPOOL_WARN_BYTES = 1 << 30  # a day of a broker outage at one defect a minute is ~75 MB; leave room
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # OK, WARN or FAIL
+    detail: str  # what was found
+    fix: str = ""  # what to do about a WARN or FAIL
+
+
+def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np.ndarray | None]:
+    """Opens the source and waits for one frame; the frame is returned for the model check."""
+    from edge.sources import SourceError, open_source
+
+    try:
+        source = open_source(uri)
+    except SourceError as exc:
+        return Check("source", FAIL, str(exc), "check the camera number or URI; 'v4l2-ctl --list-devices' lists cameras"), None
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(source.read()), daemon=True)
+    started = time.monotonic()
+    reader.start()
+    reader.join(timeout)
+    source.close()  # also ends a live source's reconnect loop if no frame came
+    frame = got[0] if got else None
+    if frame is None:
+        why = f"no frame within {timeout:g} s" if reader.is_alive() else "it ended without a frame"
+        return Check("source", FAIL, f"{source.description} opened, but {why}",
+                     "check the cable, the lighting, and that no other program holds the camera"), None
+    h, w = frame.image.shape[:2]
+    return Check("source", OK, f"{source.description}: {w}x{h} frame in {time.monotonic() - started:.2f} s"), frame.image
+
+
+def check_gpu(model: Path | None) -> Check:
+    from edge.backends import ENGINE_SUFFIXES
+    from edge.backends.gpu_available import gpu_status
+
+    ready, what = gpu_status()
+    if ready:
+        return Check("gpu", OK, what)
+    needs_gpu = model is not None and model.suffix.lower() in ENGINE_SUFFIXES
+    fix = "install JetPack's TensorRT and pycuda (docs/jetson.md)"
+    if needs_gpu:
+        return Check("gpu", FAIL, what, f"{fix}, or pass the .onnx model to use the CPU")
+    return Check("gpu", WARN, f"{what}; ONNX models run on the CPU, slower", fix)
+
+
+def check_model(model: Path, frame: np.ndarray | None) -> Check:
+    """Loads the model as run would (manifest hash, engine built for this GPU) and scores a frame."""
+    from edge.backends import BackendError, open_backend
+    from edge.manifest import ManifestError
+    from edge.preprocess import prepare
+
+    try:
+        backend = open_backend(model)
+    except (ManifestError, BackendError) as exc:
+        return Check("model", FAIL, str(exc), "use the model file together with the manifest it was exported with")
+    with backend:
+        m = backend.manifest
+        image = frame if frame is not None else np.full((m.input_size, m.input_size, 3), 128, np.uint8)
+        started = time.perf_counter()
+        try:
+            score = backend.score(prepare(image, m.input_size)).score
+        except Exception as exc:  # noqa: BLE001 - any failure to score is this check's answer
+            return Check("model", FAIL, f"{model} loaded but could not score a frame: {exc}",
+                         "re-export the model with 'riad-trainer export'")
+        took = (time.perf_counter() - started) * 1000
+    what = "a camera frame" if frame is not None else "a grey test frame"
+    return Check("model", OK, f"{m.model_id} ({m.input_size} px, threshold {m.threshold:.4f}) on {backend.name}: "
+                 f"{what} scored {score:.4f} in {took:.0f} ms")
+
+
+def check_broker(url: str, username: str | None, password: str | None, tls_ca: Path | None = None,
+                 timeout: float = BROKER_TIMEOUT_S) -> Check:
+    """Connects and logs in as run would, then disconnects without publishing anything."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.broker import BrokerError, parse_broker_url, refused
+
+    try:
+        config = parse_broker_url(url, username, password, tls_ca)
+    except BrokerError as exc:
+        return Check("broker", FAIL, str(exc), "fix --broker (mqtt://host[:port] or mqtts://host[:port])")
+    answer: list = []
+    answered = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        answer.append(reason_code)
+        answered.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect_timeout = timeout
+    config.apply_to(client)
+    client.on_connect = on_connect
+    try:
+        client.connect(config.host, config.port, keepalive=30)
+    except ssl.SSLError as exc:
+        return Check("broker", FAIL, f"TLS handshake with {config.url} failed: {exc}",
+                     "check the broker's certificate and --tls-ca")
+    except OSError as exc:
+        return Check("broker", FAIL, f"cannot reach {config.url}: {exc.strerror or exc}",
+                     "check the host and port, that the broker runs, and firewalls; run still starts and spools events")
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            return Check("broker", FAIL, f"{config.url} accepted the connection but sent no answer within {timeout:g} s",
+                         "is this port an MQTT listener (mqtts:// for a TLS port)?")
+        if answer[0].is_failure:
+            return Check("broker", FAIL, str(refused(config, answer[0])),
+                         "check --username/--password (RIAD_MQTT_PASSWORD) against the broker's password file")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    who = f" as {config.username}" if config.username else " (anonymous)"
+    return Check("broker", OK, f"{config.url}: logged in{who}")
+
+
+def check_spool(folder: Path, warn_below: int = SPOOL_WARN_BYTES) -> Check:
+    """Can undelivered events be written there, and is there room for an outage's worth?"""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        return Check("spool", FAIL, f"{existing} is not writable by this user",
+                     f"create {folder} owned by the user that runs riad-edge, or pass --spool-dir")
+    free = shutil.disk_usage(existing).free
+    detail = f"{folder}: {free / (1 << 30):.1f} GiB free"
+    if free < warn_below:
+        return Check("spool", WARN, detail, "free some space or move the spool to a bigger disk (--spool)")
+    return Check("spool", OK, detail)
+
+
+def run_checks(source: str | None, model: Path | None, broker: str | None, username: str | None,
+               password: str | None, tls_ca: Path | None, spool_dir: Path) -> list[Check]:
+    checks = []
+    frame = None
+    if source is not None:
+        check, frame = check_source(source)
+        checks.append(check)
+    checks.append(check_gpu(model))
+    if model is not None:
+        checks.append(check_model(model, frame))
+    if broker is not None:
+        checks.append(check_broker(broker, username, password, tls_ca))
+    checks.append(check_spool(spool_dir))
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.name:<{width}}  {c.status:<4}  {c.detail}")
+        if c.fix and c.status != OK:
+            lines.append(f"{'':<{width}}        fix: {c.fix}")
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""`riad-edge doctor` against real things: videos and folders of bottle frames, the tiny model
+and a tampered copy, a real mosquitto with a password file, a port nobody listens on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    check_broker,
+    check_gpu,
+    check_model,
+    check_source,
+    check_spool,
+)
+from edge.manifest import Manifest, file_sha256, manifest_path
+from tests.broker import USERS, free_port
+from tests.media import bottle_frames, write_image_folder, write_video
+
+pytest_plugins = ["tests.broker"]  # the broker fixtures
+
+
+def doctor(*args) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-c", "from edge.cli import app; app()", "doctor", *map(str, args)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def lines_by_check(output: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in output.splitlines() if line and not line.startswith(" ")}
+
+
+def test_a_video_file_yields_a_frame(bottle_dir, tmp_path):
+    clip = write_video(tmp_path / "line.avi", bottle_frames(bottle_dir, 4), "MJPG")
+    check, frame = check_source(str(clip))
+    assert check.status == OK and "128x128 frame" in check.detail
+    assert frame.shape == (128, 128, 3)
+
+
+def test_an_image_folder_yields_a_frame(bottle_dir, tmp_path):
+    folder = write_image_folder(tmp_path / "parts", bottle_frames(bottle_dir, 2), ["a.png", "b.jpg"])
+    check, frame = check_source(str(folder))
+    assert check.status == OK and "folder" in check.detail and frame is not None
+
+
+def test_a_missing_camera_fails_with_a_hint():
+    check, frame = check_source("9")  # there is no /dev/video9 here
+    assert check.status == FAIL and frame is None
+    assert "camera 9" in check.detail and "video" in check.detail
+    assert "v4l2-ctl" in check.fix
+
+
+def test_an_empty_video_fails(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    check, _ = check_source(str(tmp_path / "empty.mp4"))
+    assert check.status == FAIL and "empty" in check.detail
+
+
+def test_the_model_loads_and_scores_a_real_frame(bottle_dir, tmp_path, tiny_onnx_model):
+    _, frame = check_source(str(write_video(tmp_path / "c.avi", bottle_frames(bottle_dir, 2), "MJPG")))
+    check = check_model(tiny_onnx_model, frame)
+    assert check.status == OK
+    assert "tiny-test (64 px, threshold 0.5000) on cpu (onnxruntime)" in check.detail
+    assert "a camera frame scored" in check.detail
+    assert "grey test frame" in check_model(tiny_onnx_model, None).detail
+
+
+def test_a_tampered_model_fails(tiny_onnx_model):
+    with open(tiny_onnx_model, "ab") as f:
+        f.write(b"\0")
+    check = check_model(tiny_onnx_model, None)
+    assert check.status == FAIL and "does not match its manifest" in check.detail
+
+
+def test_a_model_without_manifest_fails(tiny_onnx_model):
+    manifest_path(tiny_onnx_model).unlink()
+    check = check_model(tiny_onnx_model, None)
+    assert check.status == FAIL and "no manifest" in check.detail
+
+
+def test_an_engine_needs_the_gpu(tiny_onnx_model, tmp_path):
+    engine = tmp_path / "tiny.plan"
+    engine.write_bytes(b"not really an engine")
+    manifest = Manifest.read(manifest_path(tiny_onnx_model))
+    manifest.model_file, manifest.model_sha256 = engine.name, file_sha256(engine)
+    manifest.engine = {"tensorrt_version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin"}
+    manifest.save(manifest_path(engine))
+
+    gpu = check_gpu(engine)
+    if gpu.status == OK:
+        pytest.skip("this machine has a GPU; the engine check then compares versions instead")
+    assert gpu.status == FAIL and ".onnx" in gpu.fix
+    assert check_gpu(tiny_onnx_model).status == WARN  # an ONNX model still runs on the CPU
+    model = check_model(engine, None)
+    assert model.status == FAIL and "TensorRT engine" in model.detail
+
+
+def test_broker_login_accepted_and_refused(broker_with_login):
+    user, password = next(iter(USERS.items()))
+    ok = check_broker(broker_with_login.url, user, password)
+    assert ok.status == OK and f"logged in as {user}" in ok.detail
+    refused = check_broker(broker_with_login.url, user, "wrong")
+    assert refused.status == FAIL and "refused" in refused.detail and "password" in refused.fix
+    anonymous = check_broker(broker_with_login.url, None, None)
+    assert anonymous.status == FAIL and "anonymous" in anonymous.detail
+
+
+def test_tls_broker_with_its_ca(tls_broker):
+    assert check_broker(tls_broker.url, None, None, tls_broker.ca_file).status == OK
+    untrusted = check_broker(tls_broker.url, None, None)  # the system CAs do not know the test CA
+    assert untrusted.status == FAIL and "TLS" in untrusted.detail
+
+
+def test_unreachable_broker_and_bad_url():
+    down = check_broker(f"mqtt://127.0.0.1:{free_port()}", None, None, timeout=2)
+    assert down.status == FAIL and "cannot reach" in down.detail
+    bad = check_broker("http://broker", None, None)
+    assert bad.status == FAIL and "mqtt://" in bad.detail
+
+
+def test_spool_space(tmp_path):
+    assert check_spool(tmp_path / "not" / "yet" / "made").status == OK
+    low = check_spool(tmp_path, warn_below=1 << 60)
+    assert low.status == WARN and "GiB free" in low.detail
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_spool_fails(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        assert check_spool(tmp_path / "spool").status == FAIL
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_cli_all_good_exits_0(bottle_dir, tmp_path, tiny_onnx_model, broker_with_login):
+    folder = write_image_folder(tmp_path / "parts", bottle_frames(bottle_dir, 2), ["1.png", "2.png"])
+    user, password = next(iter(USERS.items()))
+    code, output = doctor("--source", folder, "--model", tiny_onnx_model, "--broker", broker_with_login.url,
+                          "--username", user, "--password", password, "--spool-dir", tmp_path / "spool")
+    checks = lines_by_check(output)
+    assert code == 0, output
+    assert list(checks) == ["source", "gpu", "model", "broker", "spool"]
+    assert all(checks[name].split()[1] == OK for name in ("source", "model", "broker", "spool"))
+
+
+def test_cli_any_failure_exits_1_and_says_what_to_fix(tiny_onnx_model, tmp_path):
+    code, output = doctor("--camera", 9, "--model", tiny_onnx_model, "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                          "--spool-dir", tmp_path)
+    checks = lines_by_check(output)
+    assert code == 1
+    assert checks["source"].split()[1] == FAIL and checks["broker"].split()[1] == FAIL
+    assert checks["model"].split()[1] == OK
+    assert output.count("fix:") >= 2
+    assert "Traceback" not in output
+
+
+def test_cli_needs_at_most_one_source(tmp_path):
+    code, output = doctor("--camera", 0, "--source", tmp_path)
+    assert code == 2 and "one of --camera" in output
