@@ -323,7 +323,7 @@ class GpuAnomalyMap:
             # Constants, uploaded once.
             self._upload_constant(pixel_sets(masks), self.pixel_set_address)
             self._upload_constant(
-                np.concatenate([np.float32(mean), np.float32(std)]), self.norm_address
+                np.asarray([*mean, *std], np.float32), self.norm_address
             )
             self._upload_constant(taps, self.taps_address)
             self.device.synchronize()

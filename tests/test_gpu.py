@@ -1,0 +1,213 @@
+"""The GPU path: device pipeline against the CPU pipeline on real bottle images.
+
+Tests marked `gpu` skip without an NVIDIA GPU (and pycuda or CuPy; TensorRT for the
+backend). The others check, on any machine, what a user without a GPU meets: a clear
+reason, a refused foreign engine, build-engine exiting 2 with directions.
+
+Tolerances against OnnxCpuBackend (float32): variants bit-exact; map and score with
+the same network outputs, max abs 1e-5 (the Gaussian's summation order, as in
+test_kernels_host.py); through an FP32 TensorRT engine (TF32 off), max abs 1e-4, as
+TensorRT's convolutions sum in their own order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge.backends.engine_check import EngineMismatchError, check_engine
+from edge.backends.gpu_available import (
+    CudaDevice,
+    GpuUnavailable,
+    cuda_device,
+    gpu_status,
+    import_tensorrt,
+)
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.masks import masked_variants
+from edge.preprocess import prepare, read_image
+
+
+def has_tensorrt() -> bool:
+    try:
+        import_tensorrt()
+    except GpuUnavailable:
+        return False
+    return True
+
+
+def has_gpu() -> bool:
+    try:
+        cuda_device()
+    except GpuUnavailable:
+        return False
+    return any(importlib.util.find_spec(m) for m in ("pycuda", "cupy"))
+
+
+needs_gpu = pytest.mark.skipif(
+    not has_gpu(), reason="no NVIDIA GPU with pycuda or CuPy"
+)
+needs_tensorrt = pytest.mark.skipif(
+    not (has_gpu() and has_tensorrt()), reason="no GPU with TensorRT"
+)
+
+
+@pytest.fixture
+def normalised_model(tiny_onnx_model: Path) -> Path:
+    """The tiny model with a real normalisation in its manifest, so both paths apply it."""
+    manifest = Manifest.read(manifest_path(tiny_onnx_model))
+    manifest.mean, manifest.std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    manifest.save(manifest_path(tiny_onnx_model))
+    return tiny_onnx_model
+
+
+def bottle_images(bottle_dir: Path, size: int) -> list[np.ndarray]:
+    paths = [
+        min((bottle_dir / "train" / "good").glob("*.png")),
+        min((bottle_dir / "test" / "broken_large").glob("*.png")),
+    ]
+    return [prepare(read_image(p), size) for p in paths]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_device_map_matches_cpu_pipeline(normalised_model, bottle_dir):
+    from edge.gpu_map import GpuAnomalyMap
+
+    cpu = OnnxCpuBackend(normalised_model)
+    m = cpu.manifest
+    gpu = GpuAnomalyMap.for_manifest(m)
+    try:
+        for image in bottle_images(bottle_dir, m.input_size):
+            batch_shape = (gpu.num_variants, 3, m.input_size, m.input_size)
+            variants = gpu.download(gpu.variants(image), batch_shape)
+            np.testing.assert_array_equal(
+                variants, (masked_variants(image, cpu.masks) - cpu.mean) / cpu.std
+            )
+            (outputs,) = cpu.session.run([m.output_name], {m.input_name: variants})
+            gpu.upload(outputs, gpu.outputs_address)
+            amap, score = gpu.score()
+            reference = cpu.score(image)
+            np.testing.assert_allclose(amap, reference.anomaly_map, rtol=0, atol=1e-5)
+            assert score == pytest.approx(reference.score, abs=1e-5)
+    finally:
+        gpu.close()
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_backend_matches_cpu_backend(normalised_model, bottle_dir, tmp_path):
+    from edge.backends.tensorrt import TensorRTBackend
+    from trainer.engine import build_engine
+
+    engine_path = tmp_path / "tiny.plan"
+    built = build_engine(
+        normalised_model,
+        engine_path,
+        fp16=False,
+        timing_cache=tmp_path / "timing.cache",
+    )
+    assert built.engine["source_onnx_sha256"] == file_sha256(normalised_model)
+    assert (tmp_path / "timing.cache").stat().st_size > 0
+    cpu = OnnxCpuBackend(normalised_model)
+    with TensorRTBackend(engine_path) as gpu:
+        for image in bottle_images(bottle_dir, cpu.manifest.input_size):
+            got, expected = gpu.score(image), cpu.score(image)
+            np.testing.assert_allclose(
+                got.anomaly_map, expected.anomaly_map, rtol=0, atol=1e-4
+            )
+            assert got.score == pytest.approx(expected.score, abs=1e-4)
+
+
+# ---- what a machine without the GPU path sees ---------------------------------------
+
+
+@pytest.mark.skipif(
+    has_gpu() and has_tensorrt(), reason="this machine has the GPU path"
+)
+def test_gpu_status_names_what_is_missing():
+    ok, reason = gpu_status()
+    assert not ok
+    assert any(
+        word in reason for word in ("TensorRT", "pycuda", "NVIDIA driver", "GPU")
+    )
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed")
+def test_tensorrt_backend_import_says_what_to_install():
+    with pytest.raises(ImportError, match="TensorRT is not installed"):
+        import edge.backends.tensorrt  # noqa: F401
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed")
+def test_build_engine_without_tensorrt_exits_2_with_directions(tiny_onnx_model):
+    from trainer.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "build-engine",
+            str(tiny_onnx_model),
+            "--out",
+            str(tiny_onnx_model.with_suffix(".plan")),
+        ],
+    )
+    assert result.exit_code == 2
+    assert (
+        "TensorRT is not installed" in result.output and "docs/gpu.md" in result.output
+    )
+    assert not tiny_onnx_model.with_suffix(".plan").exists()
+
+
+def engine_manifest(tmp_path: Path) -> tuple[Manifest, Path]:
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"not really an engine, but hashed like one")
+    manifest = Manifest(
+        model_id="m", category="test", input_size=64, model_width=8, threshold=0.5,
+        model_file=engine.name, model_sha256=file_sha256(engine),
+        engine={"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16"},
+    )  # fmt: skip
+    return manifest, engine
+
+
+def test_engine_check_accepts_its_own_device(tmp_path):
+    manifest, engine = engine_manifest(tmp_path)
+    check_engine(manifest, engine, "10.3.0", CudaDevice("Orin", "8.7"))
+
+
+@pytest.mark.parametrize(
+    "trt_version, device, edit, message",
+    [
+        (
+            "10.13.0",
+            CudaDevice("Orin", "8.7"),
+            None,
+            "built with TensorRT 10.3.0, this device runs TensorRT 10.13.0",
+        ),
+        (
+            "10.3.0",
+            CudaDevice("NVIDIA H100", "9.0"),
+            None,
+            "built for Orin (compute 8.7), this device is NVIDIA H100",
+        ),
+        ("10.3.0", CudaDevice("Orin", "8.7"), "engine", "describes no TensorRT engine"),
+        ("10.3.0", CudaDevice("Orin", "8.7"), "bytes", "does not match the sha256"),
+    ],
+)
+def test_engine_check_refuses_a_foreign_engine(
+    tmp_path, trt_version, device, edit, message
+):
+    manifest, engine = engine_manifest(tmp_path)
+    if edit == "engine":
+        manifest.engine = {}
+    if edit == "bytes":
+        engine.write_bytes(b"changed after the build")
+    with pytest.raises(EngineMismatchError, match=re.escape(message)) as error:
+        check_engine(manifest, engine, trt_version, device)
+    assert "riad-trainer build-engine" in str(error.value)

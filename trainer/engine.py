@@ -1,0 +1,153 @@
+"""ONNX model -> TensorRT engine, built on the device that will run it.
+
+An engine is specific to its TensorRT version and GPU, so a Jetson builds its own
+(`riad-trainer build-engine` runs there with JetPack's TensorRT). The engine takes
+batches from one frame's variants (K*n) up to `max_batch`, tuned for one frame; its
+manifest is the ONNX model's, plus what it was built with and for.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge.backends.gpu_available import cuda_device, import_tensorrt
+from edge.manifest import Manifest, file_sha256, manifest_path
+
+if TYPE_CHECKING:
+    import tensorrt
+
+
+class EngineBuildError(RuntimeError):
+    """The engine could not be built; the message says why."""
+
+
+def _phase_printer() -> tensorrt.IProgressMonitor:
+    """An IProgressMonitor printing the build's phases on one line of stderr."""
+    import tensorrt as trt
+
+    class PhasePrinter(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.lock = threading.Lock()  # TensorRT reports from several threads
+            self.phases: dict[str, tuple[int, int]] = {}  # name -> (steps done, steps)
+
+        def phase_start(
+            self, phase_name: str, parent_phase: str, num_steps: int
+        ) -> None:
+            with self.lock:
+                self.phases[phase_name] = (0, num_steps)
+                self.show()
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self.lock:
+                self.phases[phase_name] = (
+                    step + 1,
+                    self.phases.get(phase_name, (0, 0))[1],
+                )
+                self.show()
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self.lock:
+                self.phases.pop(phase_name, None)
+                self.show()
+
+        def show(self) -> None:
+            line = " > ".join(
+                f"{name} {done}/{total}" for name, (done, total) in self.phases.items()
+            )
+            sys.stderr.write(f"\r\033[K{line[-150:]}")
+            sys.stderr.flush()
+
+    return PhasePrinter()
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    fp16: bool = True,
+    max_batch: int | None = None,
+    timing_cache: Path | None = None,
+) -> Manifest:
+    """Build and write the engine and its manifest; returns the manifest.
+
+    `max_batch` defaults to 4 frames' variants. Raises GpuUnavailable without TensorRT
+    or a GPU, ManifestError for a model without a valid manifest, EngineBuildError when
+    TensorRT cannot build it.
+    """
+    import_tensorrt()
+    import tensorrt as trt
+
+    source = Manifest.for_model(onnx_path)
+    device = cuda_device()
+    per_frame = source.mask_spec.num_variants
+    max_batch = max_batch or 4 * per_frame
+    if max_batch < per_frame or max_batch % per_frame:
+        raise EngineBuildError(
+            f"--max-batch must be a multiple of the {per_frame} variants of one frame"
+        )
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch: required by TensorRT 8.5 (JetPack 5, Xavier), implied from TensorRT 10.
+    network = builder.create_network(
+        1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    )
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    if fp16:
+        if not builder.platform_has_fast_fp16:
+            raise EngineBuildError(f"{device.name} has no fast FP16; build with --fp32")
+        config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        config.clear_flag(
+            trt.BuilderFlag.TF32
+        )  # TF32 rounds to 10 mantissa bits: not full precision
+    size = source.input_size
+    profile = builder.create_optimization_profile()
+    one_frame = trt.Dims([per_frame, 3, size, size])
+    profile.set_shape(
+        source.input_name, one_frame, one_frame, trt.Dims([max_batch, 3, size, size])
+    )
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(
+        timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    )
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if hasattr(
+        trt, "IProgressMonitor"
+    ):  # TensorRT >= 10; JetPack 5's 8.5 builds silently
+        monitor = _phase_printer()  # held here: it must outlive the build
+        config.progress_monitor = monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    sys.stderr.write("\n")
+    if serialized is None:
+        raise EngineBuildError(
+            "TensorRT could not build the engine (see its messages above)"
+        )
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(memoryview(serialized))
+    if timing_cache:
+        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+
+    onnx_sha256 = source.model_sha256  # Manifest.for_model checked it is the file's
+    source.model_file = engine_path.name
+    source.model_sha256 = file_sha256(engine_path)
+    source.engine = {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": device.name,
+        "compute_capability": device.compute_capability,
+        "precision": "fp16" if fp16 else "fp32",
+        "source_onnx_sha256": onnx_sha256,
+        "max_batch": max_batch,
+    }
+    source.save(manifest_path(engine_path))
+    return source
