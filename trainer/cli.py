@@ -101,3 +101,42 @@ def evaluate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(markdown_table(report))
+
+
+@app.command("build-engine")
+def build_engine(
+    model: Annotated[Path, typer.Argument(help="the exported model, MODEL.onnx, with its manifest beside it")],
+    out: Annotated[Path | None, typer.Option("--out", help="the engine to write (default: MODEL.plan)")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", help="full precision instead of FP16")] = False,
+    max_batch: Annotated[
+        int | None, typer.Option(help="largest batch, a multiple of one frame's 12 variants (default: 4 frames)")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="TensorRT timing cache, read if present and saved: rebuilds go faster")
+    ] = None,
+):
+    """Build a TensorRT engine on THIS device (engines are not portable; see docs/gpu.md)."""
+    from edge.backends.gpu_available import GpuUnavailable
+    from edge.manifest import ManifestError, manifest_path
+    from trainer.engine import EngineBuildError
+    from trainer.engine import build_engine as build
+
+    engine_path = out or model.with_suffix(".plan")
+    try:
+        manifest = build(model, engine_path, fp16=not fp32, max_batch=max_batch, timing_cache=timing_cache)
+    except GpuUnavailable as missing:
+        typer.echo(
+            f"error: {missing}.\nEngines are built on the device that runs them (a Jetson uses JetPack's "
+            "TensorRT); copy the ONNX model there and run build-engine on it. See docs/gpu.md.",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    except (EngineBuildError, ManifestError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    facts = manifest.engine
+    typer.echo(
+        f"engine:   {engine_path}\nmanifest: {manifest_path(engine_path)}\n"
+        f"built for {facts['gpu_name']} (compute {facts['compute_capability']}) with TensorRT "
+        f"{facts['tensorrt_version']}, {facts['precision']}, batch {manifest.mask_spec.num_variants}..{facts['max_batch']}"
+    )
