@@ -7,48 +7,49 @@ and start it again on the same port. Use the fixtures with
 
 from __future__ import annotations
 
-import getpass
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-)
+from edge.local_broker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (free_port: used by tests)
+
 USERS = {"edge": "s3cret"}  # the login the `broker_with_login` fixture accepts
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class TestBroker:
-    """One broker process; `url` stays the same across stop(), kill() and start()."""
+class TestBroker(LocalBroker):
+    """The product's throw-away broker, with the logins, TLS and persistence tests ask for."""
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(
         self, workdir: Path, users: dict[str, str] | None = None, persistence: bool = False, tls: bool = False
     ):
-        self.workdir = workdir
-        self.port = free_port()
-        self.users = users
-        self.persistence = persistence
+        workdir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
-        self.process: subprocess.Popen | None = None
-        self.kind = "mosquitto" if MOSQUITTO else "amqtt"
-        self.log = workdir / f"{self.kind}.log"
-        self._command = self._configure()
+        self.users = users
+        if (users or persistence or tls) and not MOSQUITTO:
+            pytest.skip("amqtt stands in for mosquitto without logins, persistence or TLS; install mosquitto")
+        lines: list[str] = []
+        if tls:
+            lines += self._make_certificates(workdir)
+        if users:
+            passwd = workdir / "passwd"
+            passwd.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        if persistence:
+            # Saved after every change, so a SIGKILL keeps the subscriptions made before it.
+            lines += [
+                "persistence true",
+                f"persistence_location {workdir}/",
+                "autosave_on_changes true",
+                "autosave_interval 1",
+            ]
+        super().__init__(workdir, lines)
 
     @property
     def url(self) -> str:
@@ -59,98 +60,27 @@ class TestBroker:
     def ca_file(self) -> Path:
         return self.workdir / "ca.pem"
 
-    def _make_certificates(self) -> list[str]:
+    @staticmethod
+    def _make_certificates(workdir: Path) -> list[str]:
         """A throw-away CA and a server certificate for localhost, made with openssl."""
-        ca_key, key, csr, cert = (self.workdir / n for n in ("ca.key", "server.key", "server.csr", "server.pem"))
+        ca_file = workdir / "ca.pem"
+        ca_key, key, csr, cert = (workdir / n for n in ("ca.key", "server.key", "server.csr", "server.pem"))
         openssl = ["openssl"]
         subprocess.run(
             [*openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=riad test CA",
-             "-keyout", ca_key, "-out", self.ca_file], check=True, capture_output=True,
+             "-keyout", ca_key, "-out", ca_file], check=True, capture_output=True,
         )  # fmt: skip
         subprocess.run(
             [*openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr],
             check=True, capture_output=True,
         )  # fmt: skip
-        extensions = self.workdir / "san.cnf"
+        extensions = workdir / "san.cnf"
         extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
         subprocess.run(
-            [*openssl, "x509", "-req", "-in", csr, "-CA", self.ca_file, "-CAkey", ca_key, "-CAcreateserial",
+            [*openssl, "x509", "-req", "-in", csr, "-CA", ca_file, "-CAkey", ca_key, "-CAcreateserial",
              "-days", "2", "-extfile", extensions, "-out", cert], check=True, capture_output=True,
         )  # fmt: skip
-        return [f"cafile {self.ca_file}", f"certfile {cert}", f"keyfile {key}"]
-
-    def _configure(self) -> list[str]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.kind == "mosquitto":
-            lines = [
-                f"listener {self.port} 127.0.0.1",
-                f"allow_anonymous {'false' if self.users else 'true'}",
-                f"user {getpass.getuser()}",  # run as root, mosquitto would switch users and lose our files
-            ]
-            if self.tls:
-                lines += self._make_certificates()
-            if self.users:
-                passwd = self.workdir / "passwd"
-                passwd.touch(mode=0o600)
-                for user, password in self.users.items():
-                    subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-                lines.append(f"password_file {passwd}")
-            if self.persistence:
-                # Saved after every change, so a SIGKILL keeps the subscriptions made before it.
-                lines += [
-                    "persistence true",
-                    f"persistence_location {self.workdir}/",
-                    "autosave_on_changes true",
-                    "autosave_interval 1",
-                ]
-            else:
-                lines.append("persistence false")
-            config = self.workdir / "mosquitto.conf"
-            config.write_text("\n".join(lines) + "\n")
-            return [MOSQUITTO, "-c", str(config)]
-        if self.users or self.persistence or self.tls:
-            pytest.skip("amqtt stands in for mosquitto without logins, persistence or TLS; install mosquitto")
-        config = self.workdir / "amqtt.yaml"
-        config.write_text(
-            "listeners:\n  default:\n    type: tcp\n"
-            f"    bind: 127.0.0.1:{self.port}\n"
-            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
-        )
-        return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
-
-    def start(self, timeout: float = 10.0) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited at start: {self.log.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.kind} did not listen on port {self.port} within {timeout} s")
-
-    def _end(self, sig: int) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            self.process.wait(10)
-        self.process = None
-
-    def stop(self) -> None:
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """A crash: no goodbye to the clients, nothing saved."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+        return [f"cafile {ca_file}", f"certfile {cert}", f"keyfile {key}"]
 
 
 class Subscriber:
