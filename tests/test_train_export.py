@@ -21,6 +21,7 @@ from edge.manifest import Manifest, ManifestError, file_sha256, manifest_path
 from edge.masks import fixed_masks, masked_variants, recombine
 from edge.preprocess import prepare, read_image
 from trainer.cli import app
+from trainer.data import DataError, find_training_set
 from trainer.export import ExportError, export_onnx
 from trainer.train import (
     TrainConfig,
@@ -132,6 +133,18 @@ def test_ctrl_c_saves_a_resumable_checkpoint(parts, tmp_path):
     assert "interrupted; progress is saved" in err and "Traceback" not in err
     state = load_checkpoint(checkpoint)
     assert state["epoch"] >= 1 and len(state["losses"]) == state["epoch"]
+
+
+def test_damaged_held_out_image_stops_training_at_once(parts, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in parts.iterdir():
+        (data / image.name).write_bytes(image.read_bytes())
+    broken = find_training_set(data).held_out[0]
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=broken.name):
+        train(data, tmp_path / "run", recipe("cpu", **TINY))
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_bad_input_size_is_refused(parts, tmp_path):

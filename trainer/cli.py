@@ -49,7 +49,10 @@ def train(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted; progress is saved in {out}; continue with --resume", err=True)
+        if (out / "last.pt").is_file():
+            typer.echo(f"\ninterrupted; progress is saved in {out}; continue with --resume", err=True)
+        else:
+            typer.echo("\ninterrupted before the first checkpoint; nothing was saved", err=True)
         raise typer.Exit(130) from None
     typer.echo(f"trained: {checkpoint}\nnext: riad-trainer export {checkpoint} --out engines/NAME.onnx")
 

@@ -107,8 +107,9 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path) -> Manifest:
     model.load_state_dict(state["model"])
     model.eval()
 
-    # Verify on the batch the edge really sends: the 12 masked variants of a good image.
-    image = load_images(held_out[:1], size)[0]
+    # Decoding all held-out images first names a damaged one before any file is written.
+    # The check runs on the batch the edge really sends: the 12 masked variants of one.
+    image = load_images(held_out, size)[0]
     variants = masked_variants(image, fixed_masks(size, size, config.mask_spec, config.seed))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_onnx(model, torch.from_numpy(variants[:2]), out_path)

@@ -26,7 +26,7 @@ from edge.masks import (
     check_input_size,
     make_masks,
 )
-from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set
+from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
 
@@ -243,6 +243,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
         )
 
     images = GoodImages(data.train, config.input_size)
+    load_images(data.held_out, config.input_size)  # a damaged held-out file fails now, not at export
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, spec = config.input_size, config.mask_spec
