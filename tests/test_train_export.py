@@ -114,6 +114,8 @@ def test_resume_refuses_changed_data_and_settings(parts, tmp_path):
         train(data, run, recipe("cpu", **TINY))
     with pytest.raises(TrainError, match="cannot change base_width"):
         resume_config(run, base_width=8)
+    with pytest.raises(TrainError, match="trained with different base_width; start a new run"):
+        train(data, run, recipe("cpu", **TINY | {"base_width": 8, "epochs": 2}), resume=True)
     (data / "000.png").write_bytes((data / "001.png").read_bytes())
     with pytest.raises(TrainError, match="changed since"):
         train(data, run, resume_config(run, epochs=2), resume=True)

@@ -10,7 +10,6 @@ epoch to `<out>/last.pt`, which `--resume` continues and `export` turns into a m
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -194,8 +193,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     fingerprint = data.fingerprint()
     device = resolve_device(config.device)
 
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the initial weights; masks and shuffling have their own
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = RiadLoss(w_gms=config.w_gms, w_ssim=config.w_ssim, w_l2=config.w_l2)
@@ -207,8 +205,12 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     if resume:
         checkpoint = load_checkpoint(path)
         saved = TrainConfig.from_dict(checkpoint["config"])
-        differing = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
-        if set(differing) - RESUMABLE_FIELDS:
+        differing = [
+            f.name
+            for f in fields(TrainConfig)
+            if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name)
+        ]
+        if differing:
             raise TrainError(f"{path} was trained with different {', '.join(differing)}; start a new run")
         if checkpoint["fingerprint"] != fingerprint:
             raise TrainError(
