@@ -92,6 +92,7 @@ def run_inspection(
     max_frames: int | None = None,
     save_dir: Path | None = None,
     threshold: float | None = None,
+    view: tuple[str, int] | None = None,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -123,6 +124,15 @@ def run_inspection(
             except OSError as exc:
                 return _fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
             sinks.append(saver)
+        if view is not None:
+            from edge.liveview import LiveView, LiveViewError
+
+            try:
+                live = LiveView(*view)
+            except LiveViewError as exc:
+                return _fail(str(exc), EXIT_BAD_INPUT)
+            sinks.append(live)
+            print(f"live view: {live.url}")
         pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
         if broker is not None:
             try:

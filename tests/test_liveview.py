@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -307,3 +308,34 @@ def test_browser_shows_frame_chart_and_defects(view, feed, browser, tmp_path):
     cv2.imwrite(str(tmp_path / "liveview.png"), shot)
     assert shot.shape == (860, 1280, 3)
     assert shot.std() > 20  # a page with a frame, a chart and a list, not a blank one
+
+
+# ---- riad-edge run --view-port -----------------------------------------------------------
+
+
+def run_with_view(folder: Path, model: Path, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from edge.cli import app; app()", "run", "--source", str(folder),
+         "--model", str(model), "--view-port", str(port)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_run_serves_the_live_view_and_says_where(bottle_dir, tmp_path, tiny_onnx_model):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for path in sorted((bottle_dir / "test" / "good").glob("*.png"))[:2]:
+        shutil.copy(path, folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = run_with_view(folder, tiny_onnx_model, port)
+    assert done.returncode == 0, done.stderr
+    assert f"live view: http://127.0.0.1:{port}/" in done.stdout
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = run_with_view(folder, tiny_onnx_model, taken.getsockname()[1])
+    assert done.returncode == 2
+    assert "the port is already in use" in done.stderr and "Traceback" not in done.stderr
