@@ -67,7 +67,7 @@ def test_compose_file_has_the_line_services():
 def test_dockerfile_targets_jetpack_tensorrt_without_torch():
     dockerfile = (DEPLOY / "Dockerfile.jetson").read_text()
     assert "ARG L4T_TENSORRT=r10.3.0" in dockerfile
-    assert "FROM nvcr.io/nvidia/l4t-tensorrt:${L4T_TENSORRT}-runtime" in dockerfile
+    assert "FROM nvcr.io/nvidia/l4t-tensorrt:${L4T_TENSORRT}-devel" in dockerfile  # nvcc for the kernels
     assert "torch" not in dockerfile.replace("torch-free", "").replace("No torch", "")
 
 
