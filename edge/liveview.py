@@ -261,7 +261,10 @@ class _Handler(BaseHTTPRequestHandler):
             if count == seen:
                 continue
             seen = count
-            self.wfile.write(state.frame_jpeg() + b"\r\n" + part_start)
+            jpeg = state.frame_jpeg()
+            if jpeg is None:  # closed meanwhile
+                continue
+            self.wfile.write(jpeg + b"\r\n" + part_start)
             self.wfile.flush()
             time.sleep(STREAM_INTERVAL_S)
 
