@@ -126,3 +126,20 @@ def doctor_command(
     checks = run_checks(uri, model, broker, username, password, tls_ca, spool_dir)
     typer.echo(format_table(checks))
     raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
+
+
+@app.command("demo")
+def demo_command(
+    model: Annotated[Path | None, typer.Option(help="Model to run (default: the bundled bottle model).")] = None,
+    source: Annotated[Path | None, typer.Option(help="Clip to inspect (default: the bundled bottle clip).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the defect snapshots and heatmap overlays.")] = Path("riad-demo"),
+    view_port: Annotated[int, typer.Option(min=0, max=65535, help="Also serve the live view on this port; 0: off.")] = 0,
+) -> None:
+    """The whole loop on the bundled sample: broker, inspector, alerts over MQTT, overlays.
+
+    Needs no camera, GPU or broker of your own. Exit codes as for run; 4: no MQTT broker
+    program (install mosquitto or amqtt).
+    """
+    from edge.demo import DEFAULT_MODEL, DEFAULT_SOURCE, run_demo
+
+    raise typer.Exit(run_demo(model or DEFAULT_MODEL, source or DEFAULT_SOURCE, out, view_port))

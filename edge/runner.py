@@ -24,8 +24,8 @@ from edge.manifest import ManifestError
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.snapshots import SnapshotSaver
-from edge.spool import SpoolError
 from edge.sources import SourceError, open_source
+from edge.spool import SpoolError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -93,6 +93,7 @@ def run_inspection(
     save_dir: Path | None = None,
     threshold: float | None = None,
     view: tuple[str, int] | None = None,
+    console: bool = True,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -116,7 +117,8 @@ def run_inspection(
         print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_size} px), threshold {threshold:.4f}")
         print(f"source: {source.description} as camera '{camera_id}'")
 
-        sinks: list = [ConsoleSink(camera_id)]
+        # The demo turns the console lines off: its watcher prints the same alerts from MQTT.
+        sinks: list = [ConsoleSink(camera_id)] if console else []
         saver = None
         if save_dir is not None:
             try:
