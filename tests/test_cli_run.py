@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -11,6 +12,7 @@ import sys
 import pytest
 from media import bottle_frames, write_video
 
+from edge.manifest import manifest_path
 from tests.broker import Subscriber
 
 pytest_plugins = ["tests.broker"]  # the broker fixtures
@@ -64,6 +66,20 @@ def test_a_model_that_does_not_match_its_manifest_is_refused_with_exit_2(clip, t
     code, out, err = finished("run", "--source", clip, "--model", tiny_onnx_model)
     assert code == 2
     assert err.startswith("error: ") and "does not match its manifest" in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_a_damaged_onnx_model_that_matches_its_manifest_exits_2(clip, tiny_onnx_model):
+    # The manifest describes the damaged bytes (a truncated copy exported as is): the hash
+    # passes, ONNX Runtime cannot parse the file.
+    data = tiny_onnx_model.read_bytes()[:100]
+    tiny_onnx_model.write_bytes(data)
+    manifest = json.loads(manifest_path(tiny_onnx_model).read_text())
+    manifest["model_sha256"] = hashlib.sha256(data).hexdigest()
+    manifest_path(tiny_onnx_model).write_text(json.dumps(manifest))
+    code, out, err = finished("run", "--source", clip, "--model", tiny_onnx_model)
+    assert code == 2, err
+    assert err.startswith("error: ") and "ONNX Runtime cannot load" in err
     assert "Traceback" not in err and out == ""
 
 

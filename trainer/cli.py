@@ -90,6 +90,7 @@ def evaluate(
     overlays: Annotated[bool, typer.Option(help="save a heatmap overlay per test image")] = True,
 ):
     """Measure detection on a labelled test set: AUROC, PRO, false alarms at the threshold."""
+    from edge.backends import BackendError
     from edge.manifest import ManifestError
     from trainer.data import DataError
     from trainer.evaluate import evaluate as run_evaluation
@@ -100,7 +101,7 @@ def evaluate(
         raise typer.Exit(2)
     try:
         report = run_evaluation(model, data_dir, out or model.parent / "eval", overlays=overlays)
-    except (DataError, ManifestError, ValueError, OSError) as exc:
+    except (BackendError, DataError, ManifestError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(markdown_table(report))

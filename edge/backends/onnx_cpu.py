@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.anomaly_map import anomaly_map, image_score
+from edge.backends import BackendError
 from edge.backends.base import Backend, FrameScore
 from edge.manifest import Manifest
 from edge.masks import fixed_masks, masked_variants, recombine
@@ -23,7 +24,10 @@ class OnnxCpuBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+            raise BackendError(f"ONNX Runtime cannot load {model_path} ({exc}); re-export it with 'riad-trainer export'") from None
         self.masks = fixed_masks(m.input_size, m.input_size, m.mask_spec, m.mask_seed)
         self.mean = np.asarray(m.mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(m.std, np.float32).reshape(1, 3, 1, 1)
