@@ -321,6 +321,8 @@ class MqttPublisher:
         self._kick.set()
         self._sender.join(timeout)
         if self._client.is_connected():
+            # A last stats message: the run's final counts, also for runs shorter than the interval.
+            self._publish_stats()
             self._client.publish(self.availability_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
         self._client.disconnect()
         self._client.loop_stop()
