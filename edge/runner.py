@@ -158,7 +158,10 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
     from edge.mqtt import MqttPublisher
 
     spool = spool or default_spool_path(camera_id)
-    spool.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        spool.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpoolError(f"cannot create the spool folder {spool.parent}: {exc.strerror or exc}") from None
     return MqttPublisher(
         broker,
         camera_id,

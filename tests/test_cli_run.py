@@ -129,6 +129,17 @@ def test_exactly_one_source_is_required(tiny_onnx_model, sources):
     assert code == 2 and "exactly one of --camera N or --source URI" in err
 
 
+def test_a_spool_that_cannot_be_created_names_the_spool(clip, tiny_onnx_model, tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    spool = tmp_path / "not-a-folder" / "line.spool"
+    code, _, err = finished(
+        "run", "--source", clip, "--model", tiny_onnx_model, "--broker", "mqtt://127.0.0.1:1", "--spool", spool
+    )
+    assert code == 2, err
+    assert err.startswith("error: ") and f"cannot create the spool folder {spool.parent}" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_gracefully_with_a_summary_and_exit_0(bottle_dir, tmp_path, tiny_onnx_model, sig):
     long_clip = write_video(tmp_path / "long.avi", bottle_frames(bottle_dir, 8) * 40, "MJPG")
