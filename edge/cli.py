@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,7 @@ def main() -> None:
 
 @app.command("run")
 def run_command(
-    camera: Annotated[int | None, typer.Option("--camera", help="Camera number (V4L2), e.g. 0 for /dev/video0.")] = None,
+    camera: Annotated[int | None, typer.Option("--camera", min=0, help="Camera number (V4L2), e.g. 0 for /dev/video0.")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., file://clip.mp4, a video file, an image folder.")] = None,
     model: Annotated[Path, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = ...,
     broker: Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...; without it defects are only printed.")] = None,
@@ -47,6 +48,9 @@ def run_command(
 
     if (camera is None) == (source is None):
         raise typer.BadParameter("give exactly one of --camera N or --source URI")
+    if threshold is not None and not math.isfinite(threshold):
+        # NaN compares false and inf is never exceeded: the line would run with no alert ever.
+        raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
     code = run_inspection(
         str(camera) if camera is not None else source,
         model,
@@ -103,7 +107,7 @@ def watch_command(
 
 @app.command("doctor")
 def doctor_command(
-    camera: Annotated[int | None, typer.Option("--camera", help="Camera number to test, e.g. 0 for /dev/video0.")] = None,
+    camera: Annotated[int | None, typer.Option("--camera", min=0, help="Camera number to test, e.g. 0 for /dev/video0.")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Source URI to test instead of a camera (as for run).")] = None,
     model: Annotated[Path | None, typer.Option("--model", "--engine", help="Model file to load and score a frame with.")] = None,
     broker: Annotated[str | None, typer.Option(help="MQTT broker to log in to, mqtt://host[:port] or mqtts://...")] = None,

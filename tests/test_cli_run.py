@@ -129,6 +129,20 @@ def test_exactly_one_source_is_required(tiny_onnx_model, sources):
     assert code == 2 and "exactly one of --camera N or --source URI" in err
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--threshold", "nan"], "--threshold must be a finite number"),
+        (["--threshold", "inf"], "--threshold must be a finite number"),
+        (["--camera", "-1"], "greater than or equal to 0"),
+    ],
+)
+def test_options_that_would_never_alert_or_name_no_camera_exit_2(clip, tiny_onnx_model, option, message):
+    source = [] if option[0] == "--camera" else ["--source", clip]
+    code, out, err = finished("run", *source, "--model", tiny_onnx_model, *option)
+    assert code == 2 and message in err and out == ""
+
+
 def test_a_spool_that_cannot_be_created_names_the_spool(clip, tiny_onnx_model, tmp_path):
     (tmp_path / "not-a-folder").write_text("")
     spool = tmp_path / "not-a-folder" / "line.spool"
