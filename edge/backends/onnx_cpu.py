@@ -28,9 +28,29 @@ class OnnxCpuBackend(Backend):
             self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
             raise BackendError(f"ONNX Runtime cannot load {model_path} ({exc}); re-export it with 'riad-trainer export'") from None
+        self._check_io(model_path)
         self.masks = fixed_masks(m.input_size, m.input_size, m.mask_spec, m.mask_seed)
         self.mean = np.asarray(m.mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(m.std, np.float32).reshape(1, 3, 1, 1)
+
+    def _check_io(self, model_path: str | Path) -> None:
+        """The graph takes and gives what the manifest says, or the first frame would fail mid-run."""
+        m = self.manifest
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+
+        def described(tensors: dict) -> str:
+            return ", ".join(f"{name} ({', '.join(map(str, shape))})" for name, shape in tensors.items())
+
+        expected = [3, m.input_size, m.input_size]  # after the dynamic batch axis
+        shape = inputs.get(m.input_name)
+        fixed = shape is not None and all(not isinstance(d, int) or d == e for d, e in zip(shape[1:], expected))
+        if len(inputs) != 1 or m.output_name not in outputs or not fixed:
+            raise BackendError(
+                f"{model_path} takes {described(inputs)} and gives {described(outputs)}, but its manifest expects "
+                f"{m.input_name} (batch, {', '.join(map(str, expected))}) and {m.output_name}; "
+                "re-export the model with its manifest"
+            )
 
     def reconstruct(self, image: np.ndarray) -> np.ndarray:
         """(len(K), 3, S, S): the per-k recombined reconstructions of one image."""
