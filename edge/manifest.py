@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -99,6 +100,10 @@ class Manifest:
         missing = [name for name in required if name not in data]
         if missing:
             raise ManifestError(f"manifest {path} lacks {', '.join(missing)}")
+        threshold = data["threshold"]
+        # NaN is never exceeded: a model with it would run and never raise an alert.
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:

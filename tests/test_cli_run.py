@@ -83,6 +83,18 @@ def test_a_damaged_onnx_model_that_matches_its_manifest_exits_2(clip, tiny_onnx_
     assert "Traceback" not in err and out == ""
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), None, "0.5"])
+def test_a_manifest_threshold_that_is_not_a_finite_number_exits_2(clip, tiny_onnx_model, threshold):
+    # A NaN threshold is never exceeded: the line would run and never alert.
+    manifest = json.loads(manifest_path(tiny_onnx_model).read_text())
+    manifest["threshold"] = threshold
+    manifest_path(tiny_onnx_model).write_text(json.dumps(manifest))
+    code, out, err = finished("run", "--source", clip, "--model", tiny_onnx_model)
+    assert code == 2, err
+    assert err.startswith("error: ") and "threshold" in err and "not a finite number" in err
+    assert "Traceback" not in err and out == ""
+
+
 @pytest.mark.parametrize("field, value", [("input_size", 48), ("input_name", "input"), ("output_name", "output")])
 def test_a_manifest_that_misdescribes_the_graph_exits_2_before_any_frame(clip, tiny_onnx_model, field, value):
     manifest = json.loads(manifest_path(tiny_onnx_model).read_text())
