@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge.anomaly_map import MapSpec, gaussian_kernel
+from edge.backends.gpu_available import GpuUnavailable
 from edge.manifest import Manifest
 from edge.masks import fixed_masks
 
@@ -43,10 +44,6 @@ KERNEL_SIGNATURES = {
     "gaussian_pass": "PPiiiiP",
     "max_value": "PiP",
 }
-
-
-class GpuUnavailableError(RuntimeError):
-    """No way to run CUDA kernels here: no pycuda or CuPy, or no GPU."""
 
 
 def pixel_sets(masks: np.ndarray) -> np.ndarray:
@@ -76,7 +73,7 @@ class _PyCudaDevice:
 
         cuda.init()
         if cuda.Device.count() == 0:
-            raise GpuUnavailableError("pycuda found no CUDA GPU")
+            raise GpuUnavailable("pycuda found no CUDA GPU")
         self.cuda = cuda
         self.device = cuda.Device(0)
         self.context = self.device.retain_primary_context()
@@ -159,7 +156,7 @@ class _CupyDevice:
         import cupyx
 
         if cupy.cuda.runtime.getDeviceCount() == 0:
-            raise GpuUnavailableError("CuPy found no CUDA GPU")
+            raise GpuUnavailable("CuPy found no CUDA GPU")
         self.cupy, self.cupyx = cupy, cupyx
         self.device = cupy.cuda.Device(0)
         with self.device:
@@ -255,7 +252,7 @@ def open_device() -> _PyCudaDevice | _CupyDevice:
     try:
         import cupy  # noqa: F401
     except ImportError:
-        raise GpuUnavailableError(
+        raise GpuUnavailable(
             "neither pycuda nor CuPy is installed; on a Jetson use JetPack's python3-pycuda "
             "(see docs/gpu.md), on x86 'pip install .[gpu]'"
         ) from None

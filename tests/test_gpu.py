@@ -131,12 +131,24 @@ def test_tensorrt_backend_matches_cpu_backend(normalised_model, bottle_dir, tmp_
 @pytest.mark.skipif(
     has_gpu() and has_tensorrt(), reason="this machine has the GPU path"
 )
+@pytest.mark.skipif(has_gpu() and has_tensorrt(), reason="nothing is missing here")
 def test_gpu_status_names_what_is_missing():
     ok, reason = gpu_status()
     assert not ok
     assert any(
         word in reason for word in ("TensorRT", "pycuda", "NVIDIA driver", "GPU")
     )
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) for m in ("pycuda", "cupy")), reason="a kernel launcher is installed"
+)
+def test_no_kernel_launcher_is_the_gpu_unavailable_that_open_backend_reports():
+    # open_backend turns GpuUnavailable into a one-line error; any other class is a traceback.
+    from edge.gpu_map import open_device
+
+    with pytest.raises(GpuUnavailable, match="neither pycuda nor CuPy"):
+        open_device()
 
 
 @pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed")
