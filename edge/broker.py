@@ -85,8 +85,9 @@ def parse_broker_url(
     if (files["cert"] is None) != (files["key"] is None):
         raise BrokerError("a client certificate needs both the certificate file and its key file")
 
-    user = username if username is not None else (unquote(parts.username) if parts.username else None)
-    secret = password if password is not None else (unquote(parts.password) if parts.password else None)
+    # An empty value counts as none: a service file passes `--username ${VAR}` as "" when VAR is unset.
+    user = username or (unquote(parts.username) if parts.username else None)
+    secret = password or (unquote(parts.password) if parts.password else None)
     if secret is not None and user is None:
         raise BrokerError("a broker password was given without a user name")
     return BrokerConfig(

@@ -66,3 +66,11 @@ def test_certificate_files_need_tls_and_must_exist(tmp_path):
     with pytest.raises(BrokerError, match="both"):
         parse_broker_url("mqtts://broker", cert_file=ca)
     assert parse_broker_url("mqtts://broker", ca_file=ca).ca_file == ca
+
+
+def test_empty_credentials_count_as_none():
+    # systemd passes `--username ${RIAD_MQTT_USERNAME}` as "" when the variable is empty.
+    config = parse_broker_url("mqtt://broker", username="", password="")
+    assert (config.username, config.password) == (None, None)
+    config = parse_broker_url("mqtt://edge:s3cret@broker", username="", password="")
+    assert (config.username, config.password) == ("edge", "s3cret")
