@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+# The image files a folder source, training and evaluation read: what read_image decodes.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def to_rgb8(frame: np.ndarray) -> np.ndarray:
@@ -40,3 +46,16 @@ def read_image(path) -> np.ndarray:
     if frame is None:
         raise ValueError(f"cannot decode image {path} (corrupt, empty or not an image)")
     return frame
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that puts img2.png before img10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files (IMAGE_SUFFIXES) directly in `folder`, in natural order."""
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=natural_key,
+    )

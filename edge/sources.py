@@ -35,11 +35,10 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from edge.preprocess import read_image
+from edge.preprocess import IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Network streams: give up opening or reading after this long, so a dead camera
 # turns into a reconnect instead of a read that blocks forever.
 STREAM_TIMEOUT_MS = 10_000
@@ -205,11 +204,6 @@ class ImageFolderSource(VideoSource):
         self._closed = True
 
 
-def natural_key(path: Path) -> list:
-    """Sort key that puts img2.png before img10.png."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 def _slug(text: str) -> str:
     """A camera id safe for MQTT topics: lowercase letters, digits, '-' and '_'."""
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "cam"
@@ -297,17 +291,14 @@ def _stream(uri: str) -> CaptureSource:
 
 def _path(uri: str, path: Path) -> VideoSource:
     if path.is_dir():
-        images = sorted(
-            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-            key=natural_key,
-        )
+        images = list_images(path)
         if not images:
-            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
             raise SourceError(f"{uri}: folder has no images ({kinds})")
         return ImageFolderSource(images, f"folder {path} ({len(images)} images)", _slug(path.name))
     if not path.exists():
         raise SourceError(f"{uri}: no such file or folder")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFolderSource([path], f"image {path}", _slug(path.stem))
     if path.stat().st_size == 0:
         raise SourceError(f"{uri}: video file is empty")

@@ -24,13 +24,14 @@ def small_good_folder(bottle_dir: Path, folder: Path, count: int, suffixes=(".pn
 
 
 def test_plain_folder_with_mixed_suffixes(bottle_dir, tmp_path):
-    folder = small_good_folder(bottle_dir, tmp_path / "widgets", 8, (".png", ".JPG", ".jpeg", ".Bmp"))
+    # The same suffixes as the edge's folder source, so what the line inspects can be trained on.
+    folder = small_good_folder(bottle_dir, tmp_path / "widgets", 10, (".png", ".JPG", ".jpeg", ".Bmp", ".webp"))
     (folder / "notes.txt").write_text("not an image")
     data = find_training_set(folder)
     assert data.category == "widgets"
-    assert len(data.held_out) == 4 and len(data.train) == 4
+    assert len(data.held_out) == 4 and len(data.train) == 6
     assert not set(data.train) & set(data.held_out)
-    assert {p.suffix for p in data.train + data.held_out} == {".png", ".JPG", ".jpeg", ".Bmp"}
+    assert {p.suffix for p in data.train + data.held_out} == {".png", ".JPG", ".jpeg", ".Bmp", ".webp"}
 
 
 def test_mvtec_layout_gives_category_name(bottle_dir):

@@ -53,6 +53,18 @@ def test_test_set_lists_images_with_their_masks(category):
     assert defect.dtype == bool and 0 < defect.mean() < 0.5
 
 
+def test_test_images_are_listed_in_natural_order_as_the_edge_reads_them(category):
+    good = category / "test" / "good"
+    for name in ["000.png", "001.png"]:
+        (good / name).rename(good / name.replace("00", "img"))  # img0.png, img1.png
+    shutil.copy(good / "img1.png", good / "img10.png")
+    cv2.imwrite(str(good / "img2.webp"), read_image(good / "img1.png"))
+
+    names = [i.image_path.name for i in load_test_set(category) if i.defect_type == "good"]
+
+    assert names == ["img0.png", "img1.png", "img2.webp", "img10.png"]
+
+
 def test_a_missing_mask_is_named(category):
     mask = category / "ground_truth" / "contamination" / "000_mask.png"
     mask.unlink()

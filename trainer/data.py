@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge.preprocess import prepare, read_image
+from edge.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
 MAX_HELD_OUT = 20  # beyond this the threshold barely moves; train on the rest
@@ -70,7 +69,7 @@ def held_out_count(total: int, fraction: float) -> int:
 
 def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> TrainingSet:
     folder, category = image_folder(Path(data_dir))
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_images(folder)
     if not images:
         raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     n_held = held_out_count(len(images), holdout_fraction)

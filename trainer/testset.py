@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import read_image
-from trainer.data import IMAGE_SUFFIXES, DataError
+from edge.preprocess import list_images, read_image
+from trainer.data import DataError
 
 GOOD = "good"
 
@@ -56,7 +56,7 @@ def load_test_set(category_dir: str | Path) -> list[TestItem]:
         )
     items = []
     for folder in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        for image_path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        for image_path in list_images(folder):
             if folder.name == GOOD:
                 items.append(TestItem(image_path, GOOD, None))
                 continue
