@@ -79,6 +79,14 @@ def test_a_mask_of_the_wrong_size_names_both_files(category):
         load_test_set(category)
 
 
+@pytest.mark.parametrize("folder", ["good", "contamination"])
+def test_a_broken_test_image_is_named_before_any_scoring(category, folder):
+    broken = category / "test" / folder / "000.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # a truncated copy, as an interrupted download leaves it
+    with pytest.raises(TestSetError, match=rf"cannot decode image .*{folder}/000\.png"):
+        load_test_set(category)
+
+
 def test_a_zero_one_mask_reads_like_a_zero_255_mask(category):
     item = load_test_set(category)[0]
     expected = read_mask(item, (900, 900))

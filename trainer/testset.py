@@ -41,7 +41,7 @@ class TestItem:
 def load_test_set(category_dir: str | Path) -> list[TestItem]:
     """Every test image with its mask, checked: each defective image has a mask of its size.
 
-    The images and masks are decoded once here, so that a broken file stops the run
+    Every image, good or defective, and every mask is decoded once here, so that a broken file stops the run
     before minutes of scoring rather than after.
     """
     category_dir = Path(category_dir)
@@ -59,12 +59,12 @@ def load_test_set(category_dir: str | Path) -> list[TestItem]:
         for image_path in list_images(folder):
             if folder.name == GOOD:
                 items.append(TestItem(image_path, GOOD, None))
-                continue
-            mask_path = category_dir / "ground_truth" / folder.name / f"{image_path.stem}_mask.png"
-            if not mask_path.is_file():
-                raise TestSetError(f"defective test image {image_path} has no ground-truth mask {mask_path}")
-            items.append(TestItem(image_path, folder.name, mask_path))
-            _check_mask_size(items[-1])
+            else:
+                mask_path = category_dir / "ground_truth" / folder.name / f"{image_path.stem}_mask.png"
+                if not mask_path.is_file():
+                    raise TestSetError(f"defective test image {image_path} has no ground-truth mask {mask_path}")
+                items.append(TestItem(image_path, folder.name, mask_path))
+            _check_decodes(items[-1])
     if not any(item.defect_type == GOOD for item in items):
         raise TestSetError(f"{test_dir} has no good images (test/{GOOD}); false alarms and AUROC need them")
     if all(item.defect_type == GOOD for item in items):
@@ -91,7 +91,8 @@ def read_mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray:
     return mask > mask.max() / 2
 
 
-def _check_mask_size(item: TestItem) -> None:
+def _check_decodes(item: TestItem) -> None:
+    """The image decodes, and so does its mask, at the image's size."""
     try:
         image = read_image(item.image_path)
     except ValueError as exc:
