@@ -3,7 +3,8 @@
 Exit codes (also in the command's help):
     0  the source ended, --max-frames were inspected, or SIGINT/SIGTERM stopped the run
     2  bad input: the model or its manifest, the broker settings, the snapshot folder, the options
-    3  the source is unavailable: no such camera, file or folder, or an unreadable video
+    3  the source is unavailable: no such camera, file or folder, an unreadable video, or
+       a file or folder in which not one frame could be read
 """
 
 from __future__ import annotations
@@ -145,12 +146,15 @@ def run_inspection(
         else:
             print("mqtt: off (no --broker); defects are printed here")
 
-        with _stop_on_signals(pipeline):
+        with _stop_on_signals(pipeline) as signals:
             summary = pipeline.run()
         print(format_summary(summary))
         if saver is not None:
             failed = f", {saver.failed} could not be written" if saver.failed else ""
             print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}")
+        if not source.is_live and summary["frames_processed"] == 0 and summary["frames_corrupt"] and not signals.received:
+            # Zero frames would read as a clean run to a line controller checking the exit code.
+            return _fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
     return EXIT_OK
 
 
@@ -178,9 +182,11 @@ class _stop_on_signals:
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
         self.previous: dict[int, signal.Handlers | Callable | int | None] = {}
+        self.received = False
 
     def _handle(self, signum, _frame) -> None:
         # os.write, not print: a handler interrupting a print must not print itself.
+        self.received = True
         os.write(2, f"{signal.Signals(signum).name}: finishing queued frames (again to abort)\n".encode())
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from media import bottle_frames, write_video
+from media import bottle_frames, write_truncated_png, write_video
 
 from edge.manifest import manifest_path
 from tests.broker import Subscriber
@@ -207,3 +207,19 @@ def test_run_publishes_defects_and_goes_offline_at_the_end(broker, clip, tiny_on
     events = [json.loads(payload) for payload in subscriber.on("riad/line2/defect")]
     assert sorted(e["frame_index"] for e in events) == [0, 1, 2]
     assert all(e["camera_id"] == "line2" and e["model_id"] == "tiny-test" and e["boxes"] for e in events)
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_a_file_or_folder_with_no_readable_frame_exits_3(bottle_dir, tmp_path, tiny_onnx_model, folder):
+    frame = bottle_frames(bottle_dir, 1)[0]
+    if folder:
+        source = tmp_path / "batch"
+        source.mkdir()
+        for name in ["a.png", "b.png"]:
+            write_truncated_png(source / name, frame)
+    else:
+        source = write_truncated_png(tmp_path / "part.png", frame)
+    code, out, err = finished("run", "--source", source, "--model", tiny_onnx_model)
+    assert code == 3, err
+    assert f"summary: 0 frames, 0 defective, 0 dropped, {2 if folder else 1} corrupt" in out
+    assert f"error: no readable frame in {source}" in err and "Traceback" not in err
