@@ -41,9 +41,10 @@ def run_command(
 
     Ctrl-C or SIGTERM stops gracefully: queued frames are finished, MQTT says offline.
 
-    Exit codes: 0 done or stopped; 2 bad model, manifest, broker settings or options;
-    3 source unavailable (no such camera, file or folder, unreadable video, or no
-    readable frame in a file or folder).
+    Exit codes: 0 done or stopped; 1 the inspection stopped on an error (the message says
+    which); 2 bad model, manifest, broker settings or options; 3 source unavailable (no
+    such camera, file or folder, unreadable video, or no readable frame in a file or
+    folder).
     """
     from edge.runner import run_inspection
 

@@ -2,6 +2,7 @@
 
 Exit codes (also in the command's help):
     0  the source ended, --max-frames were inspected, or SIGINT/SIGTERM stopped the run
+    1  the inspection stopped on an error after it had started (the message says which)
     2  bad input: the model or its manifest, the broker settings, the snapshot folder, the options
     3  the source is unavailable: no such camera, file or folder, an unreadable video, or
        a file or folder in which not one frame could be read
@@ -28,7 +29,10 @@ from edge.snapshots import SnapshotSaver
 from edge.sources import SourceError, open_source
 from edge.spool import SpoolError
 
+log = logging.getLogger(__name__)
+
 EXIT_OK = 0
+EXIT_INSPECTION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SOURCE_UNAVAILABLE = 3
 BOXES_SHOWN = 5  # per console line; the MQTT event carries them all
@@ -146,8 +150,13 @@ def run_inspection(
         else:
             print("mqtt: off (no --broker); defects are printed here")
 
-        with _stop_on_signals(pipeline) as signals:
-            summary = pipeline.run()
+        try:
+            with _stop_on_signals(pipeline) as signals:
+                summary = pipeline.run()
+        except Exception as exc:
+            # pipeline.run() has closed the sinks (MQTT said offline); the stack closes the rest.
+            log.debug("inspection stopped", exc_info=True)
+            return _fail(f"inspection stopped: {_one_line(exc)}", EXIT_INSPECTION_FAILED)
         print(format_summary(summary))
         if saver is not None:
             failed = f", {saver.failed} could not be written" if saver.failed else ""
@@ -156,6 +165,12 @@ def run_inspection(
             # Zero frames would read as a clean run to a line controller checking the exit code.
             return _fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
     return EXIT_OK
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception as one line: its message's first line, or its type when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):

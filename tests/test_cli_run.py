@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from conftest import write_tiny_onnx
 from media import bottle_frames, write_truncated_png, write_video
 
 from edge.manifest import manifest_path
@@ -223,3 +225,48 @@ def test_a_file_or_folder_with_no_readable_frame_exits_3(bottle_dir, tmp_path, t
     assert code == 3, err
     assert f"summary: 0 frames, 0 defective, 0 dropped, {2 if folder else 1} corrupt" in out
     assert f"error: no readable frame in {source}" in err and "Traceback" not in err
+
+
+def write_fixed_batch_onnx(path, input_size: int = 64):
+    """A model whose graph reshapes to a batch of 1 inside, as a careless export leaves it:
+    its inputs and outputs say any batch, so it loads, and the first 12-variant batch fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    write_tiny_onnx(path, input_size)
+    shape = ["batch", 3, input_size, input_size]
+    flat = numpy_helper.from_array(np.array([1, 3 * input_size * input_size], np.int64), "flat")
+    back = numpy_helper.from_array(np.array([-1, 3, input_size, input_size], np.int64), "back")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["images", "flat"], ["one"]),
+            helper.make_node("Reshape", ["one", "back"], ["reconstructions"]),
+        ],
+        "fixed-batch",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("reconstructions", TensorProto.FLOAT, shape)],
+        [flat, back],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest["model_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path(path).write_text(json.dumps(manifest))
+    return path
+
+
+def test_an_error_during_the_inspection_is_one_line_exit_1_and_mqtt_says_offline(broker, clip, tmp_path):
+    model = write_fixed_batch_onnx(tmp_path / "fixed.onnx")
+    subscriber = Subscriber(broker, ["riad/line3/available"])
+    try:
+        code, out, err = finished(
+            "run", "--source", clip, "--model", model, "--broker", broker.url, "--camera-id", "line3",
+            "--spool", tmp_path / "spool.db",
+        )
+        assert code == 1, err
+        assert subscriber.wait_for(lambda: subscriber.on("riad/line3/available")[-1:] == [b"offline"])
+    finally:
+        subscriber.close()
+    assert err.startswith("error: inspection stopped: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and "summary:" not in out
