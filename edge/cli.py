@@ -40,11 +40,12 @@ def run_command(
     """Inspect frames from a camera, stream, video or folder; report defects.
 
     Ctrl-C or SIGTERM stops gracefully: queued frames are finished, MQTT says offline.
+    A second Ctrl-C aborts at once.
 
     Exit codes: 0 done or stopped; 1 the inspection stopped on an error (the message says
     which); 2 bad model, manifest, broker settings or options; 3 source unavailable (no
     such camera, file or folder, unreadable video, or no readable frame in a file or
-    folder).
+    folder); 130 aborted by a second Ctrl-C.
     """
     from edge.runner import run_inspection
 

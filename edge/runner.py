@@ -1,11 +1,12 @@
 """`riad-edge run`, wired: model -> backend, URI -> source, options -> sinks; errors -> exit codes.
 
 Exit codes (also in the command's help):
-    0  the source ended, --max-frames were inspected, or SIGINT/SIGTERM stopped the run
-    1  the inspection stopped on an error after it had started (the message says which)
-    2  bad input: the model or its manifest, the broker settings, the snapshot folder, the options
-    3  the source is unavailable: no such camera, file or folder, an unreadable video, or
-       a file or folder in which not one frame could be read
+    0    the source ended, --max-frames were inspected, or SIGINT/SIGTERM stopped the run
+    1    the inspection stopped on an error after it had started (the message says which)
+    2    bad input: the model or its manifest, the broker settings, the snapshot folder, the options
+    3    the source is unavailable: no such camera, file or folder, an unreadable video, or
+         a file or folder in which not one frame could be read
+    130  a second SIGINT aborted the run at once (143 for a second SIGTERM)
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
 
 
 class _stop_on_signals:
-    """SIGINT/SIGTERM stop the pipeline gracefully; a second one interrupts at once."""
+    """SIGINT/SIGTERM stop the pipeline gracefully; a second one aborts at once."""
 
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
@@ -201,10 +202,13 @@ class _stop_on_signals:
 
     def _handle(self, signum, _frame) -> None:
         # os.write, not print: a handler interrupting a print must not print itself.
+        if self.received:
+            # The graceful stop hangs (a slow frame, a broker that does not answer): leave now.
+            # The broker's last will still says offline, and the spool is safe on disk.
+            os.write(2, b"aborted\n")
+            os._exit(128 + signum)
         self.received = True
         os.write(2, f"{signal.Signals(signum).name}: finishing queued frames (again to abort)\n".encode())
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
         self.pipeline.stop()
 
     def __enter__(self):

@@ -270,3 +270,21 @@ def test_an_error_during_the_inspection_is_one_line_exit_1_and_mqtt_says_offline
         subscriber.close()
     assert err.startswith("error: inspection stopped: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and "summary:" not in out
+
+
+def test_a_second_sigint_aborts_at_once_with_exit_130(bottle_dir, tmp_path, tiny_onnx_model):
+    long_clip = write_video(tmp_path / "long.avi", bottle_frames(bottle_dir, 8) * 40, "MJPG")
+    # Unreachable broker: the graceful stop spends about a second trying to deliver the spool.
+    process = riad_edge(
+        "run", "--source", long_clip, "--model", tiny_onnx_model, "--threshold", 0,
+        "--broker", "mqtt://127.0.0.1:1", "--spool", tmp_path / "spool.db",
+    )
+    while not process.stdout.readline().startswith("DEFECT"):
+        assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    while "finishing queued frames" not in process.stderr.readline():
+        assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert err.strip().endswith("aborted") and "Traceback" not in err and "summary:" not in out
