@@ -46,6 +46,17 @@ KERNEL_SIGNATURES = {
 }
 
 
+class KernelCompileError(RuntimeError):
+    """The CUDA kernels do not compile here (a toolkit too old for the GPU, a broken install)."""
+
+
+def _compile_failure(launcher: str, compiler_log: str) -> KernelCompileError:
+    """The error naming the kernel file and the compiler's first error line."""
+    lines = [line.strip() for line in compiler_log.splitlines() if line.strip()]
+    reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no compiler output")
+    return KernelCompileError(f"{launcher} cannot compile the CUDA kernels {KERNELS_DIR / 'riad_kernels.cu'}: {reason}")
+
+
 def pixel_sets(masks: np.ndarray) -> np.ndarray:
     """(K, H, W) uint8: which set hides each pixel, from (K, n, H, W) disjoint masks."""
     if not np.array_equal(
@@ -70,6 +81,7 @@ class _PyCudaDevice:
     def __init__(self) -> None:
         import pycuda.driver as cuda
         from pycuda.compiler import SourceModule
+        from pycuda.driver import CompileError
 
         cuda.init()
         if cuda.Device.count() == 0:
@@ -80,12 +92,15 @@ class _PyCudaDevice:
         self.context.push()
         try:
             self.stream = cuda.Stream()
-            module = SourceModule(
-                (KERNELS_DIR / "riad_kernels.cu").read_text(),
-                options=COMPILE_OPTIONS,
-                include_dirs=[str(KERNELS_DIR)],
-                no_extern_c=True,
-            )
+            try:
+                module = SourceModule(
+                    (KERNELS_DIR / "riad_kernels.cu").read_text(),
+                    options=COMPILE_OPTIONS,
+                    include_dirs=[str(KERNELS_DIR)],
+                    no_extern_c=True,
+                )
+            except CompileError as exc:
+                raise _compile_failure("nvcc (pycuda)", exc.stderr or str(exc)) from None
             self.kernels = {
                 name: module.get_function(name) for name in KERNEL_SIGNATURES
             }
@@ -154,6 +169,7 @@ class _CupyDevice:
     def __init__(self) -> None:
         import cupy
         import cupyx
+        from cupy.cuda.compiler import CompileException
 
         if cupy.cuda.runtime.getDeviceCount() == 0:
             raise GpuUnavailable("CuPy found no CUDA GPU")
@@ -165,9 +181,12 @@ class _CupyDevice:
                 code=(KERNELS_DIR / "riad_kernels.cu").read_text(),
                 options=(*COMPILE_OPTIONS, f"-I{KERNELS_DIR}"),
             )
-            self.kernels = {
-                name: module.get_function(name) for name in KERNEL_SIGNATURES
-            }
+            try:  # RawModule compiles at the first get_function
+                self.kernels = {
+                    name: module.get_function(name) for name in KERNEL_SIGNATURES
+                }
+            except CompileException as exc:
+                raise _compile_failure("NVRTC (CuPy)", str(exc)) from None
         self.allocations: list[Any] = []
         self.runtime = cupy.cuda.runtime
 

@@ -125,6 +125,24 @@ def test_tensorrt_backend_matches_cpu_backend(normalised_model, bottle_dir, tmp_
             assert got.score == pytest.approx(expected.score, abs=1e-4)
 
 
+@pytest.mark.gpu
+@needs_tensorrt
+def test_kernels_that_do_not_compile_are_a_backend_error(tiny_onnx_model, tmp_path, monkeypatch):
+    import shutil
+
+    from edge import gpu_map
+    from edge.backends import BackendError, open_backend
+    from trainer.engine import build_engine
+
+    engine_path = tmp_path / "tiny.plan"
+    build_engine(tiny_onnx_model, engine_path, fp16=False, timing_cache=tmp_path / "timing.cache")
+    kernels = shutil.copytree(gpu_map.KERNELS_DIR, tmp_path / "kernels")
+    (kernels / "riad_kernels.cu").write_text("this is not CUDA\n")  # as a damaged install leaves it
+    monkeypatch.setattr(gpu_map, "KERNELS_DIR", kernels)
+    with pytest.raises(BackendError, match=r"cannot compile the CUDA kernels .*riad_kernels\.cu: .*error"):
+        open_backend(engine_path)
+
+
 # ---- what a machine without the GPU path sees ---------------------------------------
 
 

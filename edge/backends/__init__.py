@@ -52,8 +52,13 @@ def _tensorrt(model_path: Path) -> Backend:
     except ImportError as exc:
         raise BackendError(f"{needs} ({exc}); {use_onnx}") from None
     from edge.backends.gpu_available import GpuUnavailable
+    from edge.gpu_map import KernelCompileError
 
     try:
         return TensorRTBackend(model_path)
     except GpuUnavailable as exc:
         raise BackendError(f"{needs} ({exc}); {use_onnx}") from None
+    except KernelCompileError as exc:
+        raise BackendError(
+            f"{exc}. The CUDA toolkit must support this GPU and driver (see docs/gpu.md); {use_onnx}"
+        ) from None
