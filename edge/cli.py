@@ -117,9 +117,13 @@ def doctor_command(
     username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
     password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
-    spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool (default: ~/.local/state/riad-edge).")] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool to check (default with --broker: ~/.local/state/riad-edge).")] = None,
 ) -> None:
     """Check that this machine can inspect: camera, GPU, model, broker, spool disk.
+
+    Checks the GPU, and what is given: the source, the model, the broker, and the spool
+    (undelivered events wait there) with --broker or --spool-dir. So `doctor --model X`
+    checks only that X loads and scores here.
 
     Prints OK / WARN / FAIL per check with what to fix. Exit code 0 when nothing FAILs, 1 otherwise.
     """
@@ -129,7 +133,8 @@ def doctor_command(
     if camera is not None and source is not None:
         raise typer.BadParameter("give one of --camera N or --source URI")
     uri = str(camera) if camera is not None else source
-    spool_dir = spool_dir or default_spool_path("cam").parent
+    if spool_dir is None and broker is not None:
+        spool_dir = default_spool_path("cam").parent
     checks = run_checks(uri, model, broker, username, password, tls_ca, spool_dir)
     typer.echo(format_table(checks))
     raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)

@@ -155,7 +155,8 @@ def check_spool(folder: Path, warn_below: int = SPOOL_WARN_BYTES) -> Check:
 
 
 def run_checks(source: str | None, model: Path | None, broker: str | None, username: str | None,
-               password: str | None, tls_ca: Path | None, spool_dir: Path) -> list[Check]:
+               password: str | None, tls_ca: Path | None, spool_dir: Path | None) -> list[Check]:
+    """The GPU always, the rest for what is given: `--model X` alone checks just the GPU and X."""
     checks = []
     frame = None
     if source is not None:
@@ -166,7 +167,8 @@ def run_checks(source: str | None, model: Path | None, broker: str | None, usern
         checks.append(check_model(model, frame))
     if broker is not None:
         checks.append(check_broker(broker, username, password, tls_ca))
-    checks.append(check_spool(spool_dir))
+    if spool_dir is not None:
+        checks.append(check_spool(spool_dir))
     return checks
 
 

@@ -161,6 +161,14 @@ def test_cli_any_failure_exits_1_and_says_what_to_fix(tiny_onnx_model, tmp_path)
     assert "Traceback" not in output
 
 
+def test_cli_with_only_a_model_checks_only_the_gpu_and_the_model(tiny_onnx_model):
+    # What the compose file's engine service relies on: a FAIL here means "rebuild the engine".
+    code, output = doctor("--model", tiny_onnx_model)
+    checks = lines_by_check(output)
+    assert list(checks) == ["gpu", "model"] and checks["model"].split()[1] == OK
+    assert code == 0, output
+
+
 def test_cli_needs_at_most_one_source(tmp_path):
     code, output = doctor("--camera", 0, "--source", tmp_path)
     assert code == 2 and "one of --camera" in output
