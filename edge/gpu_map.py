@@ -35,9 +35,9 @@ COMPILE_OPTIONS = ["--fmad=false"]
 
 # Kernel name -> argument types (P pointer, i int32, f float32), as riad_kernels.cu declares them.
 KERNEL_SIGNATURES = {
-    "expand_variants": "PPPiiiiP",
+    "expand_variants": "PPiiiiP",
     "frame_gray": "PiiP",
-    "recombined_gray": "PPPiiiiiP",
+    "recombined_gray": "PPiiiiiP",
     "pool_level": "Piiiii",
     "gms_level": "PiiiiifP",
     "raw_anomaly": "PiiiiiP",
@@ -286,8 +286,6 @@ class GpuAnomalyMap:
         input_size: int,
         masks: np.ndarray,
         map_spec: MapSpec,
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
     ):
         num_sizes, num_sets, height, width = masks.shape
         if (height, width) != (input_size, input_size):
@@ -320,7 +318,6 @@ class GpuAnomalyMap:
                 self.num_variants * 3 * plane * f32
             )
             self.pixel_set_address = self.device.alloc(num_sizes * plane)
-            self.norm_address = self.device.alloc(6 * f32)
             self.taps_address = self.device.alloc(len(taps) * f32)
             self.gray_address = self.device.alloc(
                 (1 + num_sizes) * self.pyramid_size * f32
@@ -338,9 +335,6 @@ class GpuAnomalyMap:
             self.score_host = self.device.pinned((1,), np.float32)
             # Constants, uploaded once.
             self._upload_constant(pixel_sets(masks), self.pixel_set_address)
-            self._upload_constant(
-                np.asarray([*mean, *std], np.float32), self.norm_address
-            )
             self._upload_constant(taps, self.taps_address)
             self.device.synchronize()
         finally:
@@ -350,7 +344,7 @@ class GpuAnomalyMap:
     def for_manifest(cls, manifest: Manifest) -> GpuAnomalyMap:
         size = manifest.input_size
         masks = fixed_masks(size, size, manifest.mask_spec, manifest.mask_seed)
-        return cls(size, masks, manifest.map_spec, manifest.mean, manifest.std)
+        return cls(size, masks, manifest.map_spec)
 
     @property
     def stream_handle(self) -> int:
@@ -364,7 +358,7 @@ class GpuAnomalyMap:
         self.device.synchronize()
 
     def variants(self, frame: np.ndarray | int) -> int:
-        """Queue the frame's masked, normalised variants; returns the batch's device address.
+        """Queue the frame's masked variants; returns the batch's device address.
 
         `frame` is a (3, S, S) float32 RGB image in [0, 1], on the host or (as an int)
         already on the device. The batch is (K*n, 3, S, S) float32 at `variants_address`.
@@ -381,7 +375,7 @@ class GpuAnomalyMap:
                 self.device.to_device(self.frame_address, self.frame_host)
             self.device.launch(
                 "expand_variants", self.num_variants * 3 * plane,
-                self.frame_address, self.pixel_set_address, self.norm_address,
+                self.frame_address, self.pixel_set_address,
                 self.num_sizes, self.num_sets, s, s, self.variants_address,
             )  # fmt: skip
             self.device.launch(
@@ -403,7 +397,7 @@ class GpuAnomalyMap:
         try:
             d.launch(
                 "recombined_gray", self.num_sizes * plane,
-                self.outputs_address if outputs is None else outputs, self.pixel_set_address, self.norm_address,
+                self.outputs_address if outputs is None else outputs, self.pixel_set_address,
                 self.num_sizes, self.num_sets, s, s, self.pyramid_size, self.gray_address,
             )  # fmt: skip
             for level in range(1, levels):

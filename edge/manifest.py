@@ -39,6 +39,8 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class Manifest:
+    """The network takes RGB / 255 in [0, 1] with hidden cells 0, as it was trained; nothing else."""
+
     model_id: str
     category: str
     input_size: int
@@ -52,9 +54,6 @@ class Manifest:
     map_levels: int = 4
     map_c: float = 0.0026
     map_sigma: float = 4.0
-    # Network input = (rgb / 255 - mean) / std; the defaults leave pixels in [0, 1].
-    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     input_name: str = "images"
     output_name: str = "reconstructions"
     training_fingerprint: str = ""
@@ -105,6 +104,7 @@ class Manifest:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
         try:
+            # Unknown keys are skipped: older exports wrote mean/std, which were always 0 and 1.
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ManifestError(f"manifest {path} is malformed: {exc}") from None

@@ -8,27 +8,25 @@
 
 extern "C" {
 
-void host_expand_variants(const float* frame, const unsigned char* pixel_set, const float* norm, int num_sizes,
-                          int num_sets, int height, int width, float* variants) {
+void host_expand_variants(const float* frame, const unsigned char* pixel_set, int num_sizes, int num_sets,
+                          int height, int width, float* variants) {
     const int total = num_sizes * num_sets * 3 * height * width;
     for (int i = 0; i < total; ++i) {
-        variants[i] = riad::variant_value_at(i, frame, pixel_set, norm, norm + 3, num_sets, height, width);
+        variants[i] = riad::variant_value_at(i, frame, pixel_set, num_sets, height, width);
     }
 }
 
-void host_recombine(const float* outputs, const unsigned char* pixel_set, const float* norm, int num_sizes,
-                    int num_sets, int height, int width, float* reconstructions) {
+void host_recombine(const float* outputs, const unsigned char* pixel_set, int num_sizes, int num_sets, int height,
+                    int width, float* reconstructions) {
     const int total = num_sizes * 3 * height * width;
     for (int i = 0; i < total; ++i) {
-        reconstructions[i] =
-            riad::recombined_value_at(i, outputs, pixel_set, norm, norm + 3, num_sets, height, width);
+        reconstructions[i] = riad::recombined_value_at(i, outputs, pixel_set, num_sets, height, width);
     }
 }
 
 // The device pipeline after the network, stage by stage as gpu_map.py launches it.
 // Writes the unsmoothed map, the smoothed map and the score.
-void host_anomaly_map(const float* frame, const float* outputs, const unsigned char* pixel_set, const float* norm,
-                      int num_sizes, int num_sets, int height, int width, int levels, float c, const float* taps,
+void host_anomaly_map(const float* frame, const float* outputs, const unsigned char* pixel_set, int num_sizes, int num_sets, int height, int width, int levels, float c, const float* taps,
                       int radius, float* raw_map, float* amap, float* score) {
     const int plane = height * width;
     const int pyramid_size = riad::pyramid_offset(levels, height, width);
@@ -39,8 +37,8 @@ void host_anomaly_map(const float* frame, const float* outputs, const unsigned c
         for (int pixel = 0; pixel < plane; ++pixel) {
             float rgb[3];
             for (int ch = 0; ch < 3; ++ch) {
-                rgb[ch] = riad::recombined_value_at((k * 3 + ch) * plane + pixel, outputs, pixel_set, norm, norm + 3,
-                                                    num_sets, height, width);
+                rgb[ch] = riad::recombined_value_at((k * 3 + ch) * plane + pixel, outputs, pixel_set, num_sets,
+                                                    height, width);
             }
             gray[(1 + k) * pyramid_size + pixel] = riad::channel_mean3(rgb[0], rgb[1], rgb[2]);
         }

@@ -29,7 +29,7 @@ from edge.backends.gpu_available import (
     import_tensorrt,
 )
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.manifest import Manifest, file_sha256
 from edge.masks import masked_variants
 from edge.preprocess import prepare, read_image
 
@@ -58,15 +58,6 @@ needs_tensorrt = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def normalised_model(tiny_onnx_model: Path) -> Path:
-    """The tiny model with a real normalisation in its manifest, so both paths apply it."""
-    manifest = Manifest.read(manifest_path(tiny_onnx_model))
-    manifest.mean, manifest.std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    manifest.save(manifest_path(tiny_onnx_model))
-    return tiny_onnx_model
-
-
 def bottle_images(bottle_dir: Path, size: int) -> list[np.ndarray]:
     paths = [
         min((bottle_dir / "train" / "good").glob("*.png")),
@@ -77,19 +68,17 @@ def bottle_images(bottle_dir: Path, size: int) -> list[np.ndarray]:
 
 @pytest.mark.gpu
 @needs_gpu
-def test_device_map_matches_cpu_pipeline(normalised_model, bottle_dir):
+def test_device_map_matches_cpu_pipeline(tiny_onnx_model, bottle_dir):
     from edge.gpu_map import GpuAnomalyMap
 
-    cpu = OnnxCpuBackend(normalised_model)
+    cpu = OnnxCpuBackend(tiny_onnx_model)
     m = cpu.manifest
     gpu = GpuAnomalyMap.for_manifest(m)
     try:
         for image in bottle_images(bottle_dir, m.input_size):
             batch_shape = (gpu.num_variants, 3, m.input_size, m.input_size)
             variants = gpu.download(gpu.variants(image), batch_shape)
-            np.testing.assert_array_equal(
-                variants, (masked_variants(image, cpu.masks) - cpu.mean) / cpu.std
-            )
+            np.testing.assert_array_equal(variants, masked_variants(image, cpu.masks))
             (outputs,) = cpu.session.run([m.output_name], {m.input_name: variants})
             gpu.upload(outputs, gpu.outputs_address)
             amap, score = gpu.score()
@@ -102,20 +91,20 @@ def test_device_map_matches_cpu_pipeline(normalised_model, bottle_dir):
 
 @pytest.mark.gpu
 @needs_tensorrt
-def test_tensorrt_backend_matches_cpu_backend(normalised_model, bottle_dir, tmp_path):
+def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_path):
     from edge.backends.tensorrt import TensorRTBackend
     from trainer.engine import build_engine
 
     engine_path = tmp_path / "tiny.plan"
     built = build_engine(
-        normalised_model,
+        tiny_onnx_model,
         engine_path,
         fp16=False,
         timing_cache=tmp_path / "timing.cache",
     )
-    assert built.engine["source_onnx_sha256"] == file_sha256(normalised_model)
+    assert built.engine["source_onnx_sha256"] == file_sha256(tiny_onnx_model)
     assert (tmp_path / "timing.cache").stat().st_size > 0
-    cpu = OnnxCpuBackend(normalised_model)
+    cpu = OnnxCpuBackend(tiny_onnx_model)
     with TensorRTBackend(engine_path) as gpu:
         for image in bottle_images(bottle_dir, cpu.manifest.input_size):
             got, expected = gpu.score(image), cpu.score(image)

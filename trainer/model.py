@@ -80,6 +80,6 @@ class UNet(nn.Module):
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        # Inputs are RGB in [0, 1] (the manifest's mean 0 / std 1), so a sigmoid keeps
+        # Inputs are RGB in [0, 1] (hidden cells 0), so a sigmoid keeps
         # every reconstruction in the same range as the image it is compared with.
         return torch.sigmoid(self.head(x))

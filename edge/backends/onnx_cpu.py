@@ -31,8 +31,6 @@ class OnnxCpuBackend(Backend):
             raise BackendError(f"ONNX Runtime cannot load {model_path} ({exc}); re-export it with 'riad-trainer export'") from None
         self._check_io(model_path)
         self.masks = fixed_masks(m.input_size, m.input_size, m.mask_spec, m.mask_seed)
-        self.mean = np.asarray(m.mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(m.std, np.float32).reshape(1, 3, 1, 1)
 
     def _check_io(self, model_path: str | Path) -> None:
         """The graph takes and gives what the manifest says, or the first frame would fail mid-run."""
@@ -55,9 +53,9 @@ class OnnxCpuBackend(Backend):
 
     def reconstruct(self, image: np.ndarray) -> np.ndarray:
         """(len(K), 3, S, S): the per-k recombined reconstructions of one image."""
-        batch = (masked_variants(image, self.masks) - self.mean) / self.std
+        batch = masked_variants(image, self.masks)
         (outputs,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
-        return recombine(outputs * self.std + self.mean, self.masks)
+        return recombine(outputs, self.masks)
 
     def score(self, image: np.ndarray) -> FrameScore:
         amap = anomaly_map(image, self.reconstruct(image), self.manifest.map_spec)

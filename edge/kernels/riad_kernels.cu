@@ -2,18 +2,17 @@
 // Each kernel computes one element per thread with the shared arithmetic of
 // riad_math.cuh; edge/gpu_map.py launches them in this file's order, one stream.
 // Buffers (float32 unless noted), for an H x W input, K cell sizes, n sets, L levels:
-//   frame (3,H,W); pixel_set uint8 (K,H,W); norm = mean[3], std[3];
+//   frame (3,H,W) RGB in [0, 1]; pixel_set uint8 (K,H,W);
 //   variants and outputs (K*n,3,H,W); gray: 1+K pyramids (the original's first);
 //   gms: K pyramids; map, scratch (H,W); score: 1 float.
 #include "riad_math.cuh"
 
 __device__ inline int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
 
-extern "C" __global__ void expand_variants(const float* frame, const unsigned char* pixel_set, const float* norm,
-                                           int num_sizes, int num_sets, int height, int width, float* variants) {
+extern "C" __global__ void expand_variants(const float* frame, const unsigned char* pixel_set, int num_sizes, int num_sets, int height, int width, float* variants) {
     const int i = thread_index();
     if (i >= num_sizes * num_sets * 3 * height * width) return;
-    variants[i] = riad::variant_value_at(i, frame, pixel_set, norm, norm + 3, num_sets, height, width);
+    variants[i] = riad::variant_value_at(i, frame, pixel_set, num_sets, height, width);
 }
 
 // Level 0 of the original's gray pyramid.
@@ -25,8 +24,8 @@ extern "C" __global__ void frame_gray(const float* frame, int height, int width,
 }
 
 // Level 0 of each cell size's reconstruction pyramid: recombine, then channel mean.
-extern "C" __global__ void recombined_gray(const float* outputs, const unsigned char* pixel_set, const float* norm,
-                                           int num_sizes, int num_sets, int height, int width, int pyramid_size,
+extern "C" __global__ void recombined_gray(const float* outputs, const unsigned char* pixel_set, int num_sizes,
+                                           int num_sets, int height, int width, int pyramid_size,
                                            float* gray_pyramids) {
     const int i = thread_index();
     const int plane = height * width;
@@ -35,8 +34,8 @@ extern "C" __global__ void recombined_gray(const float* outputs, const unsigned 
     const int pixel = i % plane;
     float rgb[3];
     for (int channel = 0; channel < 3; ++channel) {
-        rgb[channel] = riad::recombined_value_at((k_index * 3 + channel) * plane + pixel, outputs, pixel_set, norm,
-                                                 norm + 3, num_sets, height, width);
+        rgb[channel] = riad::recombined_value_at((k_index * 3 + channel) * plane + pixel, outputs, pixel_set,
+                                                 num_sets, height, width);
     }
     gray_pyramids[(1 + k_index) * pyramid_size + pixel] = riad::channel_mean3(rgb[0], rgb[1], rgb[2]);
 }

@@ -24,11 +24,10 @@ namespace riad {
 // ---- masks (edge/masks.py) ----------------------------------------------------------
 
 // One element of the network input: variant v = k_index * num_sets + set hides the
-// pixels whose set (for that cell size) is `set`; then (x - mean) / std per channel.
+// pixels whose set (for that cell size) is `set`; the net takes them as they are.
 // `pixel_set` is (K, H, W): the set that hides each pixel for each cell size.
-RIAD_FN float variant_value_at(int index, const float* frame, const unsigned char* pixel_set,
-                               const float* mean, const float* std, int num_sets, int height,
-                               int width) {
+RIAD_FN float variant_value_at(int index, const float* frame, const unsigned char* pixel_set, int num_sets,
+                               int height, int width) {
     const int plane = height * width;
     const int pixel = index % plane;
     const int channel = (index / plane) % 3;
@@ -36,21 +35,18 @@ RIAD_FN float variant_value_at(int index, const float* frame, const unsigned cha
     const int k_index = variant / num_sets;
     const int set = variant % num_sets;
     // masked_variants multiplies by (1 - mask): a hidden pixel becomes 0.
-    const float value = pixel_set[k_index * plane + pixel] == set ? 0.0f : frame[channel * plane + pixel];
-    return (value - mean[channel]) / std[channel];
+    return pixel_set[k_index * plane + pixel] == set ? 0.0f : frame[channel * plane + pixel];
 }
 
-// One element of recombine(): pixel taken from the variant that hid it, de-normalised
-// as the CPU backend does (outputs * std + mean) before recombining.
-RIAD_FN float recombined_value_at(int index, const float* outputs, const unsigned char* pixel_set,
-                                  const float* mean, const float* std, int num_sets, int height,
-                                  int width) {
+// One element of recombine(): pixel taken from the variant that hid it.
+RIAD_FN float recombined_value_at(int index, const float* outputs, const unsigned char* pixel_set, int num_sets,
+                                  int height, int width) {
     const int plane = height * width;
     const int pixel = index % plane;
     const int channel = (index / plane) % 3;
     const int k_index = index / (3 * plane);
     const int variant = k_index * num_sets + pixel_set[k_index * plane + pixel];
-    return outputs[(variant * 3 + channel) * plane + pixel] * std[channel] + mean[channel];
+    return outputs[(variant * 3 + channel) * plane + pixel];
 }
 
 // ---- anomaly map (edge/anomaly_map.py) ----------------------------------------------
