@@ -212,31 +212,26 @@ def _slug(text: str) -> str:
 CAMERA_HINT = "not connected, in use by another program, or no permission (is the user in group 'video'?)"
 
 
-def _camera(index: int) -> CaptureSource:
+def _live(description: str, open_capture: Callable[[], cv2.VideoCapture], camera_id: str, hint: str) -> CaptureSource:
+    """A camera or stream; if it does not open, the error ends with `hint`: what to check."""
     try:
-        return CaptureSource(
-            f"camera {index}",
-            lambda: cv2.VideoCapture(index, cv2.CAP_V4L2),
-            live=True,
-            camera_id=f"cam{index}",
-        )
+        return CaptureSource(description, open_capture, live=True, camera_id=camera_id)
     except SourceError as exc:
-        raise SourceError(f"{exc} (/dev/video{index}): {CAMERA_HINT}") from None
+        raise SourceError(f"{exc}: {hint}") from None
+
+
+def _camera(index: int) -> CaptureSource:
+    return _live(
+        f"camera {index}", lambda: cv2.VideoCapture(index, cv2.CAP_V4L2), f"cam{index}", f"/dev/video{index} {CAMERA_HINT}"
+    )
 
 
 def _v4l2_device(device: str) -> CaptureSource:
     if not Path(device).exists():
         raise SourceError(f"{device}: no such camera device")
     number = re.search(r"(\d+)$", device)
-    try:
-        return CaptureSource(
-            f"V4L2 camera {device}",
-            lambda: cv2.VideoCapture(device, cv2.CAP_V4L2),
-            live=True,
-            camera_id=f"cam{number.group(1)}" if number else _slug(Path(device).name),
-        )
-    except SourceError as exc:
-        raise SourceError(f"{exc}: {CAMERA_HINT}") from None
+    camera_id = f"cam{number.group(1)}" if number else _slug(Path(device).name)
+    return _live(f"V4L2 camera {device}", lambda: cv2.VideoCapture(device, cv2.CAP_V4L2), camera_id, CAMERA_HINT)
 
 
 def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
@@ -263,30 +258,24 @@ def _csi(uri: str, sensor: str) -> CaptureSource:
             "use JetPack's OpenCV (apt python3-opencv) instead of the pip wheel"
         )
     pipeline = csi_pipeline(int(sensor))
-    try:
-        return CaptureSource(
-            f"CSI camera {sensor}",
-            lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER),
-            live=True,
-            camera_id=f"csi{sensor}",
-        )
-    except SourceError as exc:
-        raise SourceError(f"{exc} ({uri}): is the camera connected and nvargus-daemon running?") from None
+    return _live(
+        f"CSI camera {sensor}",
+        lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER),
+        f"csi{sensor}",
+        f"is the camera on {uri} connected and nvargus-daemon running?",
+    )
 
 
 def _stream(uri: str) -> CaptureSource:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     parsed = urlparse(uri)
     shown = uri.replace(f"{parsed.password}@", "***@") if parsed.password else uri
-    try:
-        return CaptureSource(
-            f"stream {shown}",
-            lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
-            live=True,
-            camera_id=_slug(parsed.hostname or "stream"),
-        )
-    except SourceError as exc:
-        raise SourceError(f"{exc}: unreachable, wrong path or credentials, or not a video stream") from None
+    return _live(
+        f"stream {shown}",
+        lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
+        _slug(parsed.hostname or "stream"),
+        "unreachable, wrong path or credentials, or not a video stream",
+    )
 
 
 def _path(uri: str, path: Path) -> VideoSource:
