@@ -8,6 +8,15 @@ from typing import Annotated
 
 import typer
 
+# The broker login, the same for run, watch and doctor.
+Username = Annotated[str | None, typer.Option(help="Broker user name.")]
+Password = Annotated[
+    str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")
+]
+TlsCa = Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")]
+TlsCert = Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")]
+TlsKey = Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")]
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Watch a camera, find defects, publish them over MQTT.")
 
 
@@ -23,11 +32,11 @@ def run_command(
     source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., file://clip.mp4, a video file, an image folder.")] = None,
     model: Annotated[Path, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = ...,
     broker: Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...; without it defects are only printed.")] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")] = None,
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     spool: Annotated[Path | None, typer.Option(help="Where undelivered MQTT events wait (default: ~/.local/state/riad-edge/<camera-id>.spool).")] = None,
     camera_id: Annotated[str | None, typer.Option(help="Name in MQTT topics (default from the source: cam0, the file name...).")] = None,
     topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level.")] = "riad",
@@ -82,11 +91,11 @@ def watch_command(
     count: Annotated[int | None, typer.Option(min=1, help="Stop after this many defect events.")] = None,
     timeout: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds.")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="Print each message as one JSON line.")] = False,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")] = None,
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Print defect alerts and camera availability as they arrive (see docs/mqtt.md).
 
@@ -114,9 +123,9 @@ def doctor_command(
     source: Annotated[str | None, typer.Option("--source", help="Source URI to test instead of a camera (as for run).")] = None,
     model: Annotated[Path | None, typer.Option("--model", "--engine", help="Model file to load and score a frame with.")] = None,
     broker: Annotated[str | None, typer.Option(help="MQTT broker to log in to, mqtt://host[:port] or mqtts://...")] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[str | None, typer.Option(envvar="RIAD_MQTT_PASSWORD", help="Broker password (better: the RIAD_MQTT_PASSWORD variable).")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")] = None,
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
     spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool to check (default with --broker: ~/.local/state/riad-edge).")] = None,
 ) -> None:
     """Check that this machine can inspect: camera, GPU, model, broker, spool disk.
