@@ -54,6 +54,8 @@ class Manifest:
     map_levels: int = 4
     map_c: float = 0.0026
     map_sigma: float = 4.0
+    # fp32, or int8 (quantised for ONNX Runtime on a CPU; see trainer/quantize.py).
+    precision: str = "fp32"
     input_name: str = "images"
     output_name: str = "reconstructions"
     training_fingerprint: str = ""

@@ -190,6 +190,27 @@ def test_manifest_describes_the_model(exported, trained):
             assert backend.score(prepare(read_image(path), 32)).score <= manifest.threshold
 
 
+def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, trained, tmp_path):
+    float_path, float_manifest = exported
+    out = tmp_path / "bottle-mini-int8.onnx"
+    manifest = export_onnx(trained, out, int8=True)
+    assert manifest.precision == "int8" and float_manifest.precision == "fp32"
+    assert manifest.model_id == f"bottle-mini-w4-32-int8-{file_sha256(out)[:8]}"
+    assert Manifest.for_model(out) == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, manifest_path(out).name]  # no temp file left
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert 1e-4 < manifest.metrics["onnx_max_abs_diff"] < 0.1  # rounded, but the same net
+    # Its own threshold passes its own held-out scores; its maps follow the float model's.
+    state = load_checkpoint(trained)
+    with OnnxCpuBackend(out) as int8, OnnxCpuBackend(float_path) as fp32:
+        for path in state["held_out_images"]:
+            image = prepare(read_image(path), 32)
+            quantised, exact = int8.score(image), fp32.score(image)
+            assert quantised.score <= manifest.threshold
+            assert np.corrcoef(quantised.anomaly_map.ravel(), exact.anomaly_map.ravel())[0, 1] > 0.8
+
+
 def test_tampered_model_is_refused(exported, tmp_path):
     out, _ = exported
     copy = tmp_path / out.name

@@ -61,6 +61,9 @@ def train(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="a training checkpoint, RUN/last.pt")],
     out: Annotated[Path, typer.Option("--out", help="the model file to write, e.g. engines/bottle.onnx")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="quantise to INT8 for CPU edge boxes (faster on ONNX Runtime; not for TensorRT)")
+    ] = False,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -69,7 +72,7 @@ def export(
     from trainer.train import TrainError
 
     try:
-        manifest = export_onnx(checkpoint, out)
+        manifest = export_onnx(checkpoint, out, int8=int8)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

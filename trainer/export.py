@@ -25,6 +25,7 @@ from edge.manifest import Manifest, file_sha256, manifest_path
 from edge.masks import fixed_masks, masked_variants
 from trainer.calibrate import calibrate_threshold
 from trainer.data import load_images
+from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
 from trainer.train import TrainConfig, build_model, load_checkpoint
 
 # 17 is TensorRT 8.6's ceiling (JetPack 5); the torch.export-based exporter starts at 18
@@ -33,6 +34,9 @@ ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "reconstructions"
 # float32 reorderings differ by ~1e-7; beyond 1e-4 the graph computes something else.
 MAX_ABS_DIFF = 1e-4
+# INT8 rounds every activation to 1/256 of its range; a few hundredths on a pixel in
+# [0, 1] is that rounding accumulated; beyond 0.1 the quantised net has gone wrong.
+MAX_ABS_DIFF_INT8 = 0.1
 
 
 class ExportError(Exception):
@@ -85,8 +89,23 @@ def onnx_max_abs_diff(model: torch.nn.Module, onnx_path: Path, batch: np.ndarray
     return float(np.abs(onnx_out - torch_out).max())
 
 
-def export_onnx(checkpoint: str | Path, out_path: str | Path) -> Manifest:
-    """Write `out_path` (.onnx) and its manifest beside it; return the manifest."""
+def check_against_torch(model: torch.nn.Module, onnx_path: Path, variants: np.ndarray, limit: float) -> float:
+    """The ONNX file's largest difference from torch on one frame's variants; deletes a bad file."""
+    diff = onnx_max_abs_diff(model, onnx_path, variants)
+    if not diff <= limit:
+        onnx_path.unlink()
+        raise ExportError(
+            f"the ONNX model differs from the torch model by {diff:.2e} (limit {limit:.0e}); nothing was written"
+        )
+    return diff
+
+
+def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False) -> Manifest:
+    """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
+
+    With `int8` the file is the INT8 model for CPU edge boxes (trainer/quantize.py),
+    checked against torch like the float one and calibrated on its own scores.
+    """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise ExportError(f"{out_path} does not end in .onnx; name the model file, e.g. engines/bottle.onnx")
@@ -110,23 +129,27 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path) -> Manifest:
     # Decoding all held-out images first names a damaged one before any file is written.
     # The check runs on the batch the edge really sends: the 12 masked variants of one.
     image = load_images(held_out, size)[0]
-    variants = masked_variants(image, fixed_masks(size, size, config.mask_spec, config.seed))
+    masks = fixed_masks(size, size, config.mask_spec, config.seed)
+    variants = masked_variants(image, masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_onnx(model, torch.from_numpy(variants[:2]), out_path)
-    diff = onnx_max_abs_diff(model, out_path, variants)
-    if not diff <= MAX_ABS_DIFF:
-        out_path.unlink()
-        raise ExportError(
-            f"the ONNX model differs from the torch model by {diff:.2e} (limit {MAX_ABS_DIFF:.0e}); "
-            "nothing was written"
-        )
+    float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
+    write_onnx(model, torch.from_numpy(variants[:2]), float_path)
+    diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
+    if int8:
+        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], size)
+        try:
+            quantize_int8(float_path, out_path, calibration_images, masks, INPUT_NAME)
+        finally:
+            float_path.unlink()
+        diff = check_against_torch(model, out_path, variants, MAX_ABS_DIFF_INT8)
 
     sha = file_sha256(out_path)
     manifest = Manifest(
-        model_id=f"{state['category']}-w{config.base_width}-{size}-{sha[:8]}",
+        model_id=f"{state['category']}-w{config.base_width}-{size}{'-int8' if int8 else ''}-{sha[:8]}",
         category=state["category"],
         input_size=size,
         model_width=config.base_width,
+        precision="int8" if int8 else "fp32",
         threshold=float("nan"),  # set below, from this very file's scores
         model_file=out_path.name,
         model_sha256=sha,
