@@ -21,7 +21,7 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="defect-free images: an MVTec category (<cat>/train/good) or a folder")],
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
-        str | None, typer.Option(help="cpu: 16-wide net at 128 px, ~25 min on 2 cores; gpu: the paper's net at 256 px")
+        str | None, typer.Option(help="cpu: 16-wide net at 128 px, ~19 min on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="train this many epochs in all (may grow on --resume)")] = None,
     input_size: Annotated[int | None, typer.Option(help="network input side in pixels, a multiple of 16")] = None,
