@@ -8,7 +8,6 @@ the heatmap overlays in a folder.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,9 @@ import time
 from pathlib import Path
 
 from edge.local_broker import LocalBroker, LocalBrokerError
-from edge.runner import run_inspection
+from edge.runner import EXIT_BAD_INPUT, run_inspection
 
+# The sample and the model live in the repository checkout, not in an installed wheel.
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "engines" / "bottle-cpu.onnx"
 DEFAULT_SOURCE = REPO / "samples" / "bottle-line.mp4"
@@ -26,20 +26,34 @@ CAMERA_ID = "demo-line"
 EXIT_NO_BROKER = 4
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> int:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, what in ((model, "model"), (source, "sample clip")):
+        if not path.exists():
+            return _fail(
+                f"the {what} {path} is not here; the demo runs from a checkout of the repository "
+                "(or pass --model and --source)",
+                EXIT_BAD_INPUT,
+            )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot use {out_dir} for the overlays: {exc}", EXIT_BAD_INPUT)
+
     with tempfile.TemporaryDirectory(prefix="riad-demo-") as tmp:
         try:
             broker = LocalBroker(Path(tmp) / "broker").start()
         except LocalBrokerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_NO_BROKER
+            return _fail(str(exc), EXIT_NO_BROKER)
+        watcher = None
         try:
             print(f"broker: {broker.kind} on {broker.url} (started for this demo)")
             watcher = subprocess.Popen(
-                [sys.executable, "-m", "edge", "watch", "--broker", broker.url, "--camera-id", CAMERA_ID],
-                stdout=None,
-                stderr=None,
+                [sys.executable, "-m", "edge", "watch", "--broker", broker.url, "--camera-id", CAMERA_ID]
             )
             time.sleep(1.0)  # let the subscriber connect before the first event
             print(f"watching: riad-edge watch --broker {broker.url}  (alerts below arrive over MQTT)")
@@ -54,10 +68,11 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
                 console=False,
             )
             time.sleep(1.0)  # the last alerts are still on their way to the watcher
-            watcher.send_signal(signal.SIGINT)
-            watcher.wait(10)
         finally:
+            if watcher is not None:
+                watcher.send_signal(signal.SIGINT)
+                watcher.wait(10)
             broker.stop()
     if code == 0:
-        print(f"heatmap overlays of the defective frames: {out_dir.resolve()}{os.sep}")
+        print(f"heatmap overlays of the defective frames: {out_dir.resolve()}/")
     return code
