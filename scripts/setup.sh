@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-full}
 
+echo "setup: installing into .venv ($what)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 . .venv/bin/activate
+# setuptools warns about every editable install; pip's errors still show.
+export PYTHONWARNINGS=ignore
 python -m pip install -q --upgrade pip
 
 if [ "$what" = full ]; then
@@ -23,6 +26,8 @@ if [ "$what" = full ]; then
 else
     python -m pip install -q -e .
 fi
+
+unset PYTHONWARNINGS
 
 # System programs: mosquitto is the MQTT broker the demo and the tests start;
 # chromium drives the live-view browser test. Both are optional for the edge box itself.
