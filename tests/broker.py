@@ -125,36 +125,30 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def _running(broker: TestBroker):
+    broker.start()
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture
 def broker(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
+    yield from _running(TestBroker(tmp_path / "broker"))
 
 
 @pytest.fixture
 def broker_with_login(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker-login", users=USERS)
-    b.start()
-    yield b
-    b.stop()
+    yield from _running(TestBroker(tmp_path / "broker-login", users=USERS))
 
 
 @pytest.fixture
 def tls_broker(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker-tls", tls=True)
-    b.start()
-    yield b
-    b.stop()
+    yield from _running(TestBroker(tmp_path / "broker-tls", tls=True))
 
 
 @pytest.fixture
 def persistent_broker(tmp_path: Path):
-    b = TestBroker(tmp_path / "broker-persistent", persistence=True)
-    b.start()
-    yield b
-    b.stop()
+    yield from _running(TestBroker(tmp_path / "broker-persistent", persistence=True))
 
 
 def frame_result(bottle_dir: Path, index: int = 0, defect: bool = True):
