@@ -90,8 +90,6 @@ class _LiveState:
         self.open_defect: _Defect | None = None
         self.events: deque[tuple[int, str, str]] = deque(maxlen=EVENTS_KEPT)
         self.event_seq = 0
-        self._encode_lock = threading.Lock()
-        self._jpeg: tuple[int, bytes] | None = None  # (frames_seen when encoded, JPEG)
 
     def add(self, result: FrameResult) -> None:
         with self.changed:
@@ -169,14 +167,8 @@ class _LiveState:
     def frame_jpeg(self) -> bytes | None:
         """The latest frame with its overlay, encoded once however many clients watch."""
         with self.changed:
-            result, number = self.latest, self.frames_seen
-        if result is None:
-            return None
-        with self._encode_lock:
-            if self._jpeg is None or self._jpeg[0] != number:
-                overlay = heatmap_overlay(result.frame, result.anomaly_map, result.threshold, result.boxes)
-                self._jpeg = (number, encode_jpeg(overlay))
-            return self._jpeg[1]
+            result = self.latest
+        return None if result is None else result.overlay_jpeg()
 
     def thumbnail(self, defect_id: int) -> bytes | None:
         with self.changed:

@@ -29,7 +29,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import BrokerConfig, BrokerError, refused
-from edge.overlay import encode_jpeg, heatmap_overlay
 from edge.results import FrameResult
 from edge.spool import Spool, SpoolError
 
@@ -165,7 +164,7 @@ class MqttPublisher:
         event_id = str(uuid.uuid4())
         overlay_topic = f"{self.base_topic}/defect/{event_id}/overlay"
         event = self._event(result, event_id, overlay_topic)
-        overlay = encode_jpeg(heatmap_overlay(result.frame, result.anomaly_map, result.threshold, result.boxes))
+        overlay = result.overlay_jpeg()
         with self._lock:
             if self._closing:
                 raise RuntimeError("MqttPublisher.handle() after close()")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from edge.results import Box
+if TYPE_CHECKING:  # edge.results imports this module to make its overlays
+    from edge.results import Box
 
 
 def heatmap_overlay(

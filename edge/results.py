@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from edge.overlay import encode_jpeg, heatmap_overlay
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,19 @@ class FrameResult:
     threshold: float
     boxes: list[Box] = field(default_factory=list)
     latency_s: float = 0.0  # capture to decision
+    _overlay_jpeg: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _overlay_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def is_defect(self) -> bool:
         return self.score > self.threshold
+
+    def overlay_jpeg(self) -> bytes:
+        """The heatmap overlay as JPEG, made once however many sinks (and threads) ask for it."""
+        with self._overlay_lock:
+            if self._overlay_jpeg is None:
+                self._overlay_jpeg = encode_jpeg(heatmap_overlay(self.frame, self.anomaly_map, self.threshold, self.boxes))
+            return self._overlay_jpeg
 
 
 class ResultSink(Protocol):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.overlay import encode_jpeg, heatmap_overlay
+from edge.overlay import encode_jpeg
 from edge.preprocess import to_rgb8
 from edge.results import FrameResult
 
@@ -44,17 +44,14 @@ class SnapshotSaver:
         if not result.is_defect:
             return
         stem = f"{event_time(result.timestamp)}_f{result.frame_index:06d}"
-        images = {
+        jpegs = {
             # JPEG holds 8-bit grey or BGR only; cameras also give 16-bit and BGRA frames.
-            self.save_dir / f"{stem}_frame.jpg": cv2.cvtColor(to_rgb8(result.frame), cv2.COLOR_RGB2BGR),
-            self.save_dir / f"{stem}_overlay.jpg": heatmap_overlay(
-                result.frame, result.anomaly_map, result.threshold, result.boxes
-            ),
+            self.save_dir / f"{stem}_frame.jpg": encode_jpeg(cv2.cvtColor(to_rgb8(result.frame), cv2.COLOR_RGB2BGR)),
+            self.save_dir / f"{stem}_overlay.jpg": result.overlay_jpeg(),
         }
         written: list[Path] = []
         try:
-            for path, image in images.items():
-                data = encode_jpeg(image)
+            for path, data in jpegs.items():
                 written.append(path)
                 path.write_bytes(data)
         except OSError as exc:
