@@ -154,8 +154,8 @@ class CaptureSource(VideoSource):
                 log.warning("%s reconnected", self.description)
                 return
             capture.release()
-            log.info("%s still unavailable; next try in %.1f s", self.description, min(delay * 2, longest))
             delay = min(delay * 2, longest)
+            log.info("%s still unavailable; next try in %.1f s", self.description, delay)
 
     def _release(self) -> None:
         with self._lock:
