@@ -157,23 +157,21 @@ class CaptureSource(VideoSource):
             delay = min(delay * 2, longest)
             log.info("%s still unavailable; next try in %.1f s", self.description, delay)
 
-    def _release(self) -> None:
-        with self._lock:
+    def _release(self, wait: bool = True) -> None:
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
             if self._capture is not None:
                 self._capture.release()
                 self._capture = None
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self._closed.set()
         # Never wait here: a reader holding the lock releases the capture itself
         # once it sees the flag, and close() may run in a signal handler.
-        if self._lock.acquire(blocking=False):
-            try:
-                if self._capture is not None:
-                    self._capture.release()
-                    self._capture = None
-            finally:
-                self._lock.release()
+        self._release(wait=False)
 
 
 class ImageFolderSource(VideoSource):
