@@ -232,6 +232,18 @@ def test_export_errors(trained, tmp_path):
     with pytest.raises(ExportError, match="held-out images .* are gone"):
         export_onnx(moved, tmp_path / "m.onnx")
 
+    # Held-out images are decoded before any file is written, so a damaged one is named first.
+    held_out = [Path(p) for p in load_checkpoint(trained)["held_out_images"]]
+    copies = [tmp_path / path.name for path in held_out]
+    for path, copy in zip(held_out, copies, strict=True):
+        copy.write_bytes(path.read_bytes())
+    copies[-1].write_bytes(b"not a png")
+    damaged = tmp_path / "damaged.pt"
+    torch.save(load_checkpoint(trained) | {"held_out_images": [str(p) for p in copies]}, damaged)
+    with pytest.raises(DataError, match=copies[-1].name):
+        export_onnx(damaged, tmp_path / "out" / "m.onnx")
+    assert not (tmp_path / "out").exists()
+
 
 def test_cli_train_then_export(parts, tmp_path):
     runner = CliRunner()

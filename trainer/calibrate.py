@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from edge.backends.base import Backend
-from edge.preprocess import prepare, read_image
 
 SPREAD = 3.0  # standard deviations above the mean good score
 
 
-def good_scores(backend: Backend, image_paths: Sequence[str | Path]) -> np.ndarray:
-    """The image score of each file, computed exactly as the edge box computes it."""
-    size = backend.manifest.input_size
-    scores = [
-        backend.score(prepare(read_image(path), size)).score
-        for path in tqdm(image_paths, desc="calibrating", unit="image", leave=False)
-    ]
+def good_scores(backend: Backend, images: Sequence[np.ndarray]) -> np.ndarray:
+    """The image score of each (3, S, S) network input, computed exactly as the edge box computes it."""
+    scores = [backend.score(image).score for image in tqdm(images, desc="calibrating", unit="image", leave=False)]
     return np.asarray(scores, dtype=np.float64)
 
 
-def calibrate_threshold(backend: Backend, image_paths: Sequence[str | Path]) -> dict:
+def calibrate_threshold(backend: Backend, images: Sequence[np.ndarray]) -> dict:
     """Threshold = max(mean + 3 * std, max) of the held-out good images' scores.
+
+    `images` are the held-out images as the edge prepares them (trainer.data.load_images).
 
     A quality engineer pays for every false alarm on a good part, so the threshold sits
     in the far tail of the good scores: mean + 3 std (about 1 false alarm in 740 parts
@@ -36,11 +32,11 @@ def calibrate_threshold(backend: Backend, image_paths: Sequence[str | Path]) -> 
 
     Returns {"threshold", "good_mean", "good_std", "good_max", "count"}.
     """
-    if len(image_paths) < 2:
+    if len(images) < 2:
         raise ValueError(
-            f"calibration needs at least 2 held-out defect-free images to measure their spread; got {len(image_paths)}"
+            f"calibration needs at least 2 held-out defect-free images to measure their spread; got {len(images)}"
         )
-    scores = good_scores(backend, image_paths)
+    scores = good_scores(backend, images)
     mean, std, top = float(scores.mean()), float(scores.std(ddof=1)), float(scores.max())
     return {
         "threshold": max(mean + SPREAD * std, top),

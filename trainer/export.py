@@ -126,11 +126,12 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
     model.load_state_dict(state["model"])
     model.eval()
 
-    # Decoding all held-out images first names a damaged one before any file is written.
-    # The check runs on the batch the edge really sends: the 12 masked variants of one.
-    image = load_images(held_out, size)[0]
+    # Decoded once, before any file is written, so a damaged one is named first. They set
+    # the threshold; the first one's 12 masked variants, the batch the edge really sends,
+    # check the file against torch.
+    held_out_images = load_images(held_out, size)
     masks = fixed_masks(size, size, config.mask_spec, config.seed)
-    variants = masked_variants(image, masks)
+    variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
     write_onnx(model, torch.from_numpy(variants[:2]), float_path)
@@ -161,7 +162,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
         recipe=config.to_dict(),
     )
     with OnnxCpuBackend(out_path, manifest=manifest) as backend:
-        calibration = calibrate_threshold(backend, held_out)
+        calibration = calibrate_threshold(backend, held_out_images)
     threshold = calibration.pop("threshold")
     metrics = {
         "calibration": calibration,
