@@ -26,8 +26,8 @@ def calibrate_threshold(backend: Backend, images: Sequence[np.ndarray]) -> dict:
     A quality engineer pays for every false alarm on a good part, so the threshold sits
     in the far tail of the good scores: mean + 3 std (about 1 false alarm in 740 parts
     if good scores were normal) and never below the highest good score seen, so every
-    held-out good image passes. The std is the sample std (ddof=1): with the few
-    dozen held-out images usual here it is the less optimistic estimate. Defects whose
+    held-out good image passes. The std is the sample std (ddof=1): with the 4 to 20
+    images trainer.data holds out it is the less optimistic estimate. Defects whose
     score lands below the threshold are missed; `riad-trainer evaluate` measures that.
 
     Returns {"threshold", "good_mean", "good_std", "good_max", "count"}.
