@@ -67,7 +67,7 @@ class _Defect:
             "score": w.score,
             "threshold": w.threshold,
             "worst_frame_index": w.frame_index,
-            "boxes": [{"x": b.x, "y": b.y, "width": b.width, "height": b.height, "peak": b.peak} for b in w.boxes],
+            "boxes": [b.as_dict() for b in w.boxes],
             "frame_size": [int(w.frame.shape[1]), int(w.frame.shape[0])],
             # The query changes when a worse frame replaces the thumbnail, so browsers refetch it.
             "thumbnail": f"/defects/{self.id}.jpg?frame={w.frame_index}",

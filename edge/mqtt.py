@@ -217,10 +217,7 @@ class MqttPublisher:
                 "threshold": float(result.threshold),
                 "frame_width": width,
                 "frame_height": height,
-                "boxes": [
-                    {"x": b.x, "y": b.y, "width": b.width, "height": b.height, "peak": float(b.peak)}
-                    for b in result.boxes
-                ],
+                "boxes": [b.as_dict() for b in result.boxes],
                 "overlay_topic": overlay_topic,
             }
         ).encode()

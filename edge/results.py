@@ -21,6 +21,10 @@ class Box:
     height: int
     peak: float
 
+    def as_dict(self) -> dict:
+        """The box as the MQTT events and the live view publish it."""
+        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height, "peak": float(self.peak)}
+
 
 @dataclass
 class FrameResult:
