@@ -33,7 +33,7 @@ def train(
 ):
     """Learn what a good part looks like from defect-free images."""
     from trainer.data import DataError
-    from trainer.train import TrainError, resume_config
+    from trainer.train import TrainError, checkpoint_path, resume_config
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
@@ -49,7 +49,7 @@ def train(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        if (out / "last.pt").is_file():
+        if checkpoint_path(out).is_file():
             typer.echo(f"\ninterrupted; progress is saved in {out}; continue with --resume", err=True)
         else:
             typer.echo("\ninterrupted before the first checkpoint; nothing was saved", err=True)
