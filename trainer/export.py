@@ -158,6 +158,8 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
         num_sets=config.num_sets,
         mask_seed=config.seed,
         map_sigma=default_sigma(size),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
         training_fingerprint=state["fingerprint"],
         recipe=config.to_dict(),
     )
