@@ -263,8 +263,9 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total, count = total + loss.item() * len(batch), count + len(batch)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                value = loss.item()  # on a GPU, each item() waits for the step: once per step
+                total, count = total + value * len(batch), count + len(batch)
+                bar.set_postfix(loss=f"{value:.4f}")
             epoch += 1
             losses.append(total / count)
             save()
