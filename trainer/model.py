@@ -54,7 +54,6 @@ class UNet(nn.Module):
 
     def __init__(self, base_width: int = 64, depth: int = 4):
         super().__init__()
-        self.base_width = base_width
         self.depth = depth
         # Widths double per level up to 8 x base, as in the 64-...-512 paper net.
         widths = [base_width * 2 ** min(level, 3) for level in range(depth + 1)]
