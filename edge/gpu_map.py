@@ -141,9 +141,6 @@ class _PyCudaDevice:
     def to_host(self, host: np.ndarray, address: int) -> None:
         self.cuda.memcpy_dtoh_async(host, address, self.stream)
 
-    def device_copy(self, destination: int, source: int, nbytes: int) -> None:
-        self.cuda.memcpy_dtod_async(destination, source, nbytes, self.stream)
-
     def launch(self, name: str, count: int, *args: Any) -> None:
         self.kernels[name].prepared_async_call(
             _blocks(count), (THREADS, 1, 1), self.stream, *args
@@ -231,15 +228,6 @@ class _CupyDevice:
             address,
             host.nbytes,
             self.runtime.memcpyDeviceToHost,
-            self.stream.ptr,
-        )
-
-    def device_copy(self, destination: int, source: int, nbytes: int) -> None:
-        self.runtime.memcpyAsync(
-            destination,
-            source,
-            nbytes,
-            self.runtime.memcpyDeviceToDevice,
             self.stream.ptr,
         )
 
@@ -357,22 +345,19 @@ class GpuAnomalyMap:
         self.device.to_device(address, staging)
         self.device.synchronize()
 
-    def variants(self, frame: np.ndarray | int) -> int:
+    def variants(self, frame: np.ndarray) -> int:
         """Queue the frame's masked variants; returns the batch's device address.
 
-        `frame` is a (3, S, S) float32 RGB image in [0, 1], on the host or (as an int)
-        already on the device. The batch is (K*n, 3, S, S) float32 at `variants_address`.
+        `frame` is a (3, S, S) float32 RGB image in [0, 1]. The batch is
+        (K*n, 3, S, S) float32 at `variants_address`.
         """
         s, plane = self.size, self.size * self.size
+        if frame.shape != (3, s, s):
+            raise ValueError(f"frame is {frame.shape}, expected (3, {s}, {s})")
         self.device.push()
         try:
-            if isinstance(frame, (int, np.integer)):
-                self.device.device_copy(self.frame_address, int(frame), 3 * plane * 4)
-            else:
-                if frame.shape != (3, s, s):
-                    raise ValueError(f"frame is {frame.shape}, expected (3, {s}, {s})")
-                self.frame_host[...] = frame
-                self.device.to_device(self.frame_address, self.frame_host)
+            self.frame_host[...] = frame
+            self.device.to_device(self.frame_address, self.frame_host)
             self.device.launch(
                 "expand_variants", self.num_variants * 3 * plane,
                 self.frame_address, self.pixel_set_address,
@@ -385,11 +370,11 @@ class GpuAnomalyMap:
             self.device.pop()
         return self.variants_address
 
-    def score(self, outputs: int | None = None) -> tuple[np.ndarray, float]:
+    def score(self) -> tuple[np.ndarray, float]:
         """The (S, S) anomaly map and its maximum, from the network's outputs on the device.
 
-        `outputs` is the address of the (K*n, 3, S, S) float32 reconstructions (by default
-        `outputs_address`, where the engine writes); call after `variants` on this stream.
+        The (K*n, 3, S, S) float32 reconstructions are at `outputs_address`, where the
+        engine writes; call after `variants` on this stream.
         """
         s, plane, d = self.size, self.size * self.size, self.device
         levels = self.spec.levels
@@ -397,7 +382,7 @@ class GpuAnomalyMap:
         try:
             d.launch(
                 "recombined_gray", self.num_sizes * plane,
-                self.outputs_address if outputs is None else outputs, self.pixel_set_address,
+                self.outputs_address, self.pixel_set_address,
                 self.num_sizes, self.num_sets, s, s, self.pyramid_size, self.gray_address,
             )  # fmt: skip
             for level in range(1, levels):
