@@ -321,10 +321,9 @@ class GpuAnomalyMap:
             )
             self.map_host = self.device.pinned((input_size, input_size), np.float32)
             self.score_host = self.device.pinned((1,), np.float32)
-            # Constants, uploaded once.
+            # Constants, uploaded once (each upload waits for its copy).
             self._upload_constant(pixel_sets(masks), self.pixel_set_address)
             self._upload_constant(taps, self.taps_address)
-            self.device.synchronize()
         finally:
             self.device.pop()
 
