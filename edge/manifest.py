@@ -62,7 +62,7 @@ class Manifest:
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     # Filled by build-engine for a TensorRT engine: tensorrt_version, gpu_name,
-    # compute_capability, precision, source_onnx_sha256.
+    # compute_capability, precision, source_onnx_sha256, max_batch.
     engine: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -28,8 +28,8 @@ from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
 from trainer.train import TrainConfig, build_model, load_checkpoint
 
-# 17 is TensorRT 8.6's ceiling (JetPack 5); the torch.export-based exporter starts at 18
-# and down-converts cleanly.
+# Opset 17 rather than the newest: the TensorRT parsers of older JetPacks lag behind ONNX.
+# The torch.export-based exporter starts at 18 and down-converts cleanly.
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "reconstructions"
 # float32 reorderings differ by ~1e-7; beyond 1e-4 the graph computes something else.
