@@ -41,7 +41,7 @@ def clip_labels() -> dict[int, bool]:
 def riad_edge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, "-m", "edge", *args], check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
     )
 
 
