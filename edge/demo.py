@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edge.local_broker import LocalBroker, LocalBrokerError
-from edge.runner import EXIT_BAD_INPUT, run_inspection
+from edge.runner import EXIT_BAD_INPUT, fail, run_inspection
 
 # The sample and the model live in the repository checkout, not in an installed wheel.
 REPO = Path(__file__).resolve().parents[1]
@@ -26,15 +26,10 @@ CAMERA_ID = "demo-line"
 EXIT_NO_BROKER = 4
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> int:
     for path, what in ((model, "model"), (source, "sample clip")):
         if not path.exists():
-            return _fail(
+            return fail(
                 f"the {what} {path} is not here; the demo runs from a checkout of the repository "
                 "(or pass --model and --source)",
                 EXIT_BAD_INPUT,
@@ -42,13 +37,13 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return _fail(f"cannot use {out_dir} for the overlays: {exc}", EXIT_BAD_INPUT)
+        return fail(f"cannot use {out_dir} for the overlays: {exc}", EXIT_BAD_INPUT)
 
     with tempfile.TemporaryDirectory(prefix="riad-demo-") as tmp:
         try:
             broker = LocalBroker(Path(tmp) / "broker").start()
         except LocalBrokerError as exc:
-            return _fail(str(exc), EXIT_NO_BROKER)
+            return fail(str(exc), EXIT_NO_BROKER)
         watcher = None
         try:
             print(f"broker: {broker.kind} on {broker.url} (started for this demo)")

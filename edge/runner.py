@@ -77,7 +77,7 @@ def default_spool_path(camera_id: str) -> Path:
     return state / "riad-edge" / f"{camera_id}.spool"
 
 
-def _fail(message: str, code: int) -> int:
+def fail(message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -113,11 +113,11 @@ def run_inspection(
             broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
             backend = stack.enter_context(open_backend(model_path))
         except (ManifestError, BackendError, BrokerError) as exc:
-            return _fail(str(exc), EXIT_BAD_INPUT)
+            return fail(str(exc), EXIT_BAD_INPUT)
         try:
             source = stack.enter_context(open_source(source_uri))
         except SourceError as exc:
-            return _fail(str(exc), EXIT_SOURCE_UNAVAILABLE)
+            return fail(str(exc), EXIT_SOURCE_UNAVAILABLE)
         camera_id = camera_id or source.camera_id
         threshold = backend.manifest.threshold if threshold is None else threshold
         print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_size} px), threshold {threshold:.4f}")
@@ -130,7 +130,7 @@ def run_inspection(
             try:
                 saver = SnapshotSaver(save_dir)
             except OSError as exc:
-                return _fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
+                return fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
             sinks.append(saver)
         if view is not None:
             from edge.liveview import LiveView, LiveViewError
@@ -138,7 +138,7 @@ def run_inspection(
             try:
                 live = LiveView(*view)
             except LiveViewError as exc:
-                return _fail(str(exc), EXIT_BAD_INPUT)
+                return fail(str(exc), EXIT_BAD_INPUT)
             sinks.append(live)
             print(f"live view: {live.url}")
         pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
@@ -146,7 +146,7 @@ def run_inspection(
             try:
                 pipeline.add_sink(_publisher(broker, camera_id, topic_prefix, spool, backend, pipeline))
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
-                return _fail(str(exc), EXIT_BAD_INPUT)
+                return fail(str(exc), EXIT_BAD_INPUT)
             print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
         else:
             print("mqtt: off (no --broker); defects are printed here")
@@ -157,14 +157,14 @@ def run_inspection(
         except Exception as exc:
             # pipeline.run() has closed the sinks (MQTT said offline); the stack closes the rest.
             log.debug("inspection stopped", exc_info=True)
-            return _fail(f"inspection stopped: {_one_line(exc)}", EXIT_INSPECTION_FAILED)
+            return fail(f"inspection stopped: {_one_line(exc)}", EXIT_INSPECTION_FAILED)
         print(format_summary(summary))
         if saver is not None:
             failed = f", {saver.failed} could not be written" if saver.failed else ""
             print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}")
         if not source.is_live and summary["frames_processed"] == 0 and summary["frames_corrupt"] and not signals.received:
             # Zero frames would read as a clean run to a line controller checking the exit code.
-            return _fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
+            return fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
     return EXIT_OK
 
 
