@@ -19,7 +19,7 @@ if [ "$what" = full ]; then
     # This exact pin is the CPU build; a bare 'torch' would pull GBs of CUDA wheels.
     # The [train] extra asks for a range this pin satisfies.
     python -m pip install -q "torch==2.13.0"
-    python -m pip install -q -e ".[train,test]" mypy
+    python -m pip install -q -e ".[train,test,kernel-check]" mypy
     # Type information for the TensorRT code, checked by mypy in the tests. --no-deps:
     # its dependency, TensorRT itself, cannot be downloaded off an NVIDIA machine.
     python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
