@@ -84,7 +84,7 @@ class Manifest:
         """Parse a manifest file without checking the model file it names."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
             raise ManifestError(f"no manifest at {path}; export the model with 'riad-trainer export'") from None
         except (OSError, ValueError) as exc:

@@ -10,6 +10,7 @@ compiler too. Called through ctypes: its C API is five functions.
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,15 @@ class Nvrtc:
         return {f"sm_{a}" for a in arches}
 
     def compile(self, source: Path, options: list[str]) -> tuple[bool, str, bytes]:
-        """(compiled, log, cubin)."""
+        """(compiled, log, cubin).
+
+        On a thread of its own: NVRTC 11 switches its thread to the C locale, after
+        which Python on that thread opens text files as ASCII.
+        """
+        with ThreadPoolExecutor(1) as worker:
+            return worker.submit(self._compile, source, options).result()
+
+    def _compile(self, source: Path, options: list[str]) -> tuple[bool, str, bytes]:
         program = ctypes.c_void_p()
         self._check(
             self.lib.nvrtcCreateProgram(

@@ -76,13 +76,14 @@ def repaired_stubs(tmp_path_factory) -> Path:
             target = out / package / stub.name
             target.parent.mkdir(exist_ok=True)
             # Our code is under test, not the stubs' own typing (they shadow `bool`, for one).
-            target.write_text("# mypy: ignore-errors\n" + repair_stub(stub.read_text()))
+            target.write_text("# mypy: ignore-errors\n" + repair_stub(stub.read_text("utf-8")), "utf-8")
     return out
 
 
 def run_mypy(stubs: Path, *paths: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", *paths],
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", "--explicit-package-bases",
+         *paths],
         cwd=ROOT, env={**os.environ, "MYPYPATH": str(stubs)}, capture_output=True, text=True, check=False,
     )  # fmt: skip
 
