@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +57,24 @@ def _compile_failure(launcher: str, compiler_log: str) -> KernelCompileError:
     return KernelCompileError(f"{launcher} cannot compile the CUDA kernels {KERNELS_DIR / 'riad_kernels.cu'}: {reason}")
 
 
+class KernelDevice(Protocol):
+    """What GpuAnomalyMap needs of a device: memory, copies and launches on one stream."""
+
+    @property
+    def stream_handle(self) -> int: ...
+    def name(self) -> str: ...
+    def compute_capability(self) -> tuple[int, int]: ...
+    def push(self) -> None: ...
+    def pop(self) -> None: ...
+    def alloc(self, nbytes: int) -> int: ...
+    def pinned(self, shape: Sequence[int], dtype: Any) -> np.ndarray: ...
+    def to_device(self, address: int, host: np.ndarray) -> None: ...
+    def to_host(self, host: np.ndarray, address: int) -> None: ...
+    def launch(self, name: str, count: int, *args: Any) -> None: ...
+    def synchronize(self) -> None: ...
+    def close(self) -> None: ...
+
+
 def pixel_sets(masks: np.ndarray) -> np.ndarray:
     """(K, H, W) uint8: which set hides each pixel, from (K, n, H, W) disjoint masks."""
     if not np.array_equal(
@@ -71,7 +89,7 @@ def smoothing_taps(sigma: float) -> np.ndarray:
     return gaussian_kernel(sigma) if sigma > 0 else np.ones(1, np.float32)
 
 
-def _blocks(count: int) -> tuple[int, int, int]:
+def blocks_for(count: int) -> tuple[int, int, int]:
     return ((count + THREADS - 1) // THREADS, 1, 1)
 
 
@@ -94,7 +112,7 @@ class _PyCudaDevice:
             self.stream = cuda.Stream()
             try:
                 module = SourceModule(
-                    (KERNELS_DIR / "riad_kernels.cu").read_text(),
+                    (KERNELS_DIR / "riad_kernels.cu").read_text("utf-8"),
                     options=COMPILE_OPTIONS,
                     include_dirs=[str(KERNELS_DIR)],
                     no_extern_c=True,
@@ -143,7 +161,7 @@ class _PyCudaDevice:
 
     def launch(self, name: str, count: int, *args: Any) -> None:
         self.kernels[name].prepared_async_call(
-            _blocks(count), (THREADS, 1, 1), self.stream, *args
+            blocks_for(count), (THREADS, 1, 1), self.stream, *args
         )
 
     def synchronize(self) -> None:
@@ -175,7 +193,7 @@ class _CupyDevice:
         with self.device:
             self.stream = cupy.cuda.Stream(non_blocking=True)
             module = cupy.RawModule(
-                code=(KERNELS_DIR / "riad_kernels.cu").read_text(),
+                code=(KERNELS_DIR / "riad_kernels.cu").read_text("utf-8"),
                 options=(*COMPILE_OPTIONS, f"-I{KERNELS_DIR}"),
             )
             try:  # RawModule compiles at the first get_function
@@ -238,7 +256,7 @@ class _CupyDevice:
             for t, a in zip(KERNEL_SIGNATURES[name], args)
         ]
         self.kernels[name](
-            _blocks(count), (THREADS, 1, 1), tuple(typed), stream=self.stream
+            blocks_for(count), (THREADS, 1, 1), tuple(typed), stream=self.stream
         )
 
     def synchronize(self) -> None:
@@ -274,7 +292,10 @@ class GpuAnomalyMap:
         input_size: int,
         masks: np.ndarray,
         map_spec: MapSpec,
+        device: KernelDevice | None = None,
     ):
+        """`device`: where the kernels run; by default GPU 0 through pycuda or CuPy
+        (tests pass one that runs them on the host)."""
         num_sizes, num_sets, height, width = masks.shape
         if (height, width) != (input_size, input_size):
             raise ValueError(
@@ -294,7 +315,7 @@ class GpuAnomalyMap:
         taps = smoothing_taps(map_spec.sigma)
         self.radius = len(taps) // 2
 
-        self.device = open_device()
+        self.device: KernelDevice = device if device is not None else open_device()
         self.device.push()
         try:
             f32 = 4
@@ -328,10 +349,10 @@ class GpuAnomalyMap:
             self.device.pop()
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest) -> GpuAnomalyMap:
+    def for_manifest(cls, manifest: Manifest, device: KernelDevice | None = None) -> GpuAnomalyMap:
         size = manifest.input_size
         masks = fixed_masks(size, size, manifest.mask_spec, manifest.mask_seed)
-        return cls(size, masks, manifest.map_spec)
+        return cls(size, masks, manifest.map_spec, device)
 
     @property
     def stream_handle(self) -> int:

@@ -65,3 +65,14 @@ def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) ->
 @pytest.fixture
 def tiny_onnx_model(tmp_path: Path) -> Path:
     return write_tiny_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory) -> Path:
+    """The CUDA kernels built for the host (tests/host_device.py); skips without g++."""
+    from tests.host_device import build_host_kernels
+
+    try:
+        return build_host_kernels(tmp_path_factory.mktemp("host_kernels"))
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))

@@ -1,7 +1,8 @@
 """The GPU path: device pipeline against the CPU pipeline on real bottle images.
 
 Tests marked `gpu` skip without an NVIDIA GPU (and pycuda or CuPy; TensorRT for the
-backend). The others check, on any machine, what a user without a GPU meets: a clear
+backend). The device-map comparison also runs, unmarked, with the kernels built for the
+host (tests/host_device.py). The others check, on any machine, what a user without a GPU meets: a clear
 reason, a refused foreign engine, build-engine exiting 2 with directions.
 
 Tolerances against OnnxCpuBackend (float32): variants bit-exact; map and score with
@@ -66,14 +67,24 @@ def bottle_images(bottle_dir: Path, size: int) -> list[np.ndarray]:
     return [prepare(read_image(p), size) for p in paths]
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_device_map_matches_cpu_pipeline(tiny_onnx_model, bottle_dir):
+@pytest.fixture(
+    params=["host", pytest.param("gpu", marks=[pytest.mark.gpu, needs_gpu])]
+)
+def kernel_device(request, host_kernels):
+    """The kernels on GPU 0, or built for the host (tests/host_device.py) on any machine."""
+    if request.param == "gpu":
+        return None  # GpuAnomalyMap opens GPU 0 itself
+    from tests.host_device import HostDevice
+
+    return HostDevice(host_kernels)
+
+
+def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir):
     from edge.gpu_map import GpuAnomalyMap
 
     cpu = OnnxCpuBackend(tiny_onnx_model)
     m = cpu.manifest
-    gpu = GpuAnomalyMap.for_manifest(m)
+    gpu = GpuAnomalyMap.for_manifest(m, kernel_device)
     try:
         for image in bottle_images(bottle_dir, m.input_size):
             batch_shape = (gpu.num_variants, 3, m.input_size, m.input_size)

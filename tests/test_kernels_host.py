@@ -1,18 +1,18 @@
-"""The device arithmetic (edge/kernels/riad_math.cuh), built for the host with g++,
-against the numpy reference (edge/masks.py, edge/anomaly_map.py) on real bottle images.
+"""The CUDA kernels (edge/kernels/riad_kernels.cu), built for the host with g++ and
+driven by edge/gpu_map.py's own GpuAnomalyMap, against the numpy reference
+(edge/masks.py, edge/anomaly_map.py) on real bottle images.
 
-tests/kernel_host_harness.cpp calls the same per-element functions as the CUDA kernels,
-in the kernels' stage order. Tolerances (float32):
-- variants, recombination: bit-exact (same operations, no contraction);
+tests/host_device.py runs each launch's grid of threads on the host, so these check the
+kernels' bodies and gpu_map's launches, arguments and buffers, not a copy of them.
+Device memory starts as NaN, so a value nothing wrote shows. Tolerances (float32):
+- variants, gray pyramids (recombination, channel mean, pooling): bit-exact (same
+  operations, no contraction);
 - unsmoothed map (1 - MSGMS averaged over k): max abs 1e-6;
 - smoothed map and score: max abs 1e-5 (OpenCV sums the Gaussian's taps in its own order).
 """
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -22,39 +22,21 @@ import pytest
 from edge.anomaly_map import (
     MapSpec,
     anomaly_map,
+    average_pool2,
+    channel_mean,
     default_sigma,
     image_score,
     msgms_map,
     smooth,
 )
-from edge.gpu_map import KERNELS_DIR, pixel_sets, smoothing_taps
+from edge.gpu_map import GpuAnomalyMap
 from edge.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.preprocess import prepare, read_image
-
-HARNESS = Path(__file__).with_name("kernel_host_harness.cpp")
-
-F32P = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
-U8P = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
-I = ctypes.c_int
+from tests.host_device import HostDevice
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory) -> ctypes.CDLL:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not installed")
-    library = tmp_path_factory.mktemp("harness") / "libriad_host.so"
-    subprocess.run(
-        [gxx, "-O2", "-shared", "-fPIC", "-std=c++14", "-Wall", "-Werror", "-ffp-contract=off",
-         f"-I{KERNELS_DIR}", str(HARNESS), "-o", str(library)],
-        check=True,
-    )  # fmt: skip
-    lib = ctypes.CDLL(str(library))
-    lib.host_expand_variants.argtypes = [F32P, U8P, I, I, I, I, F32P]
-    lib.host_recombine.argtypes = [F32P, U8P, I, I, I, I, F32P]
-    lib.host_anomaly_map.argtypes = [F32P, F32P, U8P, I, I, I, I, I, ctypes.c_float, F32P, I,
-                                     F32P, F32P, F32P]  # fmt: skip
-    return lib
+def host_map(library: Path, size: int, masks: np.ndarray, spec: MapSpec) -> GpuAnomalyMap:
+    return GpuAnomalyMap(size, masks, spec, device=HostDevice(library))
 
 
 def bottle_pair(bottle_dir: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,21 +70,28 @@ def altered_outputs(
 
 
 @pytest.mark.parametrize("size", [64, 128])
-def test_variants_and_recombination_are_exact(harness, bottle_dir, size):
+def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, size):
     original, defect = bottle_pair(bottle_dir, size)
-    spec = MaskSpec()
+    spec, map_spec = MaskSpec(), MapSpec()
     masks = fixed_masks(size, size, spec, seed=3)
-    sets = pixel_sets(masks)
     k, n = len(spec.cell_sizes), spec.num_sets
+    gpu = host_map(host_kernels, size, masks, map_spec)
 
-    variants = np.empty((k * n, 3, size, size), np.float32)
-    harness.host_expand_variants(original, sets, k, n, size, size, variants)
+    variants = gpu.download(gpu.variants(original), (k * n, 3, size, size))
     np.testing.assert_array_equal(variants, masked_variants(original, masks))
 
     outputs = altered_outputs(original, defect, k * n, seed=size)
-    reconstructions = np.empty((k, 3, size, size), np.float32)
-    harness.host_recombine(outputs, sets, k, n, size, size, reconstructions)
-    np.testing.assert_array_equal(reconstructions, recombine(outputs, masks))
+    gpu.upload(outputs, gpu.outputs_address)
+    gpu.score()
+    # Pyramid 0 is the original's, pyramid 1 + k the cell size k's recombination.
+    pyramids = gpu.download(gpu.gray_address, (1 + k, gpu.pyramid_size))
+    for index, image in enumerate([original, *recombine(outputs, masks)]):
+        gray, offset = channel_mean(image), 0
+        for _ in range(map_spec.levels):
+            np.testing.assert_array_equal(pyramids[index, offset : offset + gray.size], gray.ravel())
+            offset += gray.size
+            gray = average_pool2(gray)
+    gpu.close()
 
 
 @pytest.mark.parametrize(
@@ -114,21 +103,18 @@ def test_variants_and_recombination_are_exact(harness, bottle_dir, size):
         (64, 1, 3.0),
     ],
 )
-def test_anomaly_map_matches_reference(harness, bottle_dir, size, levels, sigma):
+def test_anomaly_map_matches_reference(host_kernels, bottle_dir, size, levels, sigma):
     original, defect = bottle_pair(bottle_dir, size)
     mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, sigma=sigma)
     masks = fixed_masks(size, size, mask_spec, seed=5)
     k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
     outputs = altered_outputs(original, defect, k * n, seed=size + levels)
-    taps = smoothing_taps(sigma)
-
-    raw = np.empty((size, size), np.float32)
-    amap = np.empty((size, size), np.float32)
-    score = np.empty(1, np.float32)
-    harness.host_anomaly_map(
-        original, outputs, pixel_sets(masks), k, n, size, size, levels,
-        map_spec.c, taps, len(taps) // 2, raw, amap, score,
-    )  # fmt: skip
+    gpu = host_map(host_kernels, size, masks, map_spec)
+    gpu.variants(original)
+    gpu.upload(outputs, gpu.outputs_address)
+    amap, score = gpu.score()
+    raw = gpu.download(gpu.raw_map_address, (size, size))
+    gpu.close()
 
     reconstructions = recombine(outputs, masks)
     expected_raw = np.mean(
@@ -140,8 +126,24 @@ def test_anomaly_map_matches_reference(harness, bottle_dir, size, levels, sigma)
     np.testing.assert_allclose(
         amap, smooth(expected_raw.astype(np.float32), sigma), rtol=0, atol=1e-5
     )
-    assert score[0] == pytest.approx(image_score(expected_map), abs=1e-5)
+    assert score == pytest.approx(image_score(expected_map), abs=1e-5)
     # The altered patch must stand out, or this comparison would prove little.
     inside = np.zeros((size, size), bool)
     inside[size // 4 : size // 2, size // 4 : size // 2] = True
     assert raw[inside].mean() > 2 * raw[~inside].mean()
+
+
+@pytest.mark.parametrize("count", [1, 255, 256, 257, 128 * 128 + 3])
+def test_max_value_finds_the_maximum_wherever_it_is(host_kernels, count):
+    """The score kernel's block reduction, with counts around its block size."""
+    device = HostDevice(host_kernels)
+    values_address, result_address = device.alloc(4 * count), device.alloc(4)
+    result = np.empty(1, np.float32)
+    values = np.random.default_rng(count).uniform(-3, -1, count).astype(np.float32)
+    for position in sorted({0, count // 2, count - 1}):
+        peaked = values.copy()
+        peaked[position] = -0.5
+        device.to_device(values_address, peaked)
+        device.launch("max_value", 1, values_address, count, result_address)
+        device.to_host(result, result_address)
+        assert result[0] == -0.5, f"count {count}, maximum at {position}"

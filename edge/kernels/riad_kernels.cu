@@ -94,7 +94,7 @@ extern "C" __global__ void max_value(const float* values, int count, float* resu
     for (int i = threadIdx.x; i < count; i += blockDim.x) best = fmaxf(best, values[i]);
     partial[threadIdx.x] = best;
     __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
         if (threadIdx.x < stride) partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + stride]);
         __syncthreads();
     }

@@ -1,5 +1,5 @@
 // RIAD per-pixel arithmetic, shared by the CUDA kernels (riad_kernels.cu) and the host
-// build that tests them against the numpy reference (tests/kernel_host_harness.cpp).
+// build that tests them against the numpy reference (tests/kernel_host_launch.cpp).
 //
 // Every function computes one output element and mirrors edge/anomaly_map.py and
 // edge/masks.py operation by operation, in the same float32 order of evaluation, so the

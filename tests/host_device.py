@@ -1,0 +1,97 @@
+"""A kernel device for edge.gpu_map that runs the CUDA kernels on the host.
+
+tests/kernel_host_launch.cpp compiles edge/kernels/riad_kernels.cu with g++ and launches
+a kernel the way cuLaunchKernel does. `HostDevice` gives it the interface of gpu_map's
+pycuda and CuPy devices: "device" memory is host memory, copies are memmoves, launches
+run at once (the stream is the program order). So `GpuAnomalyMap` runs unchanged, its
+launch arithmetic, argument order and buffer sizes included, on a machine with no GPU.
+What this cannot show: races between threads, and device-only behaviour (fast-math
+flags, occupancy); those need the `gpu` tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.gpu_map import KERNEL_SIGNATURES, KERNELS_DIR, THREADS, blocks_for
+
+LAUNCHER = Path(__file__).with_name("kernel_host_launch.cpp")
+C_TYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "f": ctypes.c_float}
+
+
+def build_host_kernels(out_dir: Path) -> Path:
+    """g++ build of the kernels and their launcher; warnings are errors, no FMA contraction."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        raise FileNotFoundError("g++ not installed")
+    library = out_dir / "libriad_kernels_host.so"
+    subprocess.run(
+        [gxx, "-O2", "-shared", "-fPIC", "-std=c++20", "-pthread", "-Wall", "-Wextra", "-Werror",
+         "-ffp-contract=off", f"-I{KERNELS_DIR}", str(LAUNCHER), "-o", str(library)],
+        check=True,
+    )  # fmt: skip
+    return library
+
+
+class HostDevice:
+    def __init__(self, library: Path) -> None:
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.host_launch.argtypes = [
+            ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)
+        ]  # fmt: skip
+        self.allocations: list[np.ndarray] = []
+        self.launches: list[tuple[str, int]] = []  # (kernel, threads launched)
+
+    stream_handle = 0
+
+    def name(self) -> str:
+        return "host (kernels compiled with g++)"
+
+    def compute_capability(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def push(self) -> None:
+        """No context on the host."""
+
+    def pop(self) -> None:
+        """No context on the host."""
+
+    def alloc(self, nbytes: int) -> int:
+        # Filled with NaN bytes, as fresh device memory holds garbage: a kernel that
+        # reads what nothing wrote shows up in the results.
+        memory = np.full(nbytes, 0xFF, np.uint8)
+        self.allocations.append(memory)
+        return int(memory.ctypes.data)
+
+    def pinned(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return np.empty(tuple(shape), dtype)
+
+    def to_device(self, address: int, host: np.ndarray) -> None:
+        ctypes.memmove(address, host.ctypes.data, host.nbytes)
+
+    def to_host(self, host: np.ndarray, address: int) -> None:
+        ctypes.memmove(host.ctypes.data, address, host.nbytes)
+
+    def launch(self, name: str, count: int, *args: Any) -> None:
+        signature = KERNEL_SIGNATURES[name]
+        if len(args) != len(signature):
+            raise TypeError(f"{name} takes {len(signature)} arguments, got {len(args)}")
+        values = [C_TYPES[t](a) for t, a in zip(signature, args)]
+        params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        grid, _, _ = blocks_for(count)
+        if self.lib.host_launch(name.encode(), grid, THREADS, params) != 0:
+            raise KeyError(f"the host launcher has no kernel {name}")
+        self.launches.append((name, grid * THREADS))
+
+    def synchronize(self) -> None:
+        """Launches and copies ran when they were called."""
+
+    def close(self) -> None:
+        self.allocations.clear()
