@@ -30,8 +30,9 @@ import tensorrt as trt
 class TensorRTBackend(Backend):
     name = "gpu (tensorrt)"
 
-    def __init__(self, engine_path: str | Path, manifest: Manifest | None = None):
-        super().__init__(manifest or Manifest.for_model(engine_path))
+    def __init__(self, engine_path: str | Path):
+        # for_model checks the engine's sha256 against its manifest.
+        super().__init__(Manifest.for_model(engine_path))
         m = self.manifest
         check_engine(m, engine_path, trt.__version__, cuda_device())
         self.gpu = GpuAnomalyMap.for_manifest(m)
