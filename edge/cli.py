@@ -42,6 +42,7 @@ def run_command(
     topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level.")] = "riad",
     max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after inspecting this many frames.")] = None,
     save_dir: Annotated[Path | None, typer.Option(help="Save each defective frame and its heatmap overlay here as JPEG.")] = None,
+    save_limit_mb: Annotated[float | None, typer.Option(min=0, help="Keep --save-dir under this many MB (default 1024), deleting the oldest snapshots first; 0: no limit.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Anomaly score threshold (default: the model manifest's).")] = None,
     view_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the live view (frame, heatmap, scores, defects) on this HTTP port; 0: off.")] = 0,
     view_host: Annotated[str, typer.Option(help="Address the live view listens on; 0.0.0.0 for the whole network.")] = "127.0.0.1",
@@ -77,6 +78,7 @@ def run_command(
         topic_prefix=topic_prefix,
         max_frames=max_frames,
         save_dir=save_dir,
+        save_limit_mb=save_limit_mb,
         threshold=threshold,
         view=(view_host, view_port) if view_port else None,
     )

@@ -26,7 +26,7 @@ from edge.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
-from edge.snapshots import SnapshotSaver
+from edge.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
 from edge.sources import SourceError, open_source
 from edge.spool import SpoolError
 
@@ -97,6 +97,7 @@ def run_inspection(
     topic_prefix: str = "riad",
     max_frames: int | None = None,
     save_dir: Path | None = None,
+    save_limit_mb: float | None = None,
     threshold: float | None = None,
     view: tuple[str, int] | None = None,
     console: bool = True,
@@ -128,8 +129,10 @@ def run_inspection(
         saver = None
         if save_dir is not None:
             try:
-                saver = SnapshotSaver(save_dir)
-            except OSError as exc:
+                if save_limit_mb is None:
+                    save_limit_mb = DEFAULT_LIMIT_MB
+                saver = SnapshotSaver(save_dir, save_limit_mb)
+            except (OSError, ValueError) as exc:
                 return fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
             sinks.append(saver)
         if view is not None:
@@ -161,7 +164,8 @@ def run_inspection(
         print(format_summary(summary))
         if saver is not None:
             failed = f", {saver.failed} could not be written" if saver.failed else ""
-            print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}")
+            deleted = f", the oldest {saver.deleted} deleted to stay under {save_limit_mb:g} MB" if saver.deleted else ""
+            print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}{deleted}")
         if not source.is_live and summary["frames_processed"] == 0 and summary["frames_corrupt"] and not signals.received:
             # Zero frames would read as a clean run to a line controller checking the exit code.
             return fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)

@@ -56,6 +56,19 @@ def test_run_on_a_video_prints_each_defect_and_a_summary(clip, tiny_onnx_model, 
     assert f"snapshots: {defects} defective frames saved" in out
 
 
+def test_save_limit_keeps_only_the_newest_defects(clip, tiny_onnx_model, tmp_path):
+    # A threshold of 0 makes every frame a defect; 0.001 MB holds no pair, so each run
+    # keeps only the newest (never deleted).
+    code, out, err = finished(
+        "run", "--source", clip, "--model", tiny_onnx_model, "--threshold", 0,
+        "--save-dir", tmp_path / "snaps", "--save-limit-mb", 0.001,
+    )  # fmt: skip
+    assert code == 0, err
+    names = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "snaps").iterdir())
+    assert names == ["f000007_frame.jpg", "f000007_overlay.jpg"]
+    assert "snapshots: 8 defective frames saved in" in out and "the oldest 7 deleted to stay under 0.001 MB" in out
+
+
 def test_the_engine_alias_and_a_threshold_override(clip, tiny_onnx_model):
     code, out, err = finished("run", "--source", f"file://{clip}", "--engine", tiny_onnx_model, "--threshold", 2.0)
     assert code == 0, err

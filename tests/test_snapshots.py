@@ -92,3 +92,56 @@ def test_a_full_disk_is_logged_once_counted_and_survived(bottle_dir, tiny_disk, 
         saver.handle(result(broken, 3, score=0.9))
     assert saver.saved == 1 and len(list((tiny_disk / "snaps").iterdir())) == 2
     assert "again (3 defects were not saved)" in caplog.text
+
+
+def snapshot_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def test_the_folder_stays_under_its_limit_oldest_deleted_first(bottle_dir, tmp_path, caplog):
+    frames = bottle_frames(bottle_dir, 2)
+    folder = tmp_path / "snaps"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the operator's own file")
+    (folder / "reference.jpg").write_bytes(b"not ours either")
+    one_pair = None
+    with caplog.at_level(logging.WARNING, logger="edge.snapshots"):
+        saver = SnapshotSaver(folder, limit_mb=0.2)
+        start = time.time()
+        for index in range(40):
+            r = result(frames[index % 2], index, score=0.9)
+            r.timestamp = start + index  # one defect a second
+            saver.handle(r)
+            if one_pair is None:
+                one_pair = sum(p.stat().st_size for p in folder.glob("*_f*.jpg"))
+    ours = [p for p in folder.glob("*_f*.jpg")]
+    assert sum(p.stat().st_size for p in ours) <= 0.2 * 1024 * 1024
+    assert sum(p.stat().st_size for p in ours) > 0.2 * 1024 * 1024 - 2 * one_pair  # not emptied either
+    # Whole pairs survive, and they are the newest ones.
+    indices = sorted({int(p.name.split("_f")[1][:6]) for p in ours})
+    assert indices == list(range(40 - len(indices), 40))
+    assert len(ours) == 2 * len(indices) and saver.saved == 40
+    assert saver.deleted == 40 - len(indices)
+    assert (folder / "notes.txt").exists() and (folder / "reference.jpg").exists()
+    assert caplog.text.count("reached its 0.2 MB limit") == 1
+
+
+def test_snapshots_of_an_earlier_run_count_towards_the_limit(bottle_dir, tmp_path):
+    frames = bottle_frames(bottle_dir, 1)
+    first = SnapshotSaver(tmp_path, limit_mb=0)  # no limit
+    for index in range(20):
+        r = result(frames[0], index, score=0.9)
+        r.timestamp = 1714558502.0 + index
+        first.handle(r)
+    assert first.deleted == 0 and len(snapshot_files(tmp_path)) == 40
+    # Restarted with a limit: the oldest of the earlier run go at once.
+    pair = sum(p.stat().st_size for p in tmp_path.glob("*_f000019_*.jpg"))
+    second = SnapshotSaver(tmp_path, limit_mb=3.5 * pair / (1024 * 1024))
+    assert snapshot_files(tmp_path)[0].endswith("_f000017_frame.jpg")  # whole pairs go
+    assert len(snapshot_files(tmp_path)) == 6 and second.deleted == 17
+
+
+@pytest.mark.parametrize("limit", [-1, float("nan")])
+def test_a_negative_limit_is_refused(tmp_path, limit):
+    with pytest.raises(ValueError, match="0 \\(none\\) or a positive size"):
+        SnapshotSaver(tmp_path, limit_mb=limit)
