@@ -1,8 +1,8 @@
 """A real MQTT broker on a free loopback port, for tests: mosquitto, or amqtt where mosquitto is missing.
 
 The broker runs as a subprocess stopped by its PID, so a test can SIGKILL it like a crash
-and start it again on the same port. Use the fixtures with
-`pytest_plugins = ["tests.broker"]` in a test module.
+and start it again on the same port. conftest.py registers this module's fixtures for
+every test.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The broker fixtures; registered here, before any test module imports tests.broker,
+# so pytest rewrites its asserts.
+pytest_plugins = ["tests.broker"]
+
 BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec" / "bottle"
 
 

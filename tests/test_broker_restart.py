@@ -8,7 +8,6 @@ import time
 from edge.broker import parse_broker_url
 from edge.mqtt import MqttPublisher
 
-pytest_plugins = ["tests.broker"]  # the broker fixtures
 
 DEFECT = "riad/line1/defect"
 

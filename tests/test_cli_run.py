@@ -17,8 +17,6 @@ from media import bottle_frames, write_truncated_png, write_video
 from edge.manifest import manifest_path
 from tests.broker import Subscriber
 
-pytest_plugins = ["tests.broker"]  # the broker fixtures
-
 
 def riad_edge(*args) -> subprocess.Popen:
     return subprocess.Popen(

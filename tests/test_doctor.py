@@ -23,8 +23,6 @@ from edge.manifest import Manifest, file_sha256, manifest_path
 from tests.broker import USERS, free_port
 from tests.media import bottle_frames, write_image_folder, write_video
 
-pytest_plugins = ["tests.broker"]  # the broker fixtures
-
 
 def doctor(*args) -> tuple[int, str]:
     done = subprocess.run([sys.executable, "-c", "from edge.cli import app; app()", "doctor", *map(str, args)],

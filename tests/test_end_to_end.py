@@ -17,7 +17,6 @@ import cv2
 
 from tests.broker import Subscriber
 
-pytest_plugins = ["tests.broker"]  # the broker fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "engines" / "bottle-cpu.onnx"

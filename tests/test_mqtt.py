@@ -18,7 +18,6 @@ import pytest
 from edge.broker import BrokerError, parse_broker_url
 from edge.mqtt import MqttPublisher, iso_utc
 
-pytest_plugins = ["tests.broker"]  # the broker fixtures
 
 CAMERA = "line1"
 AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", f"riad/{CAMERA}/stats"
@@ -224,7 +223,6 @@ def test_watch_exit_codes(broker, broker_with_login):
     assert unreachable.wait(20) == 2 and "cannot connect to broker" in unreachable.stderr.read()
     bad_url = riad_edge("watch", "--broker", "http://x")
     assert bad_url.wait(20) == 2 and "expected mqtt://" in bad_url.stderr.read()
-
 
 
 def test_tls_with_the_right_ca_and_a_clear_error_with_the_wrong_one(tls_broker, tmp_path, make_result):
