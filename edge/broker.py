@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 class BrokerError(Exception):
     """The broker cannot be used as configured: a bad URL, a refused login, a TLS failure."""
+
+
+# What connect_client raises, one class per thing a user fixes differently.
+class BrokerUnreachable(BrokerError):
+    """Nothing accepted a connection at the broker's host and port."""
+
+
+class BrokerTlsFailed(BrokerError):
+    """The TLS handshake failed (certificate, CA, or a plain port)."""
+
+
+class BrokerSilent(BrokerError):
+    """A connection was accepted but no MQTT answer came (not an MQTT listener?)."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker answered with a refusal: a bad login, or not authorised."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +122,50 @@ def parse_broker_url(
     )
 
 
-def refused(config: BrokerConfig, reason: object) -> BrokerError:
+def refused(config: BrokerConfig, reason: object) -> BrokerRefused:
     """The error for a broker that answered CONNECT with a refusal (bad login, not authorised)."""
     who = f"user {config.username!r}" if config.username else "anonymous clients"
-    return BrokerError(f"broker {config.url} refused the connection ({reason}); check that {who} may log in")
+    return BrokerRefused(f"broker {config.url} refused the connection ({reason}); check that {who} may log in")
+
+
+def connect_client(
+    config: BrokerConfig,
+    timeout: float,
+    on_connected: Callable[[paho.Client], None] | None = None,
+) -> paho.Client:
+    """A client logged in to the broker, its network loop running; the caller disconnects it.
+
+    For a person waiting on the answer (doctor, watch): fails fast with a BrokerError
+    subclass. `on_connected` runs on every accepted connection, reconnections included
+    (subscribe there). The inspector's publisher instead retries an absent broker.
+    """
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect_timeout = timeout
+    config.apply_to(client)
+    answers: list = []
+    answered = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure and on_connected is not None:
+            on_connected(client)
+        answers.append(reason_code)
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(config.host, config.port, keepalive=30)
+    except ssl.SSLError as exc:
+        raise BrokerTlsFailed(f"TLS handshake with {config.url} failed: {exc}") from None
+    except OSError as exc:
+        raise BrokerUnreachable(f"cannot reach broker {config.url}: {exc.strerror or exc}") from None
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            raise BrokerSilent(f"broker {config.url} accepted the connection but sent no answer within {timeout:g} s")
+        if answers[0].is_failure:
+            raise refused(config, answers[0])
+    except BrokerError:
+        client.disconnect()
+        client.loop_stop()
+        raise
+    return client

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -96,45 +95,33 @@ def check_model(model: Path, frame: np.ndarray | None) -> Check:
 def check_broker(url: str, username: str | None, password: str | None, tls_ca: Path | None = None,
                  timeout: float = BROKER_TIMEOUT_S) -> Check:
     """Connects and logs in as run would, then disconnects without publishing anything."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge.broker import BrokerError, parse_broker_url, refused
+    from edge.broker import (
+        BrokerError,
+        BrokerSilent,
+        BrokerTlsFailed,
+        BrokerUnreachable,
+        connect_client,
+        parse_broker_url,
+    )
 
     try:
         config = parse_broker_url(url, username, password, tls_ca)
     except BrokerError as exc:
         return Check("broker", FAIL, str(exc), "fix --broker (mqtt://host[:port] or mqtts://host[:port])")
-    answer: list = []
-    answered = threading.Event()
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        answer.append(reason_code)
-        answered.set()
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    client.connect_timeout = timeout
-    config.apply_to(client)
-    client.on_connect = on_connect
     try:
-        client.connect(config.host, config.port, keepalive=30)
-    except ssl.SSLError as exc:
-        return Check("broker", FAIL, f"TLS handshake with {config.url} failed: {exc}",
-                     "check the broker's certificate and --tls-ca")
-    except OSError as exc:
-        return Check("broker", FAIL, f"cannot reach {config.url}: {exc.strerror or exc}",
+        client = connect_client(config, timeout)
+    except BrokerTlsFailed as exc:
+        return Check("broker", FAIL, str(exc), "check the broker's certificate and --tls-ca")
+    except BrokerUnreachable as exc:
+        return Check("broker", FAIL, str(exc),
                      "check the host and port, that the broker runs, and firewalls; run still starts and spools events")
-    client.loop_start()
-    try:
-        if not answered.wait(timeout):
-            return Check("broker", FAIL, f"{config.url} accepted the connection but sent no answer within {timeout:g} s",
-                         "is this port an MQTT listener (mqtts:// for a TLS port)?")
-        if answer[0].is_failure:
-            return Check("broker", FAIL, str(refused(config, answer[0])),
-                         "check --username/--password (RIAD_MQTT_PASSWORD) against the broker's password file")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    except BrokerSilent as exc:
+        return Check("broker", FAIL, str(exc), "is this port an MQTT listener (mqtts:// for a TLS port)?")
+    except BrokerError as exc:  # refused
+        return Check("broker", FAIL, str(exc),
+                     "check --username/--password (RIAD_MQTT_PASSWORD) against the broker's password file")
+    client.disconnect()
+    client.loop_stop()
     who = f" as {config.username}" if config.username else " (anonymous)"
     return Check("broker", OK, f"{config.url}: logged in{who}")
 

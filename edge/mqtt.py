@@ -28,7 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig, BrokerError, refused
+from edge.broker import BrokerConfig, BrokerError, BrokerTlsFailed, refused
 from edge.results import FrameResult
 from edge.spool import Spool, SpoolError
 
@@ -120,7 +120,7 @@ class MqttPublisher:
             reached = True
         except ssl.SSLError as e:
             self.spool.close()
-            raise BrokerError(f"TLS handshake with {self.broker.url} failed: {e}") from None
+            raise BrokerTlsFailed(f"TLS handshake with {self.broker.url} failed: {e}") from None
         except OSError as e:
             log.warning("broker %s unreachable (%s); spooling events and retrying", self.broker.url, e)
             self._client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)

@@ -6,14 +6,12 @@ import collections
 import json
 import queue
 import sys
-import threading
 import time
 from typing import TextIO
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig, BrokerError, refused
+from edge.broker import BrokerConfig, connect_client
 from edge.mqtt import iso_utc
 
 RECENT_IDS = 10_000  # delivery is at-least-once: remember this many event ids to drop repeats
@@ -49,30 +47,14 @@ def watch(
     defect_topic = f"{topic_prefix}/{camera_id}/defect"
     available_topic = f"{topic_prefix}/{camera_id}/available"
     inbox: queue.SimpleQueue[paho.MQTTMessage] = queue.SimpleQueue()
-    answered = threading.Event()
-    refusal: list[BrokerError] = []
 
-    def on_connect(client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            refusal.append(refused(broker, reason_code))
-        else:
-            client.subscribe([(defect_topic, 1), (available_topic, 1)])
-        answered.set()
+    def subscribe(client: paho.Client) -> None:
+        # The handler first: the retained `available` arrives right after SUBACK.
+        client.on_message = lambda c, u, message: inbox.put(message)
+        client.subscribe([(defect_topic, 1), (available_topic, 1)])
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    broker.apply_to(client)
-    client.on_connect = on_connect
-    client.on_message = lambda c, u, message: inbox.put(message)
+    client = connect_client(broker, connect_timeout, on_connected=subscribe)
     try:
-        client.connect(broker.host, broker.port, keepalive=30)
-    except OSError as e:
-        raise BrokerError(f"cannot connect to broker {broker.url}: {e}") from None
-    client.loop_start()
-    try:
-        if not answered.wait(connect_timeout):
-            raise BrokerError(f"broker {broker.url} did not answer within {connect_timeout:g} s")
-        if refusal:
-            raise refusal[0]
         return _print_messages(inbox, count, timeout, as_json, out)
     finally:
         client.disconnect()

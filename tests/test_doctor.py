@@ -4,6 +4,7 @@ and a tampered copy, a real mosquitto with a password file, a port nobody listen
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -112,14 +113,23 @@ def test_broker_login_accepted_and_refused(broker_with_login):
 def test_tls_broker_with_its_ca(tls_broker):
     assert check_broker(tls_broker.url, None, None, tls_broker.ca_file).status == OK
     untrusted = check_broker(tls_broker.url, None, None)  # the system CAs do not know the test CA
-    assert untrusted.status == FAIL and "TLS" in untrusted.detail
+    assert untrusted.status == FAIL and "TLS" in untrusted.detail and "--tls-ca" in untrusted.fix
 
 
 def test_unreachable_broker_and_bad_url():
     down = check_broker(f"mqtt://127.0.0.1:{free_port()}", None, None, timeout=2)
-    assert down.status == FAIL and "cannot reach" in down.detail
+    assert down.status == FAIL and "cannot reach" in down.detail and "firewalls" in down.fix
     bad = check_broker("http://broker", None, None)
     assert bad.status == FAIL and "mqtt://" in bad.detail
+
+
+def test_a_port_that_is_not_mqtt_is_named_as_such():
+    with socket.socket() as silent:  # the kernel accepts the connection; nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        check = check_broker(f"mqtt://127.0.0.1:{silent.getsockname()[1]}", None, None, timeout=1)
+    assert check.status == FAIL and "sent no answer within 1 s" in check.detail
+    assert "MQTT listener" in check.fix
 
 
 def test_spool_space(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import signal
@@ -220,7 +221,7 @@ def test_watch_exit_codes(broker, broker_with_login):
     assert "refused the connection" in refused_login.stderr.read()
     broker.stop()
     unreachable = riad_edge("watch", "--broker", broker.url)
-    assert unreachable.wait(20) == 2 and "cannot connect to broker" in unreachable.stderr.read()
+    assert unreachable.wait(20) == 2 and "cannot reach broker" in unreachable.stderr.read()
     bad_url = riad_edge("watch", "--broker", "http://x")
     assert bad_url.wait(20) == 2 and "expected mqtt://" in bad_url.stderr.read()
 
@@ -238,3 +239,6 @@ def test_tls_with_the_right_ca_and_a_clear_error_with_the_wrong_one(tls_broker, 
     # The system's CAs do not know the test CA
     with pytest.raises(BrokerError, match="TLS handshake with mqtts://localhost:.* failed.*certificate verify failed"):
         MqttPublisher(parse_broker_url(tls_broker.url), CAMERA, tmp_path / "spool.db")
+    untrusted = riad_edge("watch", "--broker", tls_broker.url, "--count", "1")
+    assert untrusted.wait(20) == 2
+    assert re.search(r"TLS handshake with mqtts://localhost:\d+ failed.*certificate verify failed", untrusted.stderr.read())
