@@ -70,13 +70,18 @@ def check_gpu(model: Path | None) -> Check:
 def check_model(model: Path, frame: np.ndarray | None) -> Check:
     """Loads the model as run would (manifest hash, engine built for this GPU) and scores a frame."""
     from edge.backends import BackendError, open_backend
+    from edge.backends.engine_check import EngineMismatchError
     from edge.manifest import ManifestError
     from edge.preprocess import prepare
 
     try:
         backend = open_backend(model)
-    except (ManifestError, BackendError) as exc:
+    except EngineMismatchError as exc:
+        return Check("model", FAIL, str(exc), "build the engine on this device: riad-trainer build-engine MODEL.onnx")
+    except ManifestError as exc:
         return Check("model", FAIL, str(exc), "use the model file together with the manifest it was exported with")
+    except BackendError as exc:  # the runtime it needs is missing here (see the gpu line)
+        return Check("model", FAIL, str(exc), "set up the GPU path (docs/gpu.md), or pass the .onnx model to use the CPU")
     with backend:
         m = backend.manifest
         image = frame if frame is not None else np.full((m.input_size, m.input_size, 3), 128, np.uint8)

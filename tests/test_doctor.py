@@ -75,6 +75,7 @@ def test_a_tampered_model_fails(tiny_onnx_model):
         f.write(b"\0")
     check = check_model(tiny_onnx_model, None)
     assert check.status == FAIL and "does not match its manifest" in check.detail
+    assert "manifest it was exported with" in check.fix
 
 
 def test_a_model_without_manifest_fails(tiny_onnx_model):
@@ -97,7 +98,7 @@ def test_an_engine_needs_the_gpu(tiny_onnx_model, tmp_path):
     assert gpu.status == FAIL and ".onnx" in gpu.fix
     assert check_gpu(tiny_onnx_model).status == WARN  # an ONNX model still runs on the CPU
     model = check_model(engine, None)
-    assert model.status == FAIL and "TensorRT engine" in model.detail
+    assert model.status == FAIL and "TensorRT engine" in model.detail and "docs/gpu.md" in model.fix
 
 
 def test_broker_login_accepted_and_refused(broker_with_login):
