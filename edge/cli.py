@@ -46,6 +46,7 @@ def run_command(
     threshold: Annotated[float | None, typer.Option(help="Anomaly score threshold (default: the model manifest's).")] = None,
     view_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the live view (frame, heatmap, scores, defects) on this HTTP port; 0: off.")] = 0,
     view_host: Annotated[str, typer.Option(help="Address the live view listens on; 0.0.0.0 for the whole network.")] = "127.0.0.1",
+    view_password: Annotated[str | None, typer.Option(envvar="RIAD_VIEW_PASSWORD", help="Ask for this password (HTTP Basic, any user name) before showing the live view (better: the RIAD_VIEW_PASSWORD variable).")] = None,
 ) -> None:
     """Inspect frames from a camera, stream, video or folder; report defects.
 
@@ -81,6 +82,7 @@ def run_command(
         save_limit_mb=save_limit_mb,
         threshold=threshold,
         view=(view_host, view_port) if view_port else None,
+        view_password=view_password,
     )
     raise typer.Exit(code)
 

@@ -12,11 +12,19 @@ slow client nor an idle page costs the pipeline anything.
 
 Consecutive defective frames are one defect (a bottle stays in view for several
 frames): the entry keeps the worst frame and counts the frames it spans.
+
+With a password (`--view-password`, or RIAD_VIEW_PASSWORD), every path asks for HTTP
+Basic authentication; any user name goes, the password is what counts. Basic
+authentication over plain HTTP keeps casual visitors out, not someone who can read the
+network's traffic: put the view behind a TLS proxy where that matters.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
+import hmac
 import json
 import socket
 import threading
@@ -203,7 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         state = self.server.state
         try:
-            if path in WEB_FILES:
+            if not self._authorised():
+                self._ask_for_password()
+            elif path in WEB_FILES:
                 name, content_type = WEB_FILES[path]
                 self._send(resources.files("edge").joinpath("web", name).read_bytes(), content_type)
             elif path == "/api/state":
@@ -223,6 +233,28 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(HTTPStatus.NOT_FOUND)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away; nothing to clean up
+
+    def _authorised(self) -> bool:
+        password = self.server.password
+        if password is None:
+            return True
+        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            _user, _, given = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(given.encode(), password.encode())
+
+    def _ask_for_password(self) -> None:
+        body = b"the live view needs its password\n"
+        self.send_response(HTTPStatus.UNAUTHORIZED)
+        self.send_header("WWW-Authenticate", 'Basic realm="riad-edge live view", charset="UTF-8"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send(self, body: bytes, content_type: str) -> None:
         self.send_response(HTTPStatus.OK)
@@ -279,8 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _LiveServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: _LiveState):
-        self.state = state
+    def __init__(self, address: tuple[str, int], state: _LiveState, password: str | None):
+        self.state, self.password = state, password
         super().__init__(address, _Handler)
 
     def finish_request(self, request, client_address) -> None:
@@ -292,10 +324,13 @@ class _LiveServer(ThreadingHTTPServer):
 class LiveView:
     """A ResultSink serving the live view over HTTP on a background thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, history: int = 300):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, history: int = 300,
+                 password: str | None = None):
+        if password == "":
+            raise LiveViewError("the live view password is empty; give one, or none for an open view")
         self._state = _LiveState(history)
         try:
-            self._server = _LiveServer((host, port), self._state)
+            self._server = _LiveServer((host, port), self._state, password)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise LiveViewError(

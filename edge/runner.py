@@ -100,6 +100,7 @@ def run_inspection(
     save_limit_mb: float | None = None,
     threshold: float | None = None,
     view: tuple[str, int] | None = None,
+    view_password: str | None = None,
     console: bool = True,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
@@ -139,11 +140,11 @@ def run_inspection(
             from edge.liveview import LiveView, LiveViewError
 
             try:
-                live = LiveView(*view)
+                live = LiveView(*view, password=view_password)
             except LiveViewError as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
             sinks.append(live)
-            print(f"live view: {live.url}")
+            print(f"live view: {live.url}" + (" (password required)" if view_password else ""))
         pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
         if broker is not None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -67,12 +68,17 @@ def view():
     live.close()
 
 
-def get(view: LiveView, path: str) -> tuple[int, str, bytes]:
+def get(view: LiveView, path: str, headers: dict | None = None) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{view.port}{path}", headers=headers or {})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{view.port}{path}", timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, r.headers["Content-Type"], r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers["Content-Type"], b""
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def read_sse(view: LiveView, count: int) -> list[tuple[str, dict]]:
@@ -183,6 +189,41 @@ def test_port_in_use_is_a_clear_error():
         port = taken.getsockname()[1]
         with pytest.raises(LiveViewError, match=f"127.0.0.1:{port}: the port is already in use"):
             LiveView(port=port)
+
+
+def test_a_password_guards_every_path(feed):
+    live = LiveView(port=0, password="s3cret-ü")
+    try:
+        live.handle(feed.defective())
+        live.handle(feed.good())
+        _, _, state = get(live, "/api/state", basic("riad", "s3cret-ü"))
+        thumbnail = json.loads(state)["last_defects"][0]["thumbnail"]
+        paths = ["/", "/app.js", "/api/state", "/stream.mjpg", "/events", thumbnail]
+        wrong = [None, basic("riad", "nope"), basic("riad", "s3cret"), {"Authorization": "Basic !!notbase64"},
+                 {"Authorization": "Bearer s3cret-ü"}]  # fmt: skip
+        for path, headers in itertools.product(paths, wrong):
+            status, content_type, _ = get(live, path, headers)
+            assert status == 401 and content_type.startswith("text/plain"), (path, headers)
+        request = urllib.request.Request(f"http://127.0.0.1:{live.port}/")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.headers["WWW-Authenticate"].startswith('Basic realm="riad-edge live view"')
+
+        for user in ("riad", "operator"):  # any user name: the password is the secret
+            status, content_type, body = get(live, "/api/state", basic(user, "s3cret-ü"))
+            assert status == 200 and json.loads(body)["defects"] == 1
+        assert get(live, "/", basic("riad", "s3cret-ü"))[0] == 200
+        assert get(live, thumbnail, basic("riad", "s3cret-ü"))[:2] == (200, "image/jpeg")
+        stream = urllib.request.Request(f"http://127.0.0.1:{live.port}/stream.mjpg", headers=basic("x", "s3cret-ü"))
+        with urllib.request.urlopen(stream, timeout=10) as r:
+            assert r.status == 200 and r.read(9) == b"--frame\r\n"
+    finally:
+        live.close()
+
+
+def test_an_empty_password_is_refused():
+    with pytest.raises(LiveViewError, match="password is empty"):
+        LiveView(port=0, password="")
 
 
 def test_close_stops_serving(feed):
@@ -313,11 +354,11 @@ def test_browser_shows_frame_chart_and_defects(view, feed, browser, tmp_path):
 # ---- riad-edge run --view-port -----------------------------------------------------------
 
 
-def run_with_view(folder: Path, model: Path, port: int) -> subprocess.CompletedProcess:
+def run_with_view(folder: Path, model: Path, port: int, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "from edge.cli import app; app()", "run", "--source", str(folder),
          "--model", str(model), "--view-port", str(port)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -332,6 +373,11 @@ def test_run_serves_the_live_view_and_says_where(bottle_dir, tmp_path, tiny_onnx
     done = run_with_view(folder, tiny_onnx_model, port)
     assert done.returncode == 0, done.stderr
     assert f"live view: http://127.0.0.1:{port}/" in done.stdout
+    assert "password" not in done.stdout
+
+    guarded = run_with_view(folder, tiny_onnx_model, port, {"RIAD_VIEW_PASSWORD": "s3cret"})
+    assert guarded.returncode == 0, guarded.stderr
+    assert f"live view: http://127.0.0.1:{port}/ (password required)" in guarded.stdout
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
