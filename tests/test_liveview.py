@@ -385,3 +385,22 @@ def test_run_serves_the_live_view_and_says_where(bottle_dir, tmp_path, tiny_onnx
         done = run_with_view(folder, tiny_onnx_model, taken.getsockname()[1])
     assert done.returncode == 2
     assert "the port is already in use" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_browser_behind_the_password(feed, browser):
+    live = LiveView(port=0, password="s3cret")
+    try:
+        for _ in range(3):
+            live.handle(feed.good())
+        # As a browser does once the operator typed the password: every request carries it,
+        # the MJPEG image and the event stream included. (Without it, headless Chromium
+        # cancels the login prompt; test_a_password_guards_every_path covers refusals.)
+        browser.call("Page.enable")
+        browser.call("Network.enable")
+        browser.call("Network.setExtraHTTPHeaders", headers=basic("operator", "s3cret"))
+        browser.call("Page.navigate", url=live.url)
+        assert browser.wait_for("document.getElementById('frame')?.naturalWidth") == 900
+        browser.wait_for("document.getElementById('chart-count')?.textContent === '3 frames'")
+        browser.wait_for("document.getElementById('connection-text')?.textContent === 'live'")
+    finally:
+        live.close()
