@@ -80,3 +80,23 @@ def host_kernels(tmp_path_factory) -> Path:
         return build_host_kernels(tmp_path_factory.mktemp("host_kernels"))
     except FileNotFoundError as missing:
         pytest.skip(str(missing))
+
+
+def write_foreign_engine(onnx_model: Path, source_sha256: str | None = None) -> Path:
+    """`<model>.plan` with a manifest as build-engine writes it, but bytes no TensorRT loads.
+
+    Enough where the GPU path is missing: the engine is never deserialised there.
+    `source_sha256` is the ONNX model it claims to be built from (default: `onnx_model`).
+    """
+    from edge.manifest import Manifest, file_sha256, manifest_path
+
+    engine = onnx_model.with_suffix(".plan")
+    engine.write_bytes(b"a TensorRT engine for another machine")
+    manifest = Manifest.for_model(onnx_model)
+    manifest.model_file, manifest.model_sha256 = engine.name, file_sha256(engine)
+    manifest.engine = {
+        "tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16",
+        "source_onnx_sha256": source_sha256 or file_sha256(onnx_model), "max_batch": 12,
+    }  # fmt: skip
+    manifest.save(manifest_path(engine))
+    return engine

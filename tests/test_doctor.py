@@ -22,6 +22,7 @@ from edge.doctor import (
 )
 from edge.manifest import Manifest, file_sha256, manifest_path
 from tests.broker import USERS, free_port
+from tests.conftest import write_foreign_engine
 from tests.media import bottle_frames, write_image_folder, write_video
 
 
@@ -99,6 +100,16 @@ def test_an_engine_needs_the_gpu(tiny_onnx_model, tmp_path):
     assert check_gpu(tiny_onnx_model).status == WARN  # an ONNX model still runs on the CPU
     model = check_model(engine, None)
     assert model.status == FAIL and "TensorRT engine" in model.detail and "docs/gpu.md" in model.fix
+
+
+def test_an_engine_with_its_onnx_beside_it_runs_on_the_cpu(tiny_onnx_model):
+    engine = write_foreign_engine(tiny_onnx_model)
+    gpu = check_gpu(engine)
+    if gpu.status == OK:
+        pytest.skip("this machine has a GPU; the engine check then compares versions instead")
+    assert gpu.status == WARN and f"run falls back to {tiny_onnx_model} on the CPU" in gpu.detail
+    model = check_model(engine, None)
+    assert model.status == OK and "cpu (onnxruntime)" in model.detail
 
 
 def test_broker_login_accepted_and_refused(broker_with_login):

@@ -14,7 +14,11 @@ TensorRT's convolutions sum in their own order.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, file_sha256
 from edge.masks import masked_variants
 from edge.preprocess import prepare, read_image
+from tests.conftest import write_foreign_engine
 
 
 def has_tensorrt() -> bool:
@@ -128,8 +133,6 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
 @pytest.mark.gpu
 @needs_tensorrt
 def test_kernels_that_do_not_compile_are_a_backend_error(tiny_onnx_model, tmp_path, monkeypatch):
-    import shutil
-
     from edge import gpu_map
     from edge.backends import BackendError, open_backend
     from trainer.engine import build_engine
@@ -167,6 +170,54 @@ def test_no_kernel_launcher_is_the_gpu_unavailable_that_open_backend_reports():
 
     with pytest.raises(GpuUnavailable, match="neither pycuda nor CuPy"):
         open_device()
+
+
+no_gpu_path = pytest.mark.skipif(has_gpu() and has_tensorrt(), reason="this machine has the GPU path")
+
+
+@no_gpu_path
+def test_an_engine_falls_back_to_the_onnx_it_was_built_from(tiny_onnx_model, bottle_dir, caplog):
+    from edge.backends import open_backend
+
+    engine = write_foreign_engine(tiny_onnx_model)
+    with caplog.at_level(logging.WARNING, logger="edge.backends"):
+        backend = open_backend(engine)
+    with backend, OnnxCpuBackend(tiny_onnx_model) as direct:
+        assert isinstance(backend, OnnxCpuBackend)
+        (image,) = bottle_images(bottle_dir, direct.manifest.input_size)[:1]
+        assert backend.score(image).score == direct.score(image).score
+    assert f"running {tiny_onnx_model}, the model it was built from, on the CPU instead" in caplog.text
+
+
+@no_gpu_path
+@pytest.mark.parametrize("twin", ["missing", "another model"])
+def test_no_fallback_without_the_onnx_it_was_built_from(tiny_onnx_model, twin):
+    from edge.backends import BackendError, open_backend
+
+    if twin == "missing":
+        engine = write_foreign_engine(tiny_onnx_model)
+        tiny_onnx_model.unlink()
+    else:  # re-exported since: same name, other bytes
+        engine = write_foreign_engine(tiny_onnx_model, source_sha256="0" * 64)
+    with pytest.raises(BackendError, match=r"no CPU fallback: .*tiny\.onnx is not beside it or is not the model"):
+        open_backend(engine)
+
+
+@no_gpu_path
+def test_run_says_it_fell_back_to_the_cpu(tiny_onnx_model, bottle_dir, tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for path in sorted((bottle_dir / "test" / "good").glob("*.png"))[:2]:
+        shutil.copy(path, folder)
+    engine = write_foreign_engine(tiny_onnx_model)
+    done = subprocess.run(
+        [sys.executable, "-c", "from edge.cli import app; app()", "run", "--source", str(folder), "--engine", str(engine)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backend: cpu (onnxruntime), model tiny-test" in done.stdout
+    assert "is a TensorRT engine, which needs the GPU path" in done.stderr
+    assert "on the CPU instead" in done.stderr and "summary: 2 frames" in done.stdout
 
 
 @pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed")
