@@ -124,13 +124,13 @@ def test_a_manifest_that_misdescribes_the_graph_exits_2_before_any_frame(clip, t
     [
         (["--model", "missing.onnx"], "model file missing.onnx does not exist"),
         (["--model", "model.pt"], "unknown model type '.pt'"),
-        (["--model", "model.plan"], "pass the .onnx model instead"),
+        (["--model", "model.plan"], "Pass the .onnx model to use the CPU backend"),
     ],
 )
 def test_unusable_models_exit_2(clip, tmp_path, args, message):
     (tmp_path / "model.pt").write_bytes(b"torch")
     (tmp_path / "model.plan").write_bytes(b"engine")
-    if message.startswith("pass") and _tensorrt_importable():
+    if message.startswith("Pass") and _tensorrt_importable():
         pytest.skip("TensorRT is installed here")
     args = [str(tmp_path / a) if a.startswith("model.") else a for a in args]
     code, _, err = finished("run", "--source", clip, *args)
