@@ -10,8 +10,9 @@ The pipeline thread only records results (a few list appends under a lock); JPEG
 encoded by the server threads when a client asks, at most once per frame, so neither a
 slow client nor an idle page costs the pipeline anything.
 
-Consecutive defective frames are one defect (a bottle stays in view for several
-frames): the entry keeps the worst frame and counts the frames it spans.
+A defect is what edge.results.DefectTracker groups (consecutive defective frames, as a
+bottle stays in view for several): its entry keeps the worst frame and counts the
+frames it spans, and carries the `defect_id` the MQTT events have.
 
 With a password (`--view-password`, or RIAD_VIEW_PASSWORD), every path asks for HTTP
 Basic authentication; any user name goes, the password is what counts. Basic
@@ -57,6 +58,7 @@ class LiveViewError(Exception):
 @dataclass
 class _Defect:
     id: int
+    defect_id: str | None
     first_index: int
     first_time: float
     last_index: int
@@ -68,6 +70,7 @@ class _Defect:
         w = self.worst
         return {
             "id": self.id,
+            "defect_id": self.defect_id,
             "time": self.first_time,
             "frame_index": self.first_index,
             "last_frame_index": self.last_index,
@@ -116,18 +119,16 @@ class _LiveState:
             self._emit("frame", self.last_frame)
             if result.is_defect:
                 self._defect_frame(result)
-            else:
-                self.open_defect = None
             self.changed.notify_all()
 
     def _defect_frame(self, result: FrameResult) -> None:
         d = self.open_defect
-        if d is None:
+        if d is None or result.defect_id != d.defect_id:
             self.defects_seen += 1
-            d = self.open_defect = _Defect(self.defects_seen, result.frame_index, result.timestamp,
-                                           result.frame_index, 0, result)
+            d = self.open_defect = _Defect(self.defects_seen, result.defect_id, result.frame_index,
+                                           result.timestamp, result.frame_index, 0, result)
             self.defects.append(d)
-        d.frames += 1
+        d.frames = result.defect_frame
         d.last_index = result.frame_index
         if result.score >= d.worst.score:
             d.worst, d.thumbnail = result, None

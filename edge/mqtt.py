@@ -219,6 +219,8 @@ class MqttPublisher:
                 "frame_height": height,
                 "boxes": [b.as_dict() for b in result.boxes],
                 "overlay_topic": overlay_topic,
+                "defect_id": result.defect_id,
+                "defect_frame": result.defect_frame,
             }
         ).encode()
 

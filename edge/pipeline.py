@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from edge.backends.base import Backend
 from edge.preprocess import prepare
 from edge.regions import defect_boxes
-from edge.results import FrameResult, ResultSink
+from edge.results import DefectTracker, FrameResult, ResultSink
 from edge.sources import Frame, VideoSource
 from edge.stats import PipelineStats
 
@@ -53,6 +53,7 @@ class Pipeline:
         self._capture_error: BaseException | None = None
         self._sink_errors: dict[int, int] = {}  # id(sink) -> failures
         self.stats = PipelineStats(source_counters=source.counters, queue_depth=self._queue.qsize)
+        self._defects = DefectTracker()
 
     def add_sink(self, sink: ResultSink) -> None:
         """For sinks built after the pipeline, like the MQTT sink that pulls `pipeline.stats`."""
@@ -145,6 +146,7 @@ class Pipeline:
             boxes=defect_boxes(scored.anomaly_map, self.threshold, frame.image.shape),
             latency_s=time.monotonic() - frame.captured_at,
         )
+        self._defects.assign(result)
         self.stats.record_frame(result.latency_s, result.is_defect)
         for sink in self.sinks:
             try:

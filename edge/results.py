@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +37,10 @@ class FrameResult:
     threshold: float
     boxes: list[Box] = field(default_factory=list)
     latency_s: float = 0.0  # capture to decision
+    # Consecutive defective frames are one defect (a part stays in view for several
+    # frames); DefectTracker fills these in. Good frames keep None and 0.
+    defect_id: str | None = None  # shared by the frames of one defect
+    defect_frame: int = 0  # 1 for a defect's first frame, 2 for its second...
     _overlay_jpeg: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _overlay_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -49,6 +54,27 @@ class FrameResult:
             if self._overlay_jpeg is None:
                 self._overlay_jpeg = encode_jpeg(heatmap_overlay(self.frame, self.anomaly_map, self.threshold, self.boxes))
             return self._overlay_jpeg
+
+
+class DefectTracker:
+    """Groups consecutive defective frames into one defect, for every sink alike.
+
+    A line controller wants one reject per part, not one per frame the part was seen in;
+    `defect_frame == 1` marks the first. One good frame in between starts a new defect.
+    """
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._frames = 0
+
+    def assign(self, result: FrameResult) -> None:
+        if not result.is_defect:
+            self._id, self._frames = None, 0
+            return
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        self._frames += 1
+        result.defect_id, result.defect_frame = self._id, self._frames
 
 
 class ResultSink(Protocol):

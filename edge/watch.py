@@ -22,10 +22,12 @@ def describe(event: dict) -> str:
     boxes = event.get("boxes", [])
     regions = "; ".join(f"{b['width']}x{b['height']} at ({b['x']},{b['y']}) peak {b['peak']:.3f}" for b in boxes[:3])
     more = f"; +{len(boxes) - 3} more" if len(boxes) > 3 else ""
+    # Events from before defect grouping (schema 1 without the field) read as first frames.
+    ongoing = f"  (same defect, its frame {event['defect_frame']})" if event.get("defect_frame", 1) > 1 else ""
     return (
         f"{event['timestamp']}  {event['camera_id']}  DEFECT  frame {event['frame_index']}  "
         f"score {event['score']:.3f} > {event['threshold']:.3f}  "
-        f"{len(boxes)} region{'s' if len(boxes) != 1 else ''}{': ' if boxes else ''}{regions}{more}"
+        f"{len(boxes)} region{'s' if len(boxes) != 1 else ''}{': ' if boxes else ''}{regions}{more}{ongoing}"
     )
 
 

@@ -24,7 +24,7 @@ import pytest
 from edge.liveview import LiveView, LiveViewError
 from edge.preprocess import read_image
 from edge.regions import defect_boxes
-from edge.results import FrameResult
+from edge.results import DefectTracker, FrameResult
 
 THRESHOLD = 0.5
 
@@ -41,10 +41,12 @@ class FrameFeed:
         self.broken_map = (0.15 + 0.75 * small / 255).astype(np.float32)
         self.rng = np.random.default_rng(0)
         self.index = 0
+        self.defects = DefectTracker()  # as the pipeline does for every sink
 
     def _result(self, frame: np.ndarray, amap: np.ndarray) -> FrameResult:
         result = FrameResult(self.index, time.time(), frame, amap, float(amap.max()), THRESHOLD,
                              defect_boxes(amap, THRESHOLD, frame.shape), latency_s=0.012)
+        self.defects.assign(result)
         self.index += 1
         return result
 
@@ -100,8 +102,9 @@ def read_sse(view: LiveView, count: int) -> list[tuple[str, dict]]:
 def test_state_events_and_defect_grouping(view, feed):
     for _ in range(5):
         view.handle(feed.good())
-    for _ in range(3):
-        view.handle(feed.defective())
+    defective = [feed.defective() for _ in range(3)]
+    for result in defective:
+        view.handle(result)
     view.handle(feed.good())
 
     status, content_type, body = get(view, "/api/state")
@@ -113,6 +116,7 @@ def test_state_events_and_defect_grouping(view, feed):
     assert state["defects"] == 1
     (defect,) = state["last_defects"]
     assert defect["frame_index"] == 5 and defect["last_frame_index"] == 7 and defect["frames"] == 3
+    assert defect["defect_id"] == defective[0].defect_id  # the id the MQTT events carry
     assert defect["score"] == pytest.approx(0.9, abs=0.01)
     assert defect["frame_size"] == [900, 900]
     # The box is the ground-truth region, to within a map cell (900 / 64 pixels).

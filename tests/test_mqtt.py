@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import os
 import signal
 import subprocess
@@ -18,7 +18,7 @@ import pytest
 
 from edge.broker import BrokerError, parse_broker_url
 from edge.mqtt import MqttPublisher, iso_utc
-
+from edge.results import DefectTracker
 
 CAMERA = "line1"
 AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", f"riad/{CAMERA}/stats"
@@ -95,6 +95,7 @@ def test_defect_event_has_the_documented_schema_and_an_overlay(broker, publisher
     sub = subscribe(broker, [f"riad/{CAMERA}/defect/#"])
     publisher = publisher_factory(broker)
     result = make_result(3)
+    DefectTracker().assign(result)  # as the pipeline does
     publisher.handle(result)
     assert sub.wait_for(lambda: len(sub.messages) == 2)
     (topic, payload, retained), (overlay_topic, jpeg, overlay_retained) = sub.messages
@@ -102,11 +103,12 @@ def test_defect_event_has_the_documented_schema_and_an_overlay(broker, publisher
     event = json.loads(payload)
     assert set(event) == {
         "schema_version", "event_id", "camera_id", "model_id", "frame_index", "timestamp", "epoch",
-        "score", "threshold", "frame_width", "frame_height", "boxes", "overlay_topic",
+        "score", "threshold", "frame_width", "frame_height", "boxes", "overlay_topic", "defect_id", "defect_frame",
     }  # fmt: skip
     assert event["schema_version"] == 1
     assert uuid.UUID(event["event_id"]).version == 4
     assert (event["camera_id"], event["model_id"], event["frame_index"]) == (CAMERA, "bottle-w8", 3)
+    assert uuid.UUID(event["defect_id"]) and event["defect_id"] == result.defect_id and event["defect_frame"] == 1
     assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp() == pytest.approx(
         result.timestamp, abs=1e-3
     )
@@ -202,15 +204,17 @@ def test_watch_prints_availability_and_each_alert_once(broker, publisher_factory
     publisher = publisher_factory(broker)
     watcher = riad_edge("watch", "--broker", broker.url, "--count", "2", "--timeout", "20")
     assert "line1  online  (retained)" in watcher.stdout.readline()  # subscribed: now publish
-    result = make_result(7)
-    publisher.handle(result)
-    publisher.handle(make_result(8))
+    result, next_result = make_result(7), make_result(8)
+    defects = DefectTracker()  # two consecutive defective frames: one defect
+    for r in (result, next_result):
+        defects.assign(r)
+        publisher.handle(r)
     out, err = watcher.communicate(timeout=20)
     assert watcher.returncode == 0, err
     first, second = out.splitlines()
     assert first.startswith(iso_utc(result.timestamp))
-    assert "line1  DEFECT  frame 7  score 0.800 > 0.500  1 region: " in first
-    assert "frame 8" in second
+    assert "line1  DEFECT  frame 7  score 0.800 > 0.500  1 region: " in first and "same defect" not in first
+    assert "frame 8" in second and second.endswith("(same defect, its frame 2)")
 
 
 def test_watch_exit_codes(broker, broker_with_login):

@@ -14,7 +14,7 @@ from media import bottle_frames, write_image_folder, write_truncated_png, write_
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.pipeline import QUEUE_SIZE, Pipeline
-from edge.results import FrameResult
+from edge.results import DefectTracker, FrameResult
 from edge.sources import CaptureSource, open_source
 from edge.stats import PipelineStats
 
@@ -82,6 +82,26 @@ def test_threshold_override_decides_defects(clip, tiny_onnx_model):
     results = run_collecting(clip, backend, threshold=middle)
     assert [r.is_defect for r in results] == [s > middle for s in scores]
     assert all(r.threshold == middle for r in results)
+
+
+def test_consecutive_defective_frames_are_one_defect():
+    def result(index: int, score: float) -> FrameResult:
+        return FrameResult(index, 0.0, np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4), np.float32), score, 0.5)
+
+    defects = DefectTracker()
+    results = [result(i, s) for i, s in enumerate([0.2, 0.9, 0.8, 0.7, 0.3, 0.6, 0.1])]
+    for r in results:
+        defects.assign(r)
+    assert [r.defect_frame for r in results] == [0, 1, 2, 3, 0, 1, 0]
+    assert [r.defect_id is None for r in results] == [True, False, False, False, True, False, True]
+    assert results[1].defect_id == results[2].defect_id == results[3].defect_id != results[5].defect_id
+
+
+def test_the_pipeline_groups_defects_for_every_sink(clip, tiny_onnx_model):
+    backend = OnnxCpuBackend(tiny_onnx_model, threads=1)
+    results = run_collecting(clip, backend, threshold=0.0)  # every frame defective: one long defect
+    assert [r.defect_frame for r in results] == list(range(1, len(results) + 1))
+    assert len({r.defect_id for r in results}) == 1 and results[0].defect_id is not None
 
 
 def run_collecting(clip, backend, **options) -> list[FrameResult]:
