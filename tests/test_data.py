@@ -42,6 +42,17 @@ def test_mvtec_layout_gives_category_name(bottle_dir):
     assert find_training_set(bottle_dir / "train" / "good").category == "bottle"
 
 
+def test_btad_layout_trains_on_train_ok(bottle_dir, tmp_path):
+    folder = tmp_path / "01" / "train" / "ok"
+    folder.mkdir(parents=True)
+    for path in sorted((bottle_dir / "train" / "good").glob("*.png"))[:8]:
+        shutil.copy(path, folder)
+    for given in (tmp_path / "01", folder):
+        data = find_training_set(given)
+        assert data.category == "01" and data.root == folder
+        assert len(data.train) + len(data.held_out) == 8
+
+
 def test_split_is_reproducible_from_the_seed(bottle_dir, tmp_path):
     folder = small_good_folder(bottle_dir, tmp_path / "parts", 12)
     first, again = find_training_set(folder, seed=3), find_training_set(folder, seed=3)

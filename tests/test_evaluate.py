@@ -68,8 +68,40 @@ def test_test_images_are_listed_in_natural_order_as_the_edge_reads_them(category
 def test_a_missing_mask_is_named(category):
     mask = category / "ground_truth" / "contamination" / "000_mask.png"
     mask.unlink()
-    with pytest.raises(TestSetError, match=r"contamination/000\.png has no ground-truth mask .*000_mask\.png"):
+    with pytest.raises(TestSetError, match=r"contamination/000\.png has no ground-truth mask; looked for .*000_mask\.png"):
         load_test_set(category)
+
+
+def test_btad_layout_ok_folders_and_masks_named_like_their_images(category, bottle_dir):
+    """BTAD: good images in `ok`, masks named as their image (ground_truth/ko/0000.png)."""
+    (category / "test" / "good").rename(category / "test" / "ok")
+    for defect in DEFECTS:
+        masks = category / "ground_truth" / defect
+        (masks / "000_mask.png").rename(masks / "000.png")
+    items = load_test_set(category)
+    assert [(i.defect_type, i.mask_path.name if i.mask_path else None) for i in items] == [
+        ("broken_large", "000.png"), ("contamination", "000.png"), ("good", None), ("good", None),
+    ]  # fmt: skip
+    expected = read_image(bottle_dir / "ground_truth" / "broken_large" / "000_mask.png") > 127
+    np.testing.assert_array_equal(read_mask(items[0], (900, 900, 3)), expected)
+
+
+def test_mvtec_loco_layout_unites_the_masks_of_an_image(category, bottle_dir):
+    """MVTec LOCO: ground_truth/<defect>/<image stem>/000.png, 001.png..., one per region."""
+    masks = category / "ground_truth" / "broken_large"
+    whole = read_image(masks / "000_mask.png")
+    (masks / "000_mask.png").unlink()
+    (masks / "000").mkdir()
+    left, right = whole.copy(), whole.copy()
+    left[:, 450:] = 0
+    right[:, :450] = 0
+    cv2.imwrite(str(masks / "000" / "000.png"), left)
+    cv2.imwrite(str(masks / "000" / "001.png"), right)
+    item = load_test_set(category)[0]
+    assert item.mask_path == masks / "000"
+    united = read_mask(item, (900, 900, 3))
+    np.testing.assert_array_equal(united, whole > 127)
+    assert united[:, :450].any() and united[:, 450:].any()  # both halves held a region
 
 
 def test_a_mask_of_the_wrong_size_names_both_files(category):

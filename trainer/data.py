@@ -1,7 +1,7 @@
 """Training images: find them, hold some out for the threshold, load them as the edge does.
 
-A data folder is either an MVTec AD category (`<category>/train/good`) or a plain
-folder of defect-free images. A seeded share of the images is held out of training:
+A data folder is either an MVTec AD category (`<category>/train/good`; BTAD's
+`train/ok` too) or a plain folder of defect-free images. A seeded share of the images is held out of training:
 the threshold is calibrated on good images the net has never seen, otherwise it
 would sit too low and raise false alarms on the line.
 """
@@ -23,6 +23,7 @@ HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
 MAX_HELD_OUT = 20  # beyond this the threshold barely moves; train on the rest
 MIN_TRAINING = 2
+GOOD_FOLDERS = ("good", "ok")  # what MVTec AD (LOCO, MPDD) and BTAD call their good images
 
 
 class DataError(Exception):
@@ -54,11 +55,11 @@ def image_folder(data_dir: Path) -> tuple[Path, str]:
     """The folder of good images and the category name for a user's data directory."""
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist")
-    mvtec_good = data_dir / "train" / "good"
-    if mvtec_good.is_dir():
-        return mvtec_good, data_dir.resolve().name
+    for good in GOOD_FOLDERS:
+        if (data_dir / "train" / good).is_dir():
+            return data_dir / "train" / good, data_dir.resolve().name
     resolved = data_dir.resolve()
-    if resolved.name == "good" and resolved.parent.name == "train":  # given <category>/train/good itself
+    if resolved.name in GOOD_FOLDERS and resolved.parent.name == "train":  # given <category>/train/good itself
         return data_dir, resolved.parent.parent.name
     return data_dir, resolved.name
 
