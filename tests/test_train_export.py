@@ -258,6 +258,18 @@ def test_cli_train_then_export(parts, tmp_path):
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")
+def test_the_gpu_recipe_on_a_cpu_warns_of_its_time(parts, tmp_path):
+    # The paper-size net shrunk to a second's work: only the warning is under test.
+    args = ["train", str(parts), "--out", str(tmp_path / "run"), "--recipe", "gpu", "--input-size", "32",
+            "--width", "4", "--epochs", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: the gpu recipe (the paper's net, 300 epochs) on the CPU takes days" in result.stderr
+    plain = CliRunner().invoke(app, [*args[:3], str(tmp_path / "run2"), *args[6:]])  # the cpu recipe
+    assert plain.exit_code == 0 and "warning" not in plain.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -33,7 +33,7 @@ def train(
 ):
     """Learn what a good part looks like from defect-free images."""
     from trainer.data import DataError
-    from trainer.train import TrainError, checkpoint_path, resume_config
+    from trainer.train import TrainError, checkpoint_path, resolve_device, resume_config
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
@@ -44,6 +44,9 @@ def train(
             config = resume_config(out, recipe=recipe, **options)
         else:
             config = named_recipe(recipe or "cpu", **options)
+        if recipe == "gpu" and resolve_device(config.device).type == "cpu":
+            typer.echo("warning: the gpu recipe (the paper's net, 300 epochs) on the CPU takes days; "
+                       "use --recipe cpu here, or a machine with a CUDA GPU. Ctrl-C keeps the progress.", err=True)
         checkpoint = run_training(data_dir, out, config, resume=resume)
     except (DataError, TrainError) as exc:
         typer.echo(f"error: {exc}", err=True)
