@@ -1,7 +1,10 @@
-"""Fixtures shared by many test files: the real bottle data and a tiny ONNX model."""
+"""Fixtures shared by many test files: the real bottle data, a tiny ONNX model, a tiny disk."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +103,28 @@ def write_foreign_engine(onnx_model: Path, source_sha256: str | None = None) -> 
     }  # fmt: skip
     manifest.save(manifest_path(engine))
     return engine
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, request):
+    """A real file system (tmpfs) of 256 kB, or the size given by indirect parametrisation,
+    so writes fail with ENOSPC as on a full SD card."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    size = getattr(request, "param", "256k")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system that holds `folder` to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC

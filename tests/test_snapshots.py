@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import subprocess
 import time
 
 import cv2
@@ -15,6 +12,7 @@ from media import bottle_frames
 
 from edge.results import Box, FrameResult
 from edge.snapshots import SnapshotSaver, event_time
+from tests.conftest import fill
 
 
 def result(frame: np.ndarray, index: int, score: float, threshold: float = 0.5) -> FrameResult:
@@ -52,28 +50,6 @@ def test_sixteen_bit_grey_frames_are_saved_too(tmp_path):
 
 def test_event_time_is_utc_to_the_millisecond():
     assert event_time(1714558502.1234) == "20240501T101502.123Z"
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 256 kB file system (tmpfs), so writes fail with ENOSPC as on a full SD card."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill(folder) -> None:
-    with open(folder / "filler", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
 
 
 def test_a_full_disk_is_logged_once_counted_and_survived(bottle_dir, tiny_disk, caplog):

@@ -34,6 +34,7 @@ from trainer.train import (
     train,
 )
 from trainer.train import recombine as torch_recombine
+from tests.conftest import fill
 
 TINY = {"input_size": 32, "base_width": 4, "batch_size": 2, "epochs": 1}
 
@@ -256,6 +257,24 @@ def test_cli_train_then_export(parts, tmp_path):
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
+
+
+@pytest.mark.parametrize("tiny_disk", ["8m"], indirect=True)
+def test_a_full_disk_keeps_the_last_checkpoint(parts, tiny_disk):
+    run = tiny_disk / "run"
+    args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--epochs", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    fill(tiny_disk)
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(run), "--resume", "--epochs", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"cannot write the checkpoint {run / 'last.pt'}" in result.output
+    assert "the previous checkpoint last.pt is intact. Free space, then continue with --resume" in result.output
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # epoch 1 survived the failed save
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]  # no partial file left
+
+    (tiny_disk / "filler").unlink()  # space is back: the run goes on from epoch 1
+    assert CliRunner().invoke(app, ["train", str(parts), "--out", str(run), "--resume", "--epochs", "2"]).exit_code == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")

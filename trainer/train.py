@@ -165,8 +165,14 @@ def build_model(config: TrainConfig) -> UNet:
 def _save_atomically(state: dict, path: Path) -> None:
     # A Ctrl-C or a full disk mid-write must not destroy the previous checkpoint.
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as file:  # closed even when the write fails
+            torch.save(state, file)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        partial.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path.name} is intact" if path.is_file() else "nothing was saved yet"
+        raise TrainError(f"cannot write the checkpoint {path}: {exc}; {kept}. Free space, then continue with --resume") from None
 
 
 def check_config(config: TrainConfig) -> None:
