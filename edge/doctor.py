@@ -56,13 +56,17 @@ def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np
 def check_gpu(model: Path | None) -> Check:
     from edge.backends import ENGINE_SUFFIXES, cpu_twin
     from edge.backends.gpu_available import gpu_status
+    from edge.manifest import ManifestError
 
     ready, what = gpu_status()
     if ready:
         return Check("gpu", OK, what)
     fix = "install JetPack's TensorRT and pycuda (docs/jetson.md)"
     if model is not None and model.suffix.lower() in ENGINE_SUFFIXES:
-        twin = cpu_twin(model) if model.is_file() else None
+        try:
+            twin = cpu_twin(model)
+        except ManifestError:  # the model line says what is wrong with it
+            twin = None
         if twin is None:
             return Check("gpu", FAIL, what, f"{fix}, or pass the .onnx model to use the CPU")
         return Check("gpu", WARN, f"{what}; run falls back to {twin} on the CPU, slower", fix)

@@ -124,25 +124,15 @@ def test_a_manifest_that_misdescribes_the_graph_exits_2_before_any_frame(clip, t
     [
         (["--model", "missing.onnx"], "model file missing.onnx does not exist"),
         (["--model", "model.pt"], "unknown model type '.pt'"),
-        (["--model", "model.plan"], "Pass the .onnx model to use the CPU backend"),
+        (["--model", "model.plan"], "no manifest at"),  # an engine copied without its manifest
     ],
 )
 def test_unusable_models_exit_2(clip, tmp_path, args, message):
     (tmp_path / "model.pt").write_bytes(b"torch")
     (tmp_path / "model.plan").write_bytes(b"engine")
-    if message.startswith("Pass") and _tensorrt_importable():
-        pytest.skip("TensorRT is installed here")
     args = [str(tmp_path / a) if a.startswith("model.") else a for a in args]
     code, _, err = finished("run", "--source", clip, *args)
     assert code == 2 and message in err and "Traceback" not in err
-
-
-def _tensorrt_importable() -> bool:
-    try:
-        import tensorrt
-    except ImportError:
-        return False
-    return hasattr(tensorrt, "Runtime")  # not just its type stubs
 
 
 @pytest.mark.parametrize(

@@ -48,12 +48,12 @@ def open_backend(model_path: str | Path) -> Backend:
 
 
 def cpu_twin(engine_path: Path) -> Path | None:
-    """The ONNX model an engine was built from, if it sits beside it under the same name."""
+    """The ONNX model an engine was built from, if it sits beside it under the same name.
+
+    ManifestError when the engine does not match its own manifest.
+    """
     candidate = engine_path.with_suffix(".onnx")
-    try:
-        recorded = (Manifest.for_model(engine_path).engine or {}).get("source_onnx_sha256")
-    except ManifestError:
-        return None
+    recorded = (Manifest.for_model(engine_path).engine or {}).get("source_onnx_sha256")
     if recorded and candidate.is_file() and file_sha256(candidate) == recorded:
         return candidate
     return None
