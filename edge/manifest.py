@@ -86,7 +86,9 @@ class Manifest:
         try:
             data = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
-            raise ManifestError(f"no manifest at {path}; export the model with 'riad-trainer export'") from None
+            engine = path.name.endswith((".plan.json", ".engine.json"))
+            make = "build the engine with 'riad-trainer build-engine'" if engine else "export the model with 'riad-trainer export'"
+            raise ManifestError(f"no manifest at {path}; {make}, which writes it beside the model") from None
         except (OSError, ValueError) as exc:
             raise ManifestError(f"cannot read manifest {path}: {exc}") from None
         if not isinstance(data, dict):

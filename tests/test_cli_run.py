@@ -124,7 +124,7 @@ def test_a_manifest_that_misdescribes_the_graph_exits_2_before_any_frame(clip, t
     [
         (["--model", "missing.onnx"], "model file missing.onnx does not exist"),
         (["--model", "model.pt"], "unknown model type '.pt'"),
-        (["--model", "model.plan"], "no manifest at"),  # an engine copied without its manifest
+        (["--model", "model.plan"], "build the engine with 'riad-trainer build-engine'"),  # copied without its manifest
     ],
 )
 def test_unusable_models_exit_2(clip, tmp_path, args, message):
