@@ -26,15 +26,24 @@ LAUNCHER = Path(__file__).with_name("kernel_host_launch.cpp")
 C_TYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "f": ctypes.c_float}
 
 
-def build_host_kernels(out_dir: Path) -> Path:
-    """g++ build of the kernels and their launcher; warnings are errors, no FMA contraction."""
+# With ASan and UBSan every kernel's stray read or write, past a buffer or out of an
+# int's range, stops the process: on a GPU it would go unnoticed.
+SANITIZERS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+
+
+def build_host_kernels(out_dir: Path, sanitized: bool = False) -> Path:
+    """g++ build of the kernels and their launcher; warnings are errors, no FMA contraction.
+
+    A `sanitized` library must be loaded by a process started with the sanitizer
+    runtimes preloaded (tests/test_kernels_host.py shows how).
+    """
     gxx = shutil.which("g++")
     if gxx is None:
         raise FileNotFoundError("g++ not installed")
-    library = out_dir / "libriad_kernels_host.so"
+    library = out_dir / ("libriad_kernels_sanitized.so" if sanitized else "libriad_kernels_host.so")
     subprocess.run(
-        [gxx, "-O2", "-shared", "-fPIC", "-std=c++20", "-pthread", "-Wall", "-Wextra", "-Werror",
-         "-ffp-contract=off", f"-I{KERNELS_DIR}", str(LAUNCHER), "-o", str(library)],
+        [gxx, *(SANITIZERS if sanitized else ["-O2"]), "-shared", "-fPIC", "-std=c++20", "-pthread",
+         "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", f"-I{KERNELS_DIR}", str(LAUNCHER), "-o", str(library)],
         check=True,
     )  # fmt: skip
     return library

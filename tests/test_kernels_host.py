@@ -13,6 +13,10 @@ Device memory starts as NaN, so a value nothing wrote shows. Tolerances (float32
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -32,7 +36,7 @@ from edge.anomaly_map import (
 from edge.gpu_map import GpuAnomalyMap
 from edge.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.preprocess import prepare, read_image
-from tests.host_device import HostDevice
+from tests.host_device import HostDevice, build_host_kernels
 
 
 def host_map(library: Path, size: int, masks: np.ndarray, spec: MapSpec) -> GpuAnomalyMap:
@@ -97,6 +101,7 @@ def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, size):
 @pytest.mark.parametrize(
     "size, levels, sigma",
     [
+        (48, 4, default_sigma(48)),  # pyramid levels whose size is no multiple of a block
         (64, 4, default_sigma(64)),
         (128, 4, default_sigma(128)),
         (128, 2, 0.0),
@@ -147,3 +152,52 @@ def test_max_value_finds_the_maximum_wherever_it_is(host_kernels, count):
         device.launch("max_value", 1, values_address, count, result_address)
         device.to_host(result, result_address)
         assert result[0] == -0.5, f"count {count}, maximum at {position}"
+
+
+# Runs in a process with the sanitizer runtimes preloaded: sizes whose pyramid levels
+# leave the last block of threads part-empty, so every kernel's bounds guard is needed.
+SANITIZED_RUN = """
+import sys
+from pathlib import Path
+import numpy as np
+from edge.anomaly_map import MapSpec, default_sigma
+from edge.gpu_map import GpuAnomalyMap
+from edge.masks import MaskSpec, fixed_masks
+from tests.host_device import HostDevice, build_host_kernels
+library = Path(sys.argv[1])
+for size in (48, 80):
+    masks = fixed_masks(size, size, MaskSpec(), seed=size)
+    gpu = GpuAnomalyMap(size, masks, MapSpec(sigma=default_sigma(size)), device=HostDevice(library))
+    rng = np.random.default_rng(size)
+    gpu.variants(rng.random((3, size, size), dtype=np.float32))
+    gpu.upload(rng.random((12, 3, size, size), dtype=np.float32), gpu.outputs_address)
+    amap, score = gpu.score()
+    assert np.isfinite(amap).all() and score == amap.max()
+print("clean")
+"""
+
+
+def sanitizer_runtimes() -> list[str]:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return []
+    found = [subprocess.run([gcc, f"-print-file-name={name}"], capture_output=True, text=True, check=False)
+             .stdout.strip() for name in ("libasan.so", "libubsan.so")]  # fmt: skip
+    return found if all(Path(f).is_absolute() and Path(f).exists() for f in found) else []
+
+
+def test_kernels_stay_in_bounds_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    runtimes = sanitizer_runtimes()
+    if not runtimes:
+        pytest.skip("gcc's ASan/UBSan runtimes are not installed")
+    library = build_host_kernels(tmp_path, sanitized=True)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": " ".join(runtimes),
+        "ASAN_OPTIONS": "detect_leaks=0",  # Python itself keeps its allocations to the end
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    run = subprocess.run([sys.executable, "-c", SANITIZED_RUN, str(library)], env=env,
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "clean", run.stderr[-3000:]
