@@ -62,8 +62,6 @@ class KernelDevice(Protocol):
 
     @property
     def stream_handle(self) -> int: ...
-    def name(self) -> str: ...
-    def compute_capability(self) -> tuple[int, int]: ...
     def push(self) -> None: ...
     def pop(self) -> None: ...
     def alloc(self, nbytes: int) -> int: ...
@@ -131,13 +129,6 @@ class _PyCudaDevice:
     @property
     def stream_handle(self) -> int:
         return int(self.stream.handle)
-
-    def name(self) -> str:
-        return str(self.device.name())
-
-    def compute_capability(self) -> tuple[int, int]:
-        major, minor = self.device.compute_capability()
-        return int(major), int(minor)
 
     def push(self) -> None:
         self.context.push()
@@ -208,13 +199,6 @@ class _CupyDevice:
     @property
     def stream_handle(self) -> int:
         return int(self.stream.ptr)
-
-    def name(self) -> str:
-        return str(self.runtime.getDeviceProperties(0)["name"].decode())
-
-    def compute_capability(self) -> tuple[int, int]:
-        cc = self.device.compute_capability  # "87"
-        return int(cc[:-1]), int(cc[-1])
 
     def push(self) -> None:
         self.device.use()

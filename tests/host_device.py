@@ -56,15 +56,8 @@ class HostDevice:
             ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)
         ]  # fmt: skip
         self.allocations: list[np.ndarray] = []
-        self.launches: list[tuple[str, int]] = []  # (kernel, threads launched)
 
     stream_handle = 0
-
-    def name(self) -> str:
-        return "host (kernels compiled with g++)"
-
-    def compute_capability(self) -> tuple[int, int]:
-        return (0, 0)
 
     def push(self) -> None:
         """No context on the host."""
@@ -97,7 +90,6 @@ class HostDevice:
         grid, _, _ = blocks_for(count)
         if self.lib.host_launch(name.encode(), grid, THREADS, params) != 0:
             raise KeyError(f"the host launcher has no kernel {name}")
-        self.launches.append((name, grid * THREADS))
 
     def synchronize(self) -> None:
         """Launches and copies ran when they were called."""
