@@ -27,8 +27,9 @@ PYRAMID_LEVELS = 4
 SIGMA_AT_256 = 4.0
 
 
-def default_sigma(input_size: int) -> float:
-    return SIGMA_AT_256 * input_size / 256.0
+def default_sigma(height: int, width: int) -> float:
+    """The reference's smoothing width, relative to the input's scale (its pixel count)."""
+    return SIGMA_AT_256 * math.sqrt(height * width) / 256.0
 
 
 @dataclass(frozen=True)

@@ -90,16 +90,16 @@ def check_model(model: Path, frame: np.ndarray | None) -> Check:
         return Check("model", FAIL, str(exc), "set up the GPU path (docs/gpu.md), or pass the .onnx model to use the CPU")
     with backend:
         m = backend.manifest
-        image = frame if frame is not None else np.full((m.input_size, m.input_size, 3), 128, np.uint8)
+        image = frame if frame is not None else np.full((m.input_height, m.input_width, 3), 128, np.uint8)
         started = time.perf_counter()
         try:
-            score = backend.score(prepare(image, m.input_size)).score
+            score = backend.score(prepare(image, m.input_shape)).score
         except Exception as exc:  # noqa: BLE001 - any failure to score is this check's answer
             return Check("model", FAIL, f"{model} loaded but could not score a frame: {exc}",
                          "re-export the model with 'riad-trainer export'")
         took = (time.perf_counter() - started) * 1000
     what = "a camera frame" if frame is not None else "a grey test frame"
-    return Check("model", OK, f"{m.model_id} ({m.input_size} px, threshold {m.threshold:.4f}) on {backend.name}: "
+    return Check("model", OK, f"{m.model_id} ({m.input_width}x{m.input_height} px, threshold {m.threshold:.4f}) on {backend.name}: "
                  f"{what} scored {score:.4f} in {took:.0f} ms")
 
 

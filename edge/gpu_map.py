@@ -269,11 +269,11 @@ def open_device() -> _PyCudaDevice | _CupyDevice:
 
 
 class GpuAnomalyMap:
-    """Device buffers and kernels for one input size, mask set and map spec."""
+    """Device buffers and kernels for one input shape, mask set and map spec."""
 
     def __init__(
         self,
-        input_size: int,
+        input_shape: tuple[int, int],
         masks: np.ndarray,
         map_spec: MapSpec,
         device: KernelDevice | None = None,
@@ -281,18 +281,18 @@ class GpuAnomalyMap:
         """`device`: where the kernels run; by default GPU 0 through pycuda or CuPy
         (tests pass one that runs them on the host)."""
         num_sizes, num_sets, height, width = masks.shape
-        if (height, width) != (input_size, input_size):
+        if (height, width) != tuple(input_shape):
             raise ValueError(
-                f"masks are {height}x{width}, the input size is {input_size}"
+                f"masks are {height}x{width}, the input is {input_shape[0]}x{input_shape[1]}"
             )
-        if input_size % (1 << (map_spec.levels - 1)):
+        if height % (1 << (map_spec.levels - 1)) or width % (1 << (map_spec.levels - 1)):
             raise ValueError(
-                f"input size {input_size} cannot be halved {map_spec.levels - 1} times"
+                f"input {height}x{width} cannot be halved {map_spec.levels - 1} times"
             )
-        self.size = input_size
+        self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
         self.num_variants = num_sizes * num_sets
-        plane = input_size * input_size
+        plane = height * width
         self.pyramid_size = sum(
             plane >> (2 * level) for level in range(map_spec.levels)
         )
@@ -321,10 +321,8 @@ class GpuAnomalyMap:
             self.map_address = self.device.alloc(plane * f32)
             self.score_address = self.device.alloc(f32)
             # Pinned host buffers, so uploads and downloads are true async DMA.
-            self.frame_host = self.device.pinned(
-                (3, input_size, input_size), np.float32
-            )
-            self.map_host = self.device.pinned((input_size, input_size), np.float32)
+            self.frame_host = self.device.pinned((3, height, width), np.float32)
+            self.map_host = self.device.pinned((height, width), np.float32)
             self.score_host = self.device.pinned((1,), np.float32)
             # Constants, uploaded once (each upload waits for its copy).
             self._upload_constant(pixel_sets(masks), self.pixel_set_address)
@@ -334,9 +332,9 @@ class GpuAnomalyMap:
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, device: KernelDevice | None = None) -> GpuAnomalyMap:
-        size = manifest.input_size
-        masks = fixed_masks(size, size, manifest.mask_spec, manifest.mask_seed)
-        return cls(size, masks, manifest.map_spec, device)
+        height, width = manifest.input_shape
+        masks = fixed_masks(height, width, manifest.mask_spec, manifest.mask_seed)
+        return cls((height, width), masks, manifest.map_spec, device)
 
     @property
     def stream_handle(self) -> int:
@@ -352,12 +350,13 @@ class GpuAnomalyMap:
     def variants(self, frame: np.ndarray) -> int:
         """Queue the frame's masked variants; returns the batch's device address.
 
-        `frame` is a (3, S, S) float32 RGB image in [0, 1]. The batch is
-        (K*n, 3, S, S) float32 at `variants_address`.
+        `frame` is a (3, H, W) float32 RGB image in [0, 1]. The batch is
+        (K*n, 3, H, W) float32 at `variants_address`.
         """
-        s, plane = self.size, self.size * self.size
-        if frame.shape != (3, s, s):
-            raise ValueError(f"frame is {frame.shape}, expected (3, {s}, {s})")
+        h, w = self.height, self.width
+        plane = h * w
+        if frame.shape != (3, h, w):
+            raise ValueError(f"frame is {frame.shape}, expected (3, {h}, {w})")
         self.device.push()
         try:
             self.frame_host[...] = frame
@@ -365,29 +364,30 @@ class GpuAnomalyMap:
             self.device.launch(
                 "expand_variants", self.num_variants * 3 * plane,
                 self.frame_address, self.pixel_set_address,
-                self.num_sizes, self.num_sets, s, s, self.variants_address,
+                self.num_sizes, self.num_sets, h, w, self.variants_address,
             )  # fmt: skip
             self.device.launch(
-                "frame_gray", plane, self.frame_address, s, s, self.gray_address
+                "frame_gray", plane, self.frame_address, h, w, self.gray_address
             )
         finally:
             self.device.pop()
         return self.variants_address
 
     def score(self) -> tuple[np.ndarray, float]:
-        """The (S, S) anomaly map and its maximum, from the network's outputs on the device.
+        """The (H, W) anomaly map and its maximum, from the network's outputs on the device.
 
-        The (K*n, 3, S, S) float32 reconstructions are at `outputs_address`, where the
+        The (K*n, 3, H, W) float32 reconstructions are at `outputs_address`, where the
         engine writes; call after `variants` on this stream.
         """
-        s, plane, d = self.size, self.size * self.size, self.device
+        h, w, d = self.height, self.width, self.device
+        plane = h * w
         levels = self.spec.levels
         d.push()
         try:
             d.launch(
                 "recombined_gray", self.num_sizes * plane,
                 self.outputs_address, self.pixel_set_address,
-                self.num_sizes, self.num_sets, s, s, self.pyramid_size, self.gray_address,
+                self.num_sizes, self.num_sets, h, w, self.pyramid_size, self.gray_address,
             )  # fmt: skip
             for level in range(1, levels):
                 count = (1 + self.num_sizes) * (plane >> (2 * level))
@@ -398,19 +398,19 @@ class GpuAnomalyMap:
                     1 + self.num_sizes,
                     self.pyramid_size,
                     level,
-                    s,
-                    s,
+                    h,
+                    w,
                 )
             for level in range(levels):
                 d.launch(
                     "gms_level", self.num_sizes * (plane >> (2 * level)),
-                    self.gray_address, self.num_sizes, self.pyramid_size, level, s, s, self.spec.c, self.gms_address,
+                    self.gray_address, self.num_sizes, self.pyramid_size, level, h, w, self.spec.c, self.gms_address,
                 )  # fmt: skip
-            d.launch("raw_anomaly", plane, self.gms_address, self.num_sizes, self.pyramid_size, levels, s, s,
+            d.launch("raw_anomaly", plane, self.gms_address, self.num_sizes, self.pyramid_size, levels, h, w,
                      self.raw_map_address)  # fmt: skip
-            d.launch("gaussian_pass", plane, self.raw_map_address, self.taps_address, self.radius, s, s, 0,
+            d.launch("gaussian_pass", plane, self.raw_map_address, self.taps_address, self.radius, h, w, 0,
                      self.scratch_address)  # fmt: skip
-            d.launch("gaussian_pass", plane, self.scratch_address, self.taps_address, self.radius, s, s, 1,
+            d.launch("gaussian_pass", plane, self.scratch_address, self.taps_address, self.radius, h, w, 1,
                      self.map_address)  # fmt: skip
             # One block: max_value reduces the whole map itself.
             d.launch("max_value", 1, self.map_address, plane, self.score_address)

@@ -43,7 +43,9 @@ class Manifest:
 
     model_id: str
     category: str
-    input_size: int
+    # The network's input, in the aspect ratio of the training images (trainer.data.input_shape).
+    input_height: int
+    input_width: int
     model_width: int
     threshold: float
     model_file: str  # file name, relative to the manifest's folder
@@ -65,6 +67,11 @@ class Manifest:
     # compute_capability, precision, source_onnx_sha256, max_batch.
     engine: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the network input, as edge.preprocess.prepare takes it."""
+        return self.input_height, self.input_width
 
     @property
     def mask_spec(self) -> MaskSpec:
@@ -98,6 +105,9 @@ class Manifest:
             raise ManifestError(
                 f"manifest {path} has format version {version}; this riad-edge reads version {FORMAT_VERSION}"
             )
+        if "input_size" in data:  # written before inputs could be non-square: a square
+            data.setdefault("input_height", data["input_size"])
+            data.setdefault("input_width", data["input_size"])
         known = {f.name for f in fields(cls)}
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in data]

@@ -130,7 +130,7 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> None:
         try:
-            image = prepare(frame.image, self.backend.manifest.input_size)
+            image = prepare(frame.image, self.backend.manifest.input_shape)
         except ValueError as exc:
             self.stats.record_corrupt()
             log.warning("frame %d skipped: %s", frame.index, exc)

@@ -27,15 +27,20 @@ def to_rgb8(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported frame shape {frame.shape}")
 
 
-def prepare(frame: np.ndarray, size: int) -> np.ndarray:
-    """(3, size, size) float32 RGB in [0, 1] from an OpenCV frame of any size."""
+def prepare(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) float32 RGB in [0, 1] from an OpenCV frame of any size.
+
+    `shape` is the model's input (height, width), which the trainer chose in the aspect
+    ratio of its training images, so a part framed as in training is not distorted.
+    """
     if frame is None or frame.size == 0:
         raise ValueError("empty frame")
     rgb = to_rgb8(frame)
     h, w = rgb.shape[:2]
+    height, width = shape
     # Area averaging when shrinking (no aliasing); linear when enlarging.
-    interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    resized = cv2.resize(rgb, (size, size), interpolation=interpolation)
+    interpolation = cv2.INTER_AREA if h >= height and w >= width else cv2.INTER_LINEAR
+    resized = cv2.resize(rgb, (width, height), interpolation=interpolation)
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 

@@ -122,7 +122,7 @@ def run_inspection(
             return fail(str(exc), EXIT_SOURCE_UNAVAILABLE)
         camera_id = camera_id or source.camera_id
         threshold = backend.manifest.threshold if threshold is None else threshold
-        print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_size} px), threshold {threshold:.4f}")
+        print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_width}x{backend.manifest.input_height} px), threshold {threshold:.4f}")
         print(f"source: {source.description} as camera '{camera_id}'")
 
         # The demo turns the console lines off: its watcher prints the same alerts from MQTT.

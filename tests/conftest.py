@@ -59,12 +59,13 @@ def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) ->
     Manifest(
         model_id="tiny-test",
         category="test",
-        input_size=input_size,
+        input_height=input_size,
+        input_width=input_size,
         model_width=8,
         threshold=threshold,
         model_file=path.name,
         model_sha256=file_sha256(path),
-        map_sigma=default_sigma(input_size),
+        map_sigma=default_sigma(input_size, input_size),
     ).save(manifest_path(path))
     return path
 

@@ -14,7 +14,7 @@ from trainer.calibrate import calibrate_threshold
 
 def test_threshold_from_real_good_images(tiny_onnx_model, bottle_dir):
     paths = sorted((bottle_dir / "test" / "good").glob("*.png"))[:4]
-    images = [prepare(read_image(p), 64) for p in paths]
+    images = [prepare(read_image(p), (64, 64)) for p in paths]
     with OnnxCpuBackend(tiny_onnx_model, threads=1) as backend:
         result = calibrate_threshold(backend, images)
         scores = np.array([backend.score(image).score for image in images])
@@ -38,7 +38,7 @@ class MeanBrightness(Backend):
 def test_threshold_never_below_the_highest_good_score():
     # Eleven black images and one white: mean + 3 std = 0.95 lies below the white one's 1.0.
     images = [np.full((3, 16, 16), 1.0 if i == 0 else 0.0, np.float32) for i in range(12)]
-    manifest = Manifest("m", "c", input_size=16, model_width=4, threshold=0.5, model_file="m.onnx", model_sha256="")
+    manifest = Manifest("m", "c", input_height=16, input_width=16, model_width=4, threshold=0.5, model_file="m.onnx", model_sha256="")
 
     result = calibrate_threshold(MeanBrightness(manifest), images)
 
@@ -47,6 +47,6 @@ def test_threshold_never_below_the_highest_good_score():
 
 
 def test_too_few_images_is_a_clear_error(tiny_onnx_model, bottle_dir):
-    image = prepare(read_image(bottle_dir / "test" / "good" / "000.png"), 64)
+    image = prepare(read_image(bottle_dir / "test" / "good" / "000.png"), (64, 64))
     with OnnxCpuBackend(tiny_onnx_model, threads=1) as backend, pytest.raises(ValueError, match="at least 2"):
         calibrate_threshold(backend, [image])

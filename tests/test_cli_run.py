@@ -108,7 +108,7 @@ def test_a_manifest_threshold_that_is_not_a_finite_number_exits_2(clip, tiny_onn
     assert "Traceback" not in err and out == ""
 
 
-@pytest.mark.parametrize("field, value", [("input_size", 48), ("input_name", "input"), ("output_name", "output")])
+@pytest.mark.parametrize("field, value", [("input_height", 48), ("input_width", 48), ("input_name", "input"), ("output_name", "output")])
 def test_a_manifest_that_misdescribes_the_graph_exits_2_before_any_frame(clip, tiny_onnx_model, field, value):
     manifest = json.loads(manifest_path(tiny_onnx_model).read_text())
     manifest[field] = value

@@ -151,7 +151,7 @@ def test_evaluate_measures_the_onnx_model_as_the_edge_runs_it(category, tiny_onn
     with OnnxCpuBackend(tiny_onnx_model, threads=1) as backend:
         for image in report["images"]:
             frame = read_image(category / image["image"])
-            assert image["score"] == pytest.approx(backend.score(prepare(frame, 64)).score, rel=1e-6)
+            assert image["score"] == pytest.approx(backend.score(prepare(frame, (64, 64))).score, rel=1e-6)
 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == report

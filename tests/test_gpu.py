@@ -64,12 +64,12 @@ needs_tensorrt = pytest.mark.skipif(
 )
 
 
-def bottle_images(bottle_dir: Path, size: int) -> list[np.ndarray]:
+def bottle_images(bottle_dir: Path, shape: tuple[int, int]) -> list[np.ndarray]:
     paths = [
         min((bottle_dir / "train" / "good").glob("*.png")),
         min((bottle_dir / "test" / "broken_large").glob("*.png")),
     ]
-    return [prepare(read_image(p), size) for p in paths]
+    return [prepare(read_image(p), shape) for p in paths]
 
 
 @pytest.fixture(
@@ -91,8 +91,8 @@ def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_
     m = cpu.manifest
     gpu = GpuAnomalyMap.for_manifest(m, kernel_device)
     try:
-        for image in bottle_images(bottle_dir, m.input_size):
-            batch_shape = (gpu.num_variants, 3, m.input_size, m.input_size)
+        for image in bottle_images(bottle_dir, m.input_shape):
+            batch_shape = (gpu.num_variants, 3, *m.input_shape)
             variants = gpu.download(gpu.variants(image), batch_shape)
             np.testing.assert_array_equal(variants, masked_variants(image, cpu.masks))
             (outputs,) = cpu.session.run([m.output_name], {m.input_name: variants})
@@ -122,7 +122,7 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
     assert (tmp_path / "timing.cache").stat().st_size > 0
     cpu = OnnxCpuBackend(tiny_onnx_model)
     with TensorRTBackend(engine_path) as gpu:
-        for image in bottle_images(bottle_dir, cpu.manifest.input_size):
+        for image in bottle_images(bottle_dir, cpu.manifest.input_shape):
             got, expected = gpu.score(image), cpu.score(image)
             np.testing.assert_allclose(
                 got.anomaly_map, expected.anomaly_map, rtol=0, atol=1e-4
@@ -184,7 +184,7 @@ def test_an_engine_falls_back_to_the_onnx_it_was_built_from(tiny_onnx_model, bot
         backend = open_backend(engine)
     with backend, OnnxCpuBackend(tiny_onnx_model) as direct:
         assert isinstance(backend, OnnxCpuBackend)
-        (image,) = bottle_images(bottle_dir, direct.manifest.input_size)[:1]
+        (image,) = bottle_images(bottle_dir, direct.manifest.input_shape)[:1]
         assert backend.score(image).score == direct.score(image).score
     assert f"running {tiny_onnx_model}, the model it was built from, on the CPU instead" in caplog.text
 
@@ -250,7 +250,7 @@ def engine_manifest(tmp_path: Path) -> tuple[Manifest, Path]:
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"not really an engine, but hashed like one")
     manifest = Manifest(
-        model_id="m", category="test", input_size=64, model_width=8, threshold=0.5,
+        model_id="m", category="test", input_height=64, input_width=64, model_width=8, threshold=0.5,
         model_file=engine.name, model_sha256=file_sha256(engine),
         engine={"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16"},
     )  # fmt: skip

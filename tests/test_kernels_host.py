@@ -39,15 +39,15 @@ from edge.preprocess import prepare, read_image
 from tests.host_device import HostDevice, build_host_kernels
 
 
-def host_map(library: Path, size: int, masks: np.ndarray, spec: MapSpec) -> GpuAnomalyMap:
-    return GpuAnomalyMap(size, masks, spec, device=HostDevice(library))
+def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec) -> GpuAnomalyMap:
+    return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library))
 
 
-def bottle_pair(bottle_dir: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A good bottle and a defective one at `size`, as (3, S, S) images."""
-    good = prepare(read_image(min((bottle_dir / "train" / "good").glob("*.png"))), size)
+def bottle_pair(bottle_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A good bottle and a defective one at `shape`, as (3, H, W) images."""
+    good = prepare(read_image(min((bottle_dir / "train" / "good").glob("*.png"))), shape)
     broken = prepare(
-        read_image(min((bottle_dir / "test" / "broken_large").glob("*.png"))), size
+        read_image(min((bottle_dir / "test" / "broken_large").glob("*.png"))), shape
     )
     return good, broken
 
@@ -56,15 +56,12 @@ def altered_outputs(
     original: np.ndarray, defect: np.ndarray, variants: int, seed: int
 ) -> np.ndarray:
     """What a net might answer: a blurred original with a patch of another image, per-variant noise."""
-    size = original.shape[-1]
+    h, w = original.shape[-2:]
     blurred = cv2.GaussianBlur(original.transpose(1, 2, 0), (5, 5), 1.2).transpose(
         2, 0, 1
     )
-    quarter = size // 4
     # Another image's centre pasted into the upper left: gradients unlike the original's.
-    blurred[:, quarter : 2 * quarter, quarter : 2 * quarter] = defect[
-        :, 2 * quarter : 3 * quarter, 2 * quarter : 3 * quarter
-    ]
+    blurred[:, h // 4 : h // 2, w // 4 : w // 2] = defect[:, h // 2 : 3 * h // 4, w // 2 : 3 * w // 4]
     noise = (
         np.random.default_rng(seed)
         .normal(0, 0.005, (variants, *original.shape))
@@ -73,18 +70,18 @@ def altered_outputs(
     return np.clip(blurred[None] + noise, 0, 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("size", [64, 128])
-def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, size):
-    original, defect = bottle_pair(bottle_dir, size)
+@pytest.mark.parametrize("shape", [(64, 64), (128, 128), (80, 48)])
+def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape):
+    original, defect = bottle_pair(bottle_dir, shape)
     spec, map_spec = MaskSpec(), MapSpec()
-    masks = fixed_masks(size, size, spec, seed=3)
+    masks = fixed_masks(*shape, spec, seed=3)
     k, n = len(spec.cell_sizes), spec.num_sets
-    gpu = host_map(host_kernels, size, masks, map_spec)
+    gpu = host_map(host_kernels, shape, masks, map_spec)
 
-    variants = gpu.download(gpu.variants(original), (k * n, 3, size, size))
+    variants = gpu.download(gpu.variants(original), (k * n, 3, *shape))
     np.testing.assert_array_equal(variants, masked_variants(original, masks))
 
-    outputs = altered_outputs(original, defect, k * n, seed=size)
+    outputs = altered_outputs(original, defect, k * n, seed=shape[0] + shape[1])
     gpu.upload(outputs, gpu.outputs_address)
     gpu.score()
     # Pyramid 0 is the original's, pyramid 1 + k the cell size k's recombination.
@@ -99,26 +96,28 @@ def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, size):
 
 
 @pytest.mark.parametrize(
-    "size, levels, sigma",
+    "shape, levels, sigma",
     [
-        (48, 4, default_sigma(48)),  # pyramid levels whose size is no multiple of a block
-        (64, 4, default_sigma(64)),
-        (128, 4, default_sigma(128)),
-        (128, 2, 0.0),
-        (64, 1, 3.0),
+        ((48, 48), 4, default_sigma(48, 48)),  # pyramid levels whose size is no multiple of a block
+        ((64, 64), 4, default_sigma(64, 64)),
+        ((128, 128), 4, default_sigma(128, 128)),
+        ((128, 128), 2, 0.0),
+        ((64, 64), 1, 3.0),
+        ((160, 64), 4, default_sigma(160, 64)),  # a tall part's input
+        ((48, 112), 4, default_sigma(48, 112)),  # a wide one
     ],
 )
-def test_anomaly_map_matches_reference(host_kernels, bottle_dir, size, levels, sigma):
-    original, defect = bottle_pair(bottle_dir, size)
+def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, sigma):
+    original, defect = bottle_pair(bottle_dir, shape)
     mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, sigma=sigma)
-    masks = fixed_masks(size, size, mask_spec, seed=5)
+    masks = fixed_masks(*shape, mask_spec, seed=5)
     k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
-    outputs = altered_outputs(original, defect, k * n, seed=size + levels)
-    gpu = host_map(host_kernels, size, masks, map_spec)
+    outputs = altered_outputs(original, defect, k * n, seed=shape[0] + shape[1] + levels)
+    gpu = host_map(host_kernels, shape, masks, map_spec)
     gpu.variants(original)
     gpu.upload(outputs, gpu.outputs_address)
     amap, score = gpu.score()
-    raw = gpu.download(gpu.raw_map_address, (size, size))
+    raw = gpu.download(gpu.raw_map_address, shape)
     gpu.close()
 
     reconstructions = recombine(outputs, masks)
@@ -133,8 +132,9 @@ def test_anomaly_map_matches_reference(host_kernels, bottle_dir, size, levels, s
     )
     assert score == pytest.approx(image_score(expected_map), abs=1e-5)
     # The altered patch must stand out, or this comparison would prove little.
-    inside = np.zeros((size, size), bool)
-    inside[size // 4 : size // 2, size // 4 : size // 2] = True
+    h, w = shape
+    inside = np.zeros(shape, bool)
+    inside[h // 4 : h // 2, w // 4 : w // 2] = True
     assert raw[inside].mean() > 2 * raw[~inside].mean()
 
 
@@ -165,12 +165,12 @@ from edge.gpu_map import GpuAnomalyMap
 from edge.masks import MaskSpec, fixed_masks
 from tests.host_device import HostDevice, build_host_kernels
 library = Path(sys.argv[1])
-for size in (48, 80):
-    masks = fixed_masks(size, size, MaskSpec(), seed=size)
-    gpu = GpuAnomalyMap(size, masks, MapSpec(sigma=default_sigma(size)), device=HostDevice(library))
-    rng = np.random.default_rng(size)
-    gpu.variants(rng.random((3, size, size), dtype=np.float32))
-    gpu.upload(rng.random((12, 3, size, size), dtype=np.float32), gpu.outputs_address)
+for shape in ((48, 48), (80, 80), (48, 80)):
+    masks = fixed_masks(*shape, MaskSpec(), seed=shape[1])
+    gpu = GpuAnomalyMap(shape, masks, MapSpec(sigma=default_sigma(*shape)), device=HostDevice(library))
+    rng = np.random.default_rng(shape[1])
+    gpu.variants(rng.random((3, *shape), dtype=np.float32))
+    gpu.upload(rng.random((12, 3, *shape), dtype=np.float32), gpu.outputs_address)
     amap, score = gpu.score()
     assert np.isfinite(amap).all() and score == amap.max()
 print("clean")

@@ -17,7 +17,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def bottle_pair(bottle_dir):
     """A real good bottle and a damaged copy: blurred, with a bright scratch."""
-    image = prepare(read_image(bottle_dir / "train" / "good" / "000.png"), SIZE)
+    image = prepare(read_image(bottle_dir / "train" / "good" / "000.png"), (SIZE, SIZE))
     damaged = cv2.GaussianBlur(image.transpose(1, 2, 0), (5, 5), 1.2).transpose(2, 0, 1).copy()
     damaged[:, 20:23, 10:50] = 1.0
     return image, damaged

@@ -12,7 +12,7 @@ from edge.preprocess import prepare, read_image
 
 
 def test_keys_this_version_does_not_know_are_ignored(tiny_onnx_model, bottle_dir):
-    image = prepare(read_image(min((bottle_dir / "train" / "good").glob("*.png"))), 64)
+    image = prepare(read_image(min((bottle_dir / "train" / "good").glob("*.png"))), (64, 64))
     with OnnxCpuBackend(tiny_onnx_model) as backend:
         expected = backend.score(image)
 

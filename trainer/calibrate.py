@@ -13,7 +13,7 @@ SPREAD = 3.0  # standard deviations above the mean good score
 
 
 def good_scores(backend: Backend, images: Sequence[np.ndarray]) -> np.ndarray:
-    """The image score of each (3, S, S) network input, computed exactly as the edge box computes it."""
+    """The image score of each (3, H, W) network input, computed exactly as the edge box computes it."""
     scores = [backend.score(image).score for image in tqdm(images, desc="calibrating", unit="image", leave=False)]
     return np.asarray(scores, dtype=np.float64)
 

@@ -110,11 +110,11 @@ def build_engine(
         config.clear_flag(
             trt.BuilderFlag.TF32
         )  # TF32 rounds to 10 mantissa bits: not full precision
-    size = source.input_size
+    height, width = source.input_shape
     profile = builder.create_optimization_profile()
-    one_frame = trt.Dims([per_frame, 3, size, size])
+    one_frame = trt.Dims([per_frame, 3, height, width])
     profile.set_shape(
-        source.input_name, one_frame, one_frame, trt.Dims([max_batch, 3, size, size])
+        source.input_name, one_frame, one_frame, trt.Dims([max_batch, 3, height, width])
     )
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(

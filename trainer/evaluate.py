@@ -5,7 +5,7 @@ manifest's threshold), so the numbers describe what runs by the line, not the to
 model before export.
 
 Pixel metrics are computed at the model's resolution, where the map is made: each
-ground-truth mask is resized to S x S with nearest neighbour (no new soft edges; a
+ground-truth mask is resized to the map's H x W with nearest neighbour (no new soft edges; a
 region thinner than one map pixel can vanish, as it would for the detector too).
 Upsampling the map to the image size would only interpolate it, at many times the cost.
 """
@@ -36,8 +36,8 @@ GROUND_TRUTH_COLOUR = (0, 255, 0)  # BGR green, beside the overlay's red boxes
 class ScoredImage:
     item: TestItem
     score: float
-    anomaly_map: np.ndarray  # (S, S)
-    mask: np.ndarray  # (S, S) bool ground truth at the map's resolution
+    anomaly_map: np.ndarray  # (H, W)
+    mask: np.ndarray  # (H, W) bool ground truth at the map's resolution
 
 
 def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Path, overlays: bool = True) -> dict:
@@ -57,7 +57,7 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
         scored = []
         for item in tqdm(items, desc="evaluating", unit="image"):
             frame = read_image(item.image_path)
-            result = backend.score(prepare(frame, manifest.input_size))
+            result = backend.score(prepare(frame, manifest.input_shape))
             mask = read_mask(item, frame.shape)
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
@@ -105,14 +105,13 @@ def detection_metrics(scored: list[ScoredImage], threshold: float) -> dict:
 def build_report(model_path: Path, category_dir: Path, manifest: Manifest, scored: list[ScoredImage]) -> dict:
     good = [s for s in scored if not s.item.is_defective]
     defect_types = sorted({s.item.defect_type for s in scored if s.item.is_defective})
-    size = manifest.input_size
     return {
         "model": model_path.name,
         "model_sha256": manifest.model_sha256,
         "test_set": str(category_dir.resolve()),
         "category": category_dir.resolve().name,
         "threshold": manifest.threshold,
-        "pixel_metrics_resolution": f"{size}x{size} (ground truth resized with nearest neighbour)",
+        "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",
         "pro_max_fpr": MAX_FPR,
         "overall": detection_metrics(scored, manifest.threshold),
         # Each defect type against all the good images.

@@ -50,7 +50,7 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """(N, 3, S, S) RGB in [0, 1] -> (N, 3, S, S) reconstruction in [0, 1]."""
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) reconstruction in [0, 1]."""
 
     def __init__(self, base_width: int = 64, depth: int = 4):
         super().__init__()

@@ -40,7 +40,7 @@ class MaskedVariantBatches(CalibrationDataReader):
 
 
 def quantize_int8(float_model: Path, out_path: Path, images: np.ndarray, masks: np.ndarray, input_name: str) -> None:
-    """Write the INT8 version of `float_model`, calibrated on `images` (N, 3, S, S) in [0, 1]."""
+    """Write the INT8 version of `float_model`, calibrated on `images` (N, 3, H, W) in [0, 1]."""
     # The quantiser logs every node it cannot quantise (Resize, Sigmoid); that is expected.
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)

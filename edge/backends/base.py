@@ -29,7 +29,7 @@ class Backend(ABC):
 
     @abstractmethod
     def score(self, image: np.ndarray) -> FrameScore:
-        """Score one (3, S, S) float32 RGB image in [0, 1] (see edge.preprocess.prepare)."""
+        """Score one (3, H, W) float32 RGB image in [0, 1] (see edge.preprocess.prepare)."""
 
     def close(self) -> None:
         """Release device memory and sessions; the default has nothing to release."""

@@ -30,7 +30,7 @@ class OnnxCpuBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
             raise BackendError(f"ONNX Runtime cannot load {model_path} ({exc}); re-export it with 'riad-trainer export'") from None
         self._check_io(model_path)
-        self.masks = fixed_masks(m.input_size, m.input_size, m.mask_spec, m.mask_seed)
+        self.masks = fixed_masks(m.input_height, m.input_width, m.mask_spec, m.mask_seed)
 
     def _check_io(self, model_path: str | Path) -> None:
         """The graph takes and gives what the manifest says, or the first frame would fail mid-run."""
@@ -41,7 +41,7 @@ class OnnxCpuBackend(Backend):
         def described(tensors: dict) -> str:
             return ", ".join(f"{name} ({', '.join(map(str, shape))})" for name, shape in tensors.items())
 
-        expected = [3, m.input_size, m.input_size]  # after the dynamic batch axis
+        expected = [3, m.input_height, m.input_width]  # after the dynamic batch axis
         shape = inputs.get(m.input_name)
         fixed = shape is not None and all(not isinstance(d, int) or d == e for d, e in zip(shape[1:], expected))
         if len(inputs) != 1 or m.output_name not in outputs or not fixed:
@@ -52,7 +52,7 @@ class OnnxCpuBackend(Backend):
             )
 
     def reconstruct(self, image: np.ndarray) -> np.ndarray:
-        """(len(K), 3, S, S): the per-k recombined reconstructions of one image."""
+        """(len(K), 3, H, W): the per-k recombined reconstructions of one image."""
         batch = masked_variants(image, self.masks)
         (outputs,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
         return recombine(outputs, self.masks)

@@ -83,7 +83,7 @@ class TensorRTBackend(Backend):
                 raise EngineMismatchError(
                     f"engine tensor {tensor} is not float32; rebuild it with build-engine"
                 )
-        batch = (self.gpu.num_variants, 3, m.input_size, m.input_size)
+        batch = (self.gpu.num_variants, 3, m.input_height, m.input_width)
         if not self.context.set_input_shape(m.input_name, batch):
             raise EngineMismatchError(
                 f"the engine does not accept a batch of {batch}; it was built for another input size "
