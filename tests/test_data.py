@@ -72,9 +72,9 @@ def test_fingerprint_sees_a_changed_file(bottle_dir, tmp_path):
 def test_dataset_uses_the_edge_preprocessing(bottle_dir, tmp_path):
     folder = small_good_folder(bottle_dir, tmp_path / "parts", 6)
     data = find_training_set(folder)
-    images = GoodImages(data.train, 32)
+    images = GoodImages(data.train, (32, 32))
     assert len(images) == 2 and images[0].shape == (3, 32, 32)
-    np.testing.assert_array_equal(images[1].numpy(), prepare(read_image(data.train[1]), 32))
+    np.testing.assert_array_equal(images[1].numpy(), prepare(read_image(data.train[1]), (32, 32)))
 
 
 def test_missing_directory(tmp_path):
@@ -101,4 +101,4 @@ def test_corrupt_image_is_named(bottle_dir, tmp_path):
     broken = data.train[0]
     broken.write_bytes(broken.read_bytes()[:100])  # a truncated PNG
     with pytest.raises(DataError, match=broken.name):
-        GoodImages(data.train, 32)
+        GoodImages(data.train, (32, 32))

@@ -76,8 +76,8 @@ def test_torch_masking_matches_edge_masks():
 
 def test_recipes():
     cpu, gpu = recipe("cpu"), recipe("gpu")
-    assert (cpu.input_size, cpu.base_width) == (128, 16)
-    assert (gpu.input_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 64, 300, 1e-4)
+    assert (cpu.input_size, cpu.crop_size, cpu.base_width) == (192, 128, 16)
+    assert (gpu.input_size, gpu.crop_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 0, 64, 300, 1e-4)
     assert recipe("gpu", epochs=5, base_width=None).epochs == 5
     with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
         recipe("tpu")
@@ -179,8 +179,8 @@ def test_manifest_describes_the_model(exported, trained):
     out, manifest = exported
     state = load_checkpoint(trained)
     assert Manifest.for_model(out) == manifest
-    assert manifest.model_id == f"bottle-mini-w4-32-{file_sha256(out)[:8]}"
-    assert (manifest.input_size, manifest.model_width, manifest.mask_seed) == (32, 4, 0)
+    assert manifest.model_id == f"bottle-mini-w4-32x32-{file_sha256(out)[:8]}"
+    assert (manifest.input_shape, manifest.model_width, manifest.mask_seed) == ((32, 32), 4, 0)
     assert manifest.training_fingerprint == state["fingerprint"]
     assert manifest.map_sigma == pytest.approx(0.5)
     assert manifest.recipe["epochs"] == 2 and manifest.metrics["epochs_trained"] == 2
@@ -188,7 +188,7 @@ def test_manifest_describes_the_model(exported, trained):
     # The threshold passes every held-out good image, scored as the edge box scores them.
     with OnnxCpuBackend(out) as backend:
         for path in state["held_out_images"]:
-            assert backend.score(prepare(read_image(path), 32)).score <= manifest.threshold
+            assert backend.score(prepare(read_image(path), (32, 32))).score <= manifest.threshold
 
 
 def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, trained, tmp_path):
@@ -196,7 +196,7 @@ def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, traine
     out = tmp_path / "bottle-mini-int8.onnx"
     manifest = export_onnx(trained, out, int8=True)
     assert manifest.precision == "int8" and float_manifest.precision == "fp32"
-    assert manifest.model_id == f"bottle-mini-w4-32-int8-{file_sha256(out)[:8]}"
+    assert manifest.model_id == f"bottle-mini-w4-32x32-int8-{file_sha256(out)[:8]}"
     assert Manifest.for_model(out) == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, manifest_path(out).name]  # no temp file left
     ops = {node.op_type for node in onnx.load(out).graph.node}
@@ -206,7 +206,7 @@ def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, traine
     state = load_checkpoint(trained)
     with OnnxCpuBackend(out) as int8, OnnxCpuBackend(float_path) as fp32:
         for path in state["held_out_images"]:
-            image = prepare(read_image(path), 32)
+            image = prepare(read_image(path), (32, 32))
             quantised, exact = int8.score(image), fp32.score(image)
             assert quantised.score <= manifest.threshold
             assert np.corrcoef(quantised.anomaly_map.ravel(), exact.anomaly_map.ravel())[0, 1] > 0.8

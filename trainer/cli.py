@@ -21,10 +21,13 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="defect-free images: an MVTec category (<cat>/train/good) or a folder")],
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
-        str | None, typer.Option(help="cpu: 16-wide net at 128 px, ~19 min on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px")
+        str | None, typer.Option(help="cpu: 16-wide net, 192x192 px, under an hour on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="train this many epochs in all (may grow on --resume)")] = None,
-    input_size: Annotated[int | None, typer.Option(help="network input side in pixels, a multiple of 16")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="the input has about SIZE x SIZE pixels, in the images' aspect ratio; a multiple of 16")
+    ] = None,
+    crop_size: Annotated[int | None, typer.Option(help="train on random crops of this side (0: whole images); a multiple of 16")] = None,
     width: Annotated[int | None, typer.Option(help="U-Net base width (64 = the paper's net)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per step")] = None,
     seed: Annotated[int | None, typer.Option(help="seeds weights, masks, shuffling and the hold-out split")] = None,
@@ -37,7 +40,7 @@ def train(
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
-    options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "base_width": width}
+    options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "crop_size": crop_size, "base_width": width}
     options |= {"batch_size": batch_size, "seed": seed, "device": device}
     try:
         if resume:

@@ -85,13 +85,34 @@ def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FR
     return TrainingSet(folder, category, train, held)
 
 
-def load_images(paths: list[Path], input_size: int) -> np.ndarray:
-    """(N, 3, S, S) float32: the files through the edge's own read and resize."""
-    images = np.empty((len(paths), 3, input_size, input_size), np.float32)
+def _decode(path: Path) -> np.ndarray:
+    try:
+        return read_image(path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot use training image {path}: {exc}") from None
+
+
+def input_shape(paths: list[Path], side: int, multiple: int) -> tuple[int, int]:
+    """The network input (height, width) for these images: about side x side pixels in all,
+    in their median aspect ratio, each side a multiple of `multiple`.
+
+    A square input would squash a long part (a 500 x 1260 strip to a third of its
+    height), thinning exactly the cracks the map must see. The pixel count, and so the
+    edge's cost per frame, stays that of the square the recipe names.
+    """
+    aspect = float(np.median([h / w for h, w in (_decode(p).shape[:2] for p in paths)]))
+    height = max(multiple, round(side * math.sqrt(aspect) / multiple) * multiple)
+    width = max(multiple, round(side / math.sqrt(aspect) / multiple) * multiple)
+    return height, width
+
+
+def load_images(paths: list[Path], shape: tuple[int, int]) -> np.ndarray:
+    """(N, 3, H, W) float32: the files through the edge's own read and resize."""
+    images = np.empty((len(paths), 3, *shape), np.float32)
     for i, path in enumerate(paths):
         try:
-            images[i] = prepare(read_image(path), input_size)
-        except (ValueError, OSError) as exc:
+            images[i] = prepare(_decode(path), shape)
+        except ValueError as exc:
             raise DataError(f"cannot use training image {path}: {exc}") from None
     return images
 
@@ -105,8 +126,8 @@ class GoodImages(Dataset):
     would teach the net that a part mounted the wrong way round is normal.
     """
 
-    def __init__(self, paths: list[Path], input_size: int):
-        self.images = torch.from_numpy(load_images(paths, input_size))
+    def __init__(self, paths: list[Path], shape: tuple[int, int]):
+        self.images = torch.from_numpy(load_images(paths, shape))
 
     def __len__(self) -> int:
         return len(self.images)

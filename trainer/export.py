@@ -113,7 +113,8 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
     if state["epoch"] == 0:
         raise ExportError(f"{checkpoint} holds no completed epoch; train longer before exporting")
     config = TrainConfig.from_dict(state["config"])
-    size = config.input_size
+    # Checkpoints from before non-square inputs were square.
+    height, width = state.get("input_shape") or (config.input_size, config.input_size)
     held_out = [Path(p) for p in state["held_out_images"]]
     missing = [str(p) for p in held_out if not p.is_file()]
     if missing:
@@ -129,15 +130,15 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
     # Decoded once, before any file is written, so a damaged one is named first. They set
     # the threshold; the first one's 12 masked variants, the batch the edge really sends,
     # check the file against torch.
-    held_out_images = load_images(held_out, size)
-    masks = fixed_masks(size, size, config.mask_spec, config.seed)
+    held_out_images = load_images(held_out, (height, width))
+    masks = fixed_masks(height, width, config.mask_spec, config.seed)
     variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
     write_onnx(model, torch.from_numpy(variants[:2]), float_path)
     diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
     if int8:
-        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], size)
+        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width))
         try:
             quantize_int8(float_path, out_path, calibration_images, masks, INPUT_NAME)
         finally:
@@ -146,9 +147,10 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
 
     sha = file_sha256(out_path)
     manifest = Manifest(
-        model_id=f"{state['category']}-w{config.base_width}-{size}{'-int8' if int8 else ''}-{sha[:8]}",
+        model_id=f"{state['category']}-w{config.base_width}-{width}x{height}{'-int8' if int8 else ''}-{sha[:8]}",
         category=state["category"],
-        input_size=size,
+        input_height=height,
+        input_width=width,
         model_width=config.base_width,
         precision="int8" if int8 else "fp32",
         threshold=float("nan"),  # set below, from this very file's scores
@@ -157,7 +159,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
         cell_sizes=list(config.cell_sizes),
         num_sets=config.num_sets,
         mask_seed=config.seed,
-        map_sigma=default_sigma(size),
+        map_sigma=default_sigma(height, width),
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         training_fingerprint=state["fingerprint"],

@@ -1,14 +1,18 @@
 """RIAD training: teach the U-Net to inpaint hidden cells of defect-free images.
 
-Each step picks a cell size k at random, hides the cells of one of n disjoint sets in
-n copies of every image (edge.masks draws them, fresh every step), runs the net on all
-copies, and takes every pixel back from the copy in which it was hidden. The loss
-compares that recombined image with the original. Progress is checkpointed every
+The network input keeps the training images' aspect ratio (trainer.data.input_shape).
+Each step takes a random crop of every image (the net is fully convolutional, so it
+learns at the full input resolution for the price of a smaller image), picks a cell
+size k at random, hides the cells of one of n disjoint sets in n copies of every crop
+(edge.masks draws them, fresh every step), runs the net on all copies, and takes every
+pixel back from the copy in which it was hidden. The loss compares that recombined
+image with the original. The learning rate follows a cosine from `lr` down to 0. Progress is checkpointed every
 epoch to `<out>/last.pt`, which `--resume` continues and `export` turns into a model.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,7 +29,7 @@ from edge.masks import (
     check_input_size,
     make_masks,
 )
-from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, load_images
+from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, input_shape, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
 
@@ -43,7 +47,10 @@ class TrainError(Exception):
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = "cpu"
-    input_size: int = 128
+    # The input has about input_size x input_size pixels, in the images' aspect ratio.
+    input_size: int = 192
+    # Training crops' side (0: whole images); inference always sees the whole input.
+    crop_size: int = 128
     base_width: int = 16
     epochs: int = 40
     batch_size: int = 4
@@ -74,13 +81,14 @@ class TrainConfig:
 
 
 RECIPES = {
-    # Two CPU cores, 19 minutes measured on MVTec bottle (189 training images, 25-30 s an
-    # epoch): a 16-wide net (1.2 M weights, 1/16 of the paper's) at 128 px. Batches of
-    # 4 give 1 920 Adam steps in 40 epochs (48 an epoch); the small net tolerates lr 1e-3,
-    # ten times the paper's, which it needs to converge in so few steps.
+    # Two CPU cores, within an hour for 300 training images (docs/benchmarks.md): a
+    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has 192 x 192 pixels,
+    # which the CPU edge still runs at 5 frames/s, trained on 128 px crops so a step
+    # costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
+    # paper's, which it needs to converge in so few steps.
     "cpu": TrainConfig(),
-    # The paper's set-up: 256 px, the 64-wide U-Net, Adam at 1e-4 for 300 epochs.
-    "gpu": TrainConfig(recipe="gpu", input_size=256, base_width=64, epochs=300, batch_size=8, lr=1e-4),
+    # The paper's set-up: 256 px, the 64-wide U-Net, whole images, Adam at 1e-4 for 300 epochs.
+    "gpu": TrainConfig(recipe="gpu", input_size=256, crop_size=0, base_width=64, epochs=300, batch_size=8, lr=1e-4),
 }
 
 
@@ -117,6 +125,26 @@ def inpaint(model: UNet, images: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     """(len(K), B, C, H, W) reconstructions of a batch, one per cell size in `masks`."""
     outputs = model(masked_inputs(images, masks))
     return recombine(outputs.reshape(masks.shape[0] * masks.shape[1], *images.shape), masks)
+
+
+def random_crops(images: torch.Tensor, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+    """(B, C, height, width): a crop of each image at its own random place."""
+    full_height, full_width = images.shape[-2:]
+    tops = rng.integers(0, full_height - height + 1, len(images))
+    lefts = rng.integers(0, full_width - width + 1, len(images))
+    return torch.stack([image[:, t : t + height, x : x + width] for image, t, x in zip(images, tops, lefts)])
+
+
+def crop_shape(shape: tuple[int, int], crop_size: int) -> tuple[int, int]:
+    """The training crop for an input shape: crop_size a side where the input is larger."""
+    if crop_size <= 0:
+        return shape
+    return min(shape[0], crop_size), min(shape[1], crop_size)
+
+
+def cosine_lr(base: float, progress: float) -> float:
+    """From `base` at the start (progress 0) down to 0 at the end (progress 1)."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,8 +208,9 @@ def check_config(config: TrainConfig) -> None:
         check_input_size(config.input_size, config.input_size, config.mask_spec)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
-    if config.input_size % 2**UNET_DEPTH:
-        raise TrainError(f"input size {config.input_size} is not a multiple of {2**UNET_DEPTH}, as the U-Net needs")
+    for name in ("input_size", "crop_size"):
+        if getattr(config, name) % 2**UNET_DEPTH:
+            raise TrainError(f"{name} {getattr(config, name)} is not a multiple of {2**UNET_DEPTH}, as the U-Net needs")
     for name in ("epochs", "batch_size", "base_width"):
         if getattr(config, name) < 1:
             raise TrainError(f"{name} must be at least 1, not {getattr(config, name)}")
@@ -240,6 +269,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 "epoch": epoch,
                 "losses": losses,
                 "config": config.to_dict(),
+                "input_shape": list(shape),
                 "category": data.category,
                 "data_root": str(data.root),
                 "train_images": [str(p) for p in data.train],
@@ -250,20 +280,23 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
             path,
         )
 
-    images = GoodImages(data.train, config.input_size)
-    load_images(data.held_out, config.input_size)  # a damaged held-out file fails now, not at export
+    shape = input_shape(data.train, config.input_size, max(2**UNET_DEPTH, max(config.cell_sizes)))
+    images = GoodImages(data.train, shape)
+    load_images(data.held_out, shape)  # a damaged held-out file fails now, not at export
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size, spec = config.input_size, config.mask_spec
+    crop, spec = crop_shape(shape, config.crop_size), config.mask_spec
     model.train()
     try:
         while epoch < config.epochs:
             total, count = 0.0, 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
-            for batch in bar:
-                batch = batch.to(device)
+            for step, batch in enumerate(bar):
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(config.lr, (epoch + step / len(loader)) / config.epochs)
+                batch = random_crops(batch, *crop, mask_rng).to(device)
                 k = spec.cell_sizes[mask_rng.integers(len(spec.cell_sizes))]
-                masks = make_masks(size, size, MaskSpec((k,), spec.num_sets), mask_rng)
+                masks = make_masks(*crop, MaskSpec((k,), spec.num_sets), mask_rng)
                 reconstruction = inpaint(model, batch, torch.from_numpy(masks).to(device))[0]
                 loss = loss_fn(reconstruction, batch)
                 optimizer.zero_grad(set_to_none=True)
