@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -122,20 +125,73 @@ def test_resume_refuses_changed_data_and_settings(parts, tmp_path):
         train(data, run, resume_config(run, epochs=2), resume=True)
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(parts, tmp_path):
-    command = [sys.executable, "-c", "from trainer.cli import app; app()", "train", str(parts)]
-    command += ["--out", str(tmp_path), "--epochs", "100000", "--input-size", "32", "--width", "4"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# Hang guards only: a loaded CI machine may take minutes where a desk takes seconds.
+PATIENCE_S = 600
+
+
+@pytest.fixture
+def start_endless_training(parts):
+    """Starts `riad-trainer train` on the parts for ever; what a failed test leaves running is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(out: Path) -> subprocess.Popen:
+        command = [sys.executable, "-c", "from trainer.cli import app; app()", "train", str(parts)]
+        command += ["--out", str(out), "--epochs", "100000", "--input-size", "32", "--width", "4"]
+        started.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()  # nothing, where it has already ended
+        process.wait()
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(start_endless_training, tmp_path):
+    process = start_endless_training(tmp_path)
     checkpoint = tmp_path / "last.pt"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+    deadline = time.monotonic() + PATIENCE_S
+    while not checkpoint.exists():  # the first epoch is saved; the Ctrl-C lands in a later one
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the first epoch never ended"
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == 130, err
     assert "interrupted; progress is saved" in err and "Traceback" not in err
     state = load_checkpoint(checkpoint)
     assert state["epoch"] >= 1 and len(state["losses"]) == state["epoch"]
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(start_endless_training, tmp_path):
+    """A Ctrl-C that lands mid-write is held until the checkpoint is written, then stops the run.
+
+    The first save goes into a named pipe the test reads, so the test knows the write has
+    begun, and the writer stays blocked mid-write until the test reads the rest.
+    """
+    os.mkfifo(tmp_path / "last.pt.partial")
+    process = start_endless_training(tmp_path)
+    pipe = os.open(tmp_path / "last.pt.partial", os.O_RDONLY | os.O_NONBLOCK)  # does not wait for the writer
+    deadline = time.monotonic() + PATIENCE_S
+    try:
+        while not select.select([pipe], [], [], 1)[0]:  # the first epoch is done and its save has begun
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the first epoch never ended"
+        written = os.read(pipe, 1)
+        process.send_signal(signal.SIGINT)
+        os.set_blocking(pipe, True)
+        while chunk := os.read(pipe, 65536):  # lets the blocked writer finish; ends when it closes the file
+            written += chunk
+        in_flight = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ) + 1  # the most it could have written by the signal
+    finally:
+        os.close(pipe)
+    _, err = process.communicate(timeout=PATIENCE_S)
+    assert len(written) > in_flight  # so the signal came while the write was still going on
+    assert process.returncode == 130, err
+    assert "interrupted; progress is saved" in err and "Traceback" not in err
+    (tmp_path / "first.pt").write_bytes(written)
+    assert load_checkpoint(tmp_path / "first.pt")["epoch"] == 1  # the write went on to the end
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.pt", "last.pt"]
 
 
 def test_damaged_held_out_image_stops_training_at_once(parts, tmp_path):

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -190,17 +193,40 @@ def build_model(config: TrainConfig) -> UNet:
     return UNet(base_width=config.base_width, depth=UNET_DEPTH)
 
 
+@contextmanager
+def _ctrl_c_held():
+    """Hold a Ctrl-C until the block is done, then deliver it.
+
+    torch turns a KeyboardInterrupt raised inside its writer into a RuntimeError, which would
+    read as a failed write. Only the main thread receives signals; elsewhere there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to the usual handler: KeyboardInterrupt
+
+
 def _save_atomically(state: dict, path: Path) -> None:
     # A Ctrl-C or a full disk mid-write must not destroy the previous checkpoint.
     partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as file:  # closed even when the write fails
-            torch.save(state, file)
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
-        partial.unlink(missing_ok=True)
-        kept = f"the previous checkpoint {path.name} is intact" if path.is_file() else "nothing was saved yet"
-        raise TrainError(f"cannot write the checkpoint {path}: {exc}; {kept}. Free space, then continue with --resume") from None
+    with _ctrl_c_held():
+        try:
+            with open(partial, "wb") as file:  # closed even when the write fails
+                torch.save(state, file)
+            os.replace(partial, path)
+        except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+            partial.unlink(missing_ok=True)
+            kept = f"the previous checkpoint {path.name} is intact" if path.is_file() else "nothing was saved yet"
+            raise TrainError(
+                f"cannot write the checkpoint {path}: {exc}; {kept}. Free space, then continue with --resume"
+            ) from None
 
 
 def check_config(config: TrainConfig) -> None:
