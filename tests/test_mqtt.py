@@ -150,7 +150,10 @@ def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publ
     stats = json.loads(sub.on(STATS)[0])
     assert stats["schema_version"] == 1 and stats["camera_id"] == CAMERA
     assert stats["pipeline"] == {"fps": 12.5, "frames": 40}
-    assert stats["mqtt"] == {"spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "reconnects": 0}
+    assert stats["mqtt"] == {
+        "spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "set_aside": 0, "reconnects": 0,
+        "last_broker_problem": None,
+    }  # fmt: skip
     assert not sub.messages[0][2]  # not retained
 
 
