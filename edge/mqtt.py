@@ -168,7 +168,9 @@ class MqttPublisher:
             if self._client.is_connected():
                 continue
             try:
-                connect_client(self.broker, self._connect_timeout).disconnect()
+                probe = connect_client(self.broker, self._connect_timeout)
+                probe.disconnect()  # the broker is fine now: paho's next retry gets through
+                probe.loop_stop()
             except BrokerError as e:
                 if not self._client.is_connected() and not self._stop_probing.is_set():
                     self._report_problem(str(e))

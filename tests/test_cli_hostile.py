@@ -49,6 +49,11 @@ def test_a_topic_name_the_broker_refuses_exits_2_before_anything_is_spooled(clip
     assert "Traceback" not in err and out == "" and not spool.exists()
 
 
+def test_watch_refuses_a_wildcard_prefix_with_exit_2():
+    code, _, err = finished("watch", "--broker", "mqtt://127.0.0.1:1", "--topic-prefix", "riad/#")
+    assert code == 2 and "error: topic prefix 'riad/#' cannot be part of an MQTT topic" in err
+
+
 def test_an_empty_broker_url_is_an_error_not_mqtt_off(clip, tiny_onnx_model):
     code, out, err = run(clip, tiny_onnx_model, "--broker", "")
     assert code == 2 and "the broker URL is empty" in err and out == ""
