@@ -116,12 +116,16 @@ def test_any_password_in_the_url_is_taken_as_typed_and_never_shown(password):
     assert password not in config.url and password not in repr(config)
 
 
-@pytest.mark.parametrize("password", AWKWARD_PASSWORDS)
-@pytest.mark.parametrize("broken", ["mqtt://edge:{}@broker:70000", "mqtt://edge:{}@broker/riad", "http://edge:{}@broker",
-                                    "edge:{}@broker", "mqtt://edge:{}@[::1", "mqtt://edge:{}"])
+BROKEN_URLS = ["mqtt://edge:{}@broker:70000", "mqtt://edge:{}@broker/riad", "http://edge:{}@broker", "edge:{}@broker",
+               "mqtt://edge:{}@[::1", "mqtt://edge:{}"]
+
+
+@pytest.mark.parametrize(
+    "password, broken",
+    # The host forgotten and an '@' in the password: the password's end reads as a host, the URL is valid.
+    [(p, b) for p in AWKWARD_PASSWORDS for b in BROKEN_URLS if not (b == "mqtt://edge:{}" and "@" in p)],
+)
 def test_error_messages_never_show_the_password(password, broken):
-    if broken == "mqtt://edge:{}" and "@" in password:
-        pytest.skip("host forgotten and an '@' in the password: its end is a host, the URL valid")
     with pytest.raises(BrokerError) as error:
         parse_broker_url(broken.format(password))
     assert password not in str(error.value)
