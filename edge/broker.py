@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 import threading
@@ -52,7 +53,8 @@ class BrokerConfig:
     def url(self) -> str:
         """The broker as a URL for messages and logs; never shows the password."""
         user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
 
     def apply_to(self, client: paho.Client) -> None:
         """Credentials and TLS settings on a paho client, before it connects."""
@@ -67,6 +69,26 @@ class BrokerConfig:
             )
 
 
+def redact(url: str) -> str:
+    """The URL as messages show it: any password, whatever characters it holds, as ***.
+
+    The password is everything between the first ':' after `scheme://` and the last '@'
+    (unencoded '/', '@', '#'... included); a URL without '@' and with a port that is not a
+    number (`mqtt://edge:s3cret`, the host forgotten) has that "port" masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hostport = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostport}"
+    host, colon, port = hostport.partition(":")
+    if colon and "[" not in host and not port.rstrip("/").isdigit():
+        return f"{scheme}{sep}{host}:***"
+    return url
+
+
 def parse_broker_url(
     url: str,
     username: str | None = None,
@@ -78,47 +100,107 @@ def parse_broker_url(
     """`mqtt://[user[:pass]@]host[:port]` or `mqtts://...` (TLS) as a BrokerConfig.
 
     Explicit `username`/`password` win over those in the URL, so a password can come
-    from the environment instead of the command line (where `ps` shows it).
+    from the environment instead of the command line (where `ps` shows it). In the URL
+    the user name and password are percent-decoded; the password ends at the last '@'.
+    IPv6 hosts go in brackets: `mqtt://[::1]:1883`. Every error is a BrokerError whose
+    message never holds the password.
     """
-    parts = urlsplit(url.strip())
-    url = re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)  # messages never show a password
-    if parts.scheme not in DEFAULT_PORTS:
-        raise BrokerError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerError(f"broker URL {url!r}: a broker URL has no path; topics are set separately")
+    url = url.strip()
+    if not url:
+        raise BrokerError("the broker URL is empty; give mqtt://host[:port], or leave --broker out to run without MQTT")
+    shown = redact(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise BrokerError(f"broker URL {shown!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    # Split the login off ourselves: urlsplit ends it at the first '/', '?' or '#', which a password may hold.
+    userinfo, at, hostport = rest.rpartition("@")
+    try:
+        parts = urlsplit(f"{scheme}://{hostport}")
+        host = parts.hostname
+    except ValueError:  # an unclosed '[', a bracketed host that is no IP address
+        raise BrokerError(f"broker URL {shown!r}: not a host[:port]; IPv6 addresses go in brackets: mqtt://[::1]:1883") from None
     try:
         port = parts.port
     except ValueError:
-        raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535") from None
+        raise BrokerError(f"broker URL {shown!r}: the port must be a number from 1 to 65535") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerError(f"broker URL {shown!r}: a broker URL has no path; topics are set separately")
     if port == 0:
-        raise BrokerError(f"broker URL {url!r}: the port must be a number from 1 to 65535")
-    if not parts.hostname:
-        raise BrokerError(f"broker URL {url!r}: no host name")
+        raise BrokerError(f"broker URL {shown!r}: the port must be a number from 1 to 65535")
+    if not host:
+        raise BrokerError(f"broker URL {shown!r}: no host name")
+    if not _valid_host(host):
+        raise BrokerError(f"broker URL {shown!r}: {host!r} is not a host name or IP address")
 
-    tls = parts.scheme == "mqtts"
+    tls = scheme == "mqtts"
     files = {name: Path(f) if f else None for name, f in (("ca", ca_file), ("cert", cert_file), ("key", key_file))}
     if not tls and any(files.values()):
-        raise BrokerError(f"certificate files given for {url!r}, which is not TLS; use mqtts://")
+        raise BrokerError(f"certificate files given for {shown!r}, which is not TLS; use mqtts://")
     for name, path in files.items():
         if path is not None and not path.is_file():
             raise BrokerError(f"{name} file {path} not found")
     if (files["cert"] is None) != (files["key"] is None):
         raise BrokerError("a client certificate needs both the certificate file and its key file")
 
+    url_user, colon, url_password = userinfo.partition(":")
     # An empty value counts as none: a service file passes `--username ${VAR}` as "" when VAR is unset.
-    user = username or (unquote(parts.username) if parts.username else None)
-    secret = password or (unquote(parts.password) if parts.password else None)
+    user = username or unquote(url_user) or None
+    secret = password or unquote(url_password) or None
     if secret is not None and user is None:
         raise BrokerError("a broker password was given without a user name")
+    for what, text in (("user name", user), ("password", secret)):
+        if text is not None and not _encodable(text):
+            raise BrokerError(f"the broker {what} is not valid UTF-8 text")  # never shown: it may be the secret
     return BrokerConfig(
-        host=parts.hostname,
-        port=port or DEFAULT_PORTS[parts.scheme],
+        host=host,
+        port=port or DEFAULT_PORTS[scheme],
         tls=tls,
         username=user,
         password=secret,
         ca_file=files["ca"],
         cert_file=files["cert"],
         key_file=files["key"],
+    )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a name (international ones too) the resolver can be asked about."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError:  # an empty label, a label over 63 characters, text that is no name
+        return False
+    return re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", ascii_name) is not None
+
+
+def connection_failed(config: BrokerConfig, exc: OSError) -> BrokerTlsFailed | BrokerUnreachable:
+    """The error for a connect() that raised: a failed TLS handshake, or nothing reachable there."""
+    if isinstance(exc, ssl.SSLError):
+        return BrokerTlsFailed(f"TLS handshake with {config.url} failed: {exc}")
+    if config.tls and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        # TCP was accepted, then the other side hung up on our TLS hello: a plain MQTT port.
+        return BrokerTlsFailed(f"TLS handshake with {config.url} failed: {exc.strerror or exc} (is this port a TLS listener?)")
+    if isinstance(exc, ConnectionRefusedError):
+        return BrokerUnreachable(f"cannot reach broker {config.url}: connection refused (is the broker running, on this port?)")
+    return BrokerUnreachable(f"cannot reach broker {config.url}: {exc.strerror or exc}")
+
+
+def silent(config: BrokerConfig, timeout: float) -> BrokerSilent:
+    return BrokerSilent(
+        f"broker {config.url} accepted the connection but sent no answer within {timeout:g} s (no CONNACK); "
+        f"is this port an MQTT listener{' (mqtt:// for a plain port)' if config.tls else ' (mqtts:// for a TLS port)'}?"
     )
 
 
@@ -154,14 +236,12 @@ def connect_client(
     client.on_connect = on_connect
     try:
         client.connect(config.host, config.port, keepalive=30)
-    except ssl.SSLError as exc:
-        raise BrokerTlsFailed(f"TLS handshake with {config.url} failed: {exc}") from None
     except OSError as exc:
-        raise BrokerUnreachable(f"cannot reach broker {config.url}: {exc.strerror or exc}") from None
+        raise connection_failed(config, exc) from None
     client.loop_start()
     try:
         if not answered.wait(timeout):
-            raise BrokerSilent(f"broker {config.url} accepted the connection but sent no answer within {timeout:g} s")
+            raise silent(config, timeout)
         if answers[0].is_failure:
             raise refused(config, answers[0])
     except BrokerError:

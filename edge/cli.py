@@ -54,9 +54,11 @@ def run_command(
     A second Ctrl-C aborts at once.
 
     Exit codes: 0 done or stopped; 1 the inspection stopped on an error (the message says
-    which); 2 bad model, manifest, broker settings or options; 3 source unavailable (no
-    such camera, file or folder, unreadable video, or no readable frame in a file or
-    folder); 130 aborted by a second Ctrl-C.
+    which); 2 bad model, manifest, broker settings, topic names or options; 3 source
+    unavailable (no such camera, file or folder, unreadable video, or no readable frame in
+    a file or folder); 5 a file or folder run ended with MQTT events not delivered (they
+    wait in the spool); 6 defect events were lost (the spool's disk was full); 130 aborted
+    by a second Ctrl-C.
     """
     from edge.runner import run_inspection
 
@@ -106,12 +108,13 @@ def watch_command(
     Exit codes: 0 done; 1 --timeout passed before --count events; 2 broker unreachable or login refused.
     """
     from edge.broker import BrokerError, parse_broker_url
+    from edge.topics import TopicError
     from edge.watch import watch
 
     try:
         config = parse_broker_url(broker, username, password, tls_ca, tls_cert, tls_key)
         seen = watch(config, camera_id, topic_prefix, count, timeout, json_lines)
-    except BrokerError as e:
+    except (BrokerError, TopicError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -17,7 +17,6 @@ import collections
 import json
 import logging
 import queue
-import ssl
 import threading
 import time
 import uuid
@@ -28,9 +27,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig, BrokerError, BrokerTlsFailed, refused
+from edge.broker import BrokerConfig, BrokerError, BrokerTlsFailed, connect_client, connection_failed, refused, silent
 from edge.results import FrameResult
 from edge.spool import Spool, SpoolError
+from edge.topics import check_names, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ IN_FLIGHT = 20  # messages handed to paho and not yet acknowledged (paho's defau
 MEMORY_QUEUE_LIMIT = 1000  # defect events held in memory while the spool is full (about 1 kB each)
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S = (1, 30)  # paho doubles the delay after each failed attempt, up to the maximum
+PROBLEM_INTERVAL_S = 60.0  # while the broker cannot be used, find out why and say so this often
 
 
 def iso_utc(epoch: float) -> str:
@@ -51,8 +52,14 @@ class MqttPublisher:
     """A ResultSink that publishes each defective frame as an event and its heatmap overlay.
 
     The constructor connects; it raises BrokerError when the broker refuses the login or
-    the TLS handshake fails (a configuration error), but an unreachable broker is not an
-    error: events wait in the spool and paho keeps retrying.
+    the TLS handshake fails (a configuration error), and TopicError (a ValueError) for a
+    prefix or camera id that cannot be in a topic. An unreachable or silent broker is not
+    an error: events wait in the spool, paho keeps retrying, and every `problem_interval`
+    seconds a test connection names the cause in the log and `broker_problem`.
+
+    After close(): `lost` events were never spooled (the disk was full), `undelivered`
+    messages wait in the spool, `set_aside` messages were moved aside in this run, kept in
+    the spool unsent (the broker can never take them; stats count all the spool keeps).
     """
 
     def __init__(
@@ -67,9 +74,9 @@ class MqttPublisher:
         client_id: str | None = None,
         spool_max_bytes: int | None = None,
         connect_timeout: float = 5.0,
+        problem_interval: float = PROBLEM_INTERVAL_S,
     ):
-        if not camera_id or any(c in camera_id for c in "/+#"):
-            raise ValueError(f"camera id {camera_id!r} must be non-empty and contain no '/', '+' or '#'")
+        check_names(topic_prefix, camera_id)
         self.broker = broker
         self.camera_id = camera_id
         self.model_id = model_id
@@ -91,10 +98,17 @@ class MqttPublisher:
         self._closing = False
         self._answered = threading.Event()  # the broker answered our first CONNECT
         self._refusal: BrokerError | None = None
+        self._connect_timeout = connect_timeout
+        self._problem_interval = problem_interval
+        self.broker_problem: str | None = None  # why the broker cannot be used now; None while connected
+        self.last_broker_problem: str | None = None  # the latest cause in this run, kept after recovery (stats)
+        self._problem_logged: tuple[str, float] | None = None  # (what, when) was last logged
+        self._stop_probing = threading.Event()
+        self.lost = self.undelivered = self.set_aside = 0  # for the exit code; lost and undelivered set by close()
 
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"riad-edge-{camera_id}-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"riad-edge-{camera_id[:64]}-{uuid.uuid4().hex[:8]}",
             protocol=paho.MQTTv311,  # what every broker speaks, Node-RED's and amqtt included
         )
         broker.apply_to(self._client)
@@ -105,8 +119,10 @@ class MqttPublisher:
         self._client.on_publish = self._on_publish
         self._connect(connect_timeout)
 
-        self._sender = threading.Thread(target=self._send_loop, name=f"mqtt-sender-{camera_id}", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name=f"mqtt-sender-{camera_id[:64]}", daemon=True)
         self._sender.start()
+        self._prober = threading.Thread(target=self._probe_loop, name=f"mqtt-prober-{camera_id[:64]}", daemon=True)
+        self._prober.start()
         left = self.spool.depth()
         if left:
             log.info("%d message(s) left in spool %s by a previous run; delivering them first", left, spool_path)
@@ -118,32 +134,61 @@ class MqttPublisher:
         try:
             self._client.connect(self.broker.host, self.broker.port, KEEPALIVE_S)
             reached = True
-        except ssl.SSLError as e:
-            self.spool.close()
-            raise BrokerTlsFailed(f"TLS handshake with {self.broker.url} failed: {e}") from None
         except OSError as e:
-            log.warning("broker %s unreachable (%s); spooling events and retrying", self.broker.url, e)
+            error = connection_failed(self.broker, e)
+            if isinstance(error, BrokerTlsFailed):
+                self.spool.close()
+                raise error from None
+            self._report_problem(str(error))
             self._client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
             reached = False
         self._client.loop_start()
-        if reached and self._answered.wait(timeout) and self._refusal is not None:
+        if not reached:
+            return
+        if not self._answered.wait(timeout):
+            self._report_problem(str(silent(self.broker, timeout)))
+        elif self._refusal is not None:
             self._client.loop_stop()
             self._client.disconnect()
             self.spool.close()
             raise self._refusal
+
+    def _report_problem(self, problem: str) -> None:
+        """Logs why the broker cannot be used: when the cause changes, and again every interval while it lasts."""
+        self.broker_problem = self.last_broker_problem = problem
+        now = time.monotonic()
+        last = self._problem_logged
+        if last is None or last[0] != problem or now - last[1] >= self._problem_interval * 0.9:
+            self._problem_logged = (problem, now)
+            log.warning("%s; events wait in spool %s (retrying)", problem, self.spool.path)
+
+    def _probe_loop(self) -> None:
+        """While paho cannot connect, a test connection like doctor's finds out why (refused, TLS, silent...)."""
+        while not self._stop_probing.wait(self._problem_interval):
+            if self._client.is_connected():
+                continue
+            try:
+                probe = connect_client(self.broker, self._connect_timeout)
+                probe.disconnect()  # the broker is fine now: paho's next retry gets through
+                probe.loop_stop()
+            except BrokerError as e:
+                if not self._client.is_connected() and not self._stop_probing.is_set():
+                    self._report_problem(str(e))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             error = refused(self.broker, reason_code)
             if not self._answered.is_set():
                 self._refusal = error
-            log.error("%s; retrying", error)
+            self._report_problem(str(error))
             self._answered.set()
             return
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         self._connections += 1
-        if self._connections > 1:
-            log.warning("reconnected to broker %s", self.broker.url)
+        if self._connections > 1 or self.broker_problem:
+            log.warning("%s broker %s", "reconnected to" if self._connections > 1 else "connected to", self.broker.url)
+        self.broker_problem = None
+        self._problem_logged = None
         self._answered.set()
         self._kick.set()
 
@@ -263,16 +308,37 @@ class MqttPublisher:
     def _hand_over(self) -> None:
         room = IN_FLIGHT - len(self._in_flight)
         for message in self.spool.pending(room, after=self._last_handed) if room > 0 else []:
-            info = self._client.publish(message.topic, message.payload, message.qos, message.retain)
-            self._in_flight[info.mid] = message.id
             self._last_handed = message.id
-            room -= 1
+            problem = topic_problem(message.topic)
+            if problem is None:
+                try:
+                    info = self._client.publish(message.topic, message.payload, message.qos, message.retain)
+                except ValueError as e:  # paho refuses it before sending (a payload over MQTT's size limit)
+                    problem = str(e)
+                else:
+                    self._in_flight[info.mid] = message.id
+                    room -= 1
+                    continue
+            self._put_aside(message.id, message.topic, problem)
         # Held events go out only when nothing older waits in the spool; paho keeps them until acknowledged.
         while room > 0 and self._memory_queue and not self.spool.pending(1, after=self._last_handed):
             topic, event = self._memory_queue.popleft()
             info = self._client.publish(topic, event, QOS_EVENTS, False)
             self._in_flight[info.mid] = None
             room -= 1
+
+    def _put_aside(self, message_id: int, topic: str, problem: str) -> None:
+        """A message the broker can never take must not block the ones behind it: keep it on disk, unsent."""
+        try:
+            self.spool.set_aside(message_id, f"topic {topic[:200]!r}: {problem}")
+        except SpoolError as e:
+            log.error("%s; message %d is skipped in this run", e, message_id)
+            return
+        self.set_aside += 1
+        log.error(
+            "message %d in spool %s set aside, never to be sent: topic %r: %s (kept in the spool's set_aside table)",
+            message_id, self.spool.path, topic[:200], problem,
+        )  # fmt: skip
 
     def _idle(self) -> bool:
         return not self._in_flight and not self._memory_queue and not self.spool.pending(1, after=self._last_handed)
@@ -292,7 +358,9 @@ class MqttPublisher:
                 "memory_queue": len(self._memory_queue),
                 "in_flight": len(self._in_flight),
                 "dropped": self._dropped,
+                "set_aside": self.spool.set_aside_count(),
                 "reconnects": max(0, self._connections - 1),
+                "last_broker_problem": self.last_broker_problem,
             }
         payload = {
             "schema_version": SCHEMA_VERSION,
@@ -316,6 +384,7 @@ class MqttPublisher:
             if self._closing:
                 return
             self._closing = True
+        self._stop_probing.set()
         self._kick.set()
         self._sender.join(timeout)
         if self._client.is_connected():
@@ -329,10 +398,15 @@ class MqttPublisher:
             self._collect_acks()
             self._delete_delivered()
             self._drain_memory_queue()
-            lost = len(self._memory_queue)
-        left = self.spool.depth()
+            # Held events handed to paho but not acknowledged are in no spool either.
+            lost = len(self._memory_queue) + sum(1 for spool_id in self._in_flight.values() if spool_id is None)
+        self.undelivered = self.spool.depth()
+        self.lost = self._dropped + lost
         self.spool.close()
-        if left:
-            log.warning("%d message(s) stay in spool %s; the next start delivers them", left, self.spool.path)
+        if self.undelivered:
+            why = f" ({self.broker_problem})" if self.broker_problem else ""
+            log.warning("%d message(s) stay in spool %s%s; the next start delivers them", self.undelivered, self.spool.path, why)
+        if self.set_aside:
+            log.error("%d message(s) set aside in spool %s in this run: the broker can never take them", self.set_aside, self.spool.path)
         if lost:
             log.error("LOST %d defect event(s) held in memory: the spool was full at shutdown", lost)

@@ -56,8 +56,11 @@ class Pipeline:
         self._defects = DefectTracker()
 
     def add_sink(self, sink: ResultSink) -> None:
-        """For sinks built after the pipeline, like the MQTT sink that pulls `pipeline.stats`."""
-        self.sinks.append(sink)
+        """For sinks built after the pipeline, like the MQTT sink that pulls `pipeline.stats`.
+
+        It goes first: the MQTT sink has an event on disk before the console reports the defect.
+        """
+        self.sinks.insert(0, sink)
 
     def stop(self) -> None:
         """Finish gracefully: no new frames, queued ones still scored. Safe in a signal handler."""

@@ -6,7 +6,12 @@ Exit codes (also in the command's help):
     2    bad input: the model or its manifest, the broker settings, the snapshot folder, the options
     3    the source is unavailable: no such camera, file or folder, an unreadable video, or
          a file or folder in which not one frame could be read
+    5    with --broker, a file or folder run ended with events undelivered: they wait in the
+         spool (the next start delivers them), or the broker can never take them (set aside)
+    6    with --broker, defect events were lost: the spool's disk was full and the memory
+         queue too (each logged as DROPPED or LOST); takes precedence over 5, for any source
     130  a second SIGINT aborted the run at once (143 for a second SIGTERM)
+(4 is `riad-edge demo`'s: no broker program.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from edge.results import FrameResult
 from edge.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
 from edge.sources import SourceError, open_source
 from edge.spool import SpoolError
+from edge.topics import TopicError, check_names
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ EXIT_OK = 0
 EXIT_INSPECTION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SOURCE_UNAVAILABLE = 3
+EXIT_UNDELIVERED = 5
+EXIT_EVENTS_LOST = 6
 BOXES_SHOWN = 5  # per console line; the MQTT event carries them all
 
 
@@ -112,9 +120,15 @@ def run_inspection(
 
     with ExitStack() as stack:
         try:
-            broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
+            broker = None
+            if broker_url is not None:  # "" too: an empty --broker is a mistake, not "MQTT off"
+                broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key)
+                # A name the broker refuses would be spooled for ever: check it before anything runs.
+                check_names(topic_prefix, camera_id or "cam")
+            if view is not None:
+                _check_view_password(view[0], view_password)
             backend = stack.enter_context(open_backend(model_path))
-        except (ManifestError, BackendError, BrokerError) as exc:
+        except (ManifestError, BackendError, BrokerError, TopicError, ValueError) as exc:
             return fail(str(exc), EXIT_BAD_INPUT)
         try:
             source = stack.enter_context(open_source(source_uri))
@@ -134,7 +148,7 @@ def run_inspection(
                     save_limit_mb = DEFAULT_LIMIT_MB
                 saver = SnapshotSaver(save_dir, save_limit_mb)
             except (OSError, ValueError) as exc:
-                return fail(f"cannot use snapshot folder {save_dir}: {exc}", EXIT_BAD_INPUT)
+                return fail(f"cannot use snapshot folder {save_dir}: {getattr(exc, 'strerror', None) or exc}", EXIT_BAD_INPUT)
             sinks.append(saver)
         if view is not None:
             from edge.liveview import LiveView, LiveViewError
@@ -146,9 +160,11 @@ def run_inspection(
             sinks.append(live)
             print(f"live view: {live.url}" + (" (password required)" if view_password else ""))
         pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
+        publisher = None
         if broker is not None:
             try:
-                pipeline.add_sink(_publisher(broker, camera_id, topic_prefix, spool, backend, pipeline))
+                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline)
+                pipeline.add_sink(publisher)
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
             print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
@@ -167,10 +183,40 @@ def run_inspection(
             failed = f", {saver.failed} could not be written" if saver.failed else ""
             deleted = f", the oldest {saver.deleted} deleted to stay under {save_limit_mb:g} MB" if saver.deleted else ""
             print(f"snapshots: {saver.saved} defective frames saved in {save_dir}{failed}{deleted}")
+        if publisher is not None:
+            print(format_delivery(publisher))
         if not source.is_live and summary["frames_processed"] == 0 and summary["frames_corrupt"] and not signals.received:
             # Zero frames would read as a clean run to a line controller checking the exit code.
             return fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
+        # A line controller checks the exit code: loss, and a batch not yet at the broker, must not read as 0.
+        if publisher is not None and publisher.lost:
+            return fail(f"{publisher.lost} defect event(s) lost: the spool's disk was full", EXIT_EVENTS_LOST)
+        if publisher is not None and not source.is_live and (publisher.undelivered or publisher.set_aside):
+            return fail("not every event reached the broker (see mqtt: above)", EXIT_UNDELIVERED)
     return EXIT_OK
+
+
+def format_delivery(publisher) -> str:
+    """Where the run's MQTT messages are at its end: delivered, waiting, set aside, lost."""
+    parts = []
+    if publisher.undelivered:
+        parts.append(f"{publisher.undelivered} message(s) undelivered, waiting in spool {publisher.spool.path}")
+    if publisher.set_aside:
+        parts.append(f"{publisher.set_aside} set aside in the spool (the broker can never take them)")
+    if publisher.lost:
+        parts.append(f"{publisher.lost} defect event(s) LOST (spool full)")
+    if publisher.broker_problem:
+        parts.append(f"broker: {publisher.broker_problem}")
+    return "mqtt: " + ("; ".join(parts) if parts else "every message delivered")
+
+
+def _check_view_password(host: str, password: str | None) -> None:
+    """An empty RIAD_VIEW_PASSWORD is a password forgotten, not an open view; an open network view is warned about."""
+    if password is None and os.environ.get("RIAD_VIEW_PASSWORD") == "":
+        raise ValueError("RIAD_VIEW_PASSWORD is set but empty: give the live view a password, or unset it for an open view")
+    if not password and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the live view on %s has no password: anyone who can reach this machine sees the line; "
+                    "set RIAD_VIEW_PASSWORD", host)
 
 
 def _one_line(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -62,6 +63,10 @@ class SnapshotSaver:
             raise ValueError(f"snapshot limit must be 0 (none) or a positive size in MB, not {limit_mb}")
         self.save_dir = Path(save_dir)
         self.save_dir.mkdir(parents=True, exist_ok=True)
+        # A folder we cannot write (read-only mount, another owner) is a setup error: say so at start,
+        # not as "0 defective frames saved" at the end. A full disk instead is retried per defect.
+        with tempfile.TemporaryFile(dir=self.save_dir):
+            pass
         self.limit_bytes = int(limit_mb * 1024 * 1024)
         self.saved = 0  # defective frames written
         self.failed = 0  # defective frames that could not be written

@@ -2,8 +2,11 @@
 
 SQLite in WAL mode with synchronous=FULL: a `put` that returned is on the disk and
 survives a crash or a power cut; an `ack` deletes the message. Only one process may
-use a spool at a time (a lock file beside it), so two inspectors never send the same
-messages twice.
+use a spool at a time (a lock file beside it, named after the spool's real path, so a
+symlink cannot get round it), so two inspectors never send the same messages twice.
+
+A message the broker can never take (an invalid topic left by an older version or a bad
+option) is set aside in a second table of the same file: kept, counted, never sent.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Spool:
     """Messages in insertion order, kept until acknowledged. Safe to share between threads."""
 
     def __init__(self, path: Path | str, max_bytes: int | None = None):
-        self.path = Path(path)
+        self.path = Path(path).resolve()  # the lock must be the same for every name of the file
         self._lock = threading.Lock()
         self._lock_file = self._take_process_lock()
         try:
@@ -53,6 +56,11 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS messages ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
                 " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS set_aside ("
+                " id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+                " qos INTEGER NOT NULL, retain INTEGER NOT NULL, reason TEXT NOT NULL)"
             )
         except sqlite3.DatabaseError as e:
             self._lock_file.close()
@@ -104,6 +112,25 @@ class Spool:
                 self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             except (sqlite3.DatabaseError, OSError) as e:
                 raise self._error("update", e) from None
+
+    def set_aside(self, message_id: int, reason: str) -> None:
+        """Moves a message the broker can never take out of the queue, keeping it (and why) on disk."""
+        with self._lock:
+            try:
+                with self._db:  # one transaction: the message is in exactly one of the tables
+                    self._db.execute("BEGIN")
+                    self._db.execute(
+                        "INSERT INTO set_aside (id, topic, payload, qos, retain, reason)"
+                        " SELECT id, topic, payload, qos, retain, ? FROM messages WHERE id = ?",
+                        (reason, message_id),
+                    )
+                    self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            except (sqlite3.DatabaseError, OSError) as e:
+                raise self._error("update", e) from None
+
+    def set_aside_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM set_aside").fetchone()[0]
 
     def depth(self) -> int:
         with self._lock:

@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 
 from edge.broker import BrokerConfig, connect_client
 from edge.mqtt import iso_utc
+from edge.topics import check_names
 
 RECENT_IDS = 10_000  # delivery is at-least-once: remember this many event ids to drop repeats
 
@@ -44,8 +45,10 @@ def watch(
     """Prints defect events and availability changes until `count` events or `timeout` seconds.
 
     Returns the number of distinct defect events printed. Raises BrokerError when the
-    broker cannot be reached or refuses the login: a person is watching, so fail fast.
+    broker cannot be reached or refuses the login: a person is watching, so fail fast;
+    TopicError for a prefix or camera id that is no topic level (`+` is all cameras).
     """
+    check_names(topic_prefix, "cam" if camera_id == "+" else camera_id)  # a TopicError before any connection
     defect_topic = f"{topic_prefix}/{camera_id}/defect"
     available_topic = f"{topic_prefix}/{camera_id}/available"
     inbox: queue.SimpleQueue[paho.MQTTMessage] = queue.SimpleQueue()

@@ -7,8 +7,10 @@ import logging
 import re
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime
 
@@ -18,6 +20,7 @@ import pytest
 
 from edge.broker import BrokerError, parse_broker_url
 from edge.mqtt import MqttPublisher, iso_utc
+from edge.local_broker import MOSQUITTO
 from edge.results import DefectTracker
 
 CAMERA = "line1"
@@ -150,7 +153,10 @@ def test_stats_arrive_with_the_pipeline_numbers_and_the_spool_depth(broker, publ
     stats = json.loads(sub.on(STATS)[0])
     assert stats["schema_version"] == 1 and stats["camera_id"] == CAMERA
     assert stats["pipeline"] == {"fps": 12.5, "frames": 40}
-    assert stats["mqtt"] == {"spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "reconnects": 0}
+    assert stats["mqtt"] == {
+        "spool_depth": 0, "memory_queue": 0, "in_flight": 0, "dropped": 0, "set_aside": 0, "reconnects": 0,
+        "last_broker_problem": None,
+    }  # fmt: skip
     assert not sub.messages[0][2]  # not retained
 
 
@@ -246,3 +252,49 @@ def test_tls_with_the_right_ca_and_a_clear_error_with_the_wrong_one(tls_broker, 
     untrusted = riad_edge("watch", "--broker", tls_broker.url, "--count", "1")
     assert untrusted.wait(20) == 2
     assert re.search(r"TLS handshake with mqtts://localhost:\d+ failed.*certificate verify failed", untrusted.stderr.read())
+
+
+def test_a_silent_broker_is_named_again_every_interval_and_remembered_in_the_stats(broker, tmp_path, caplog, subscribe):
+    with socket.create_server(("127.0.0.1", 0)) as silent, caplog.at_level(logging.WARNING, logger="edge.mqtt"):
+        url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"  # accepts TCP, never answers CONNECT
+        publisher = MqttPublisher(parse_broker_url(url), CAMERA, tmp_path / "spool.db", connect_timeout=0.5, problem_interval=0.5)
+        named = "accepted the connection but sent no answer within 0.5 s (no CONNACK)"
+        assert publisher.broker_problem and named in publisher.broker_problem
+        # At start, then again by the test connections while it lasts.
+        assert eventually(lambda: caplog.text.count(named) >= 3)
+        publisher.close()
+    assert "stay in spool" not in caplog.text  # nothing was spooled
+    # Once a broker answers, the stats still tell what the trouble was.
+    sub = subscribe(broker, [STATS])
+    publisher = MqttPublisher(parse_broker_url(broker.url), CAMERA, tmp_path / "spool.db", stats_interval=0.2)
+    publisher.last_broker_problem = "seen earlier"  # as after an outage in this run
+    assert sub.wait_for(lambda: sub.on(STATS))
+    assert json.loads(sub.on(STATS)[0])["mqtt"]["last_broker_problem"] == "seen earlier"
+    publisher.close()
+
+
+def eventually(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_an_ipv6_broker(tmp_path, make_result, subscribe):
+    from edge.local_broker import LocalBroker, free_port
+
+    if not MOSQUITTO:
+        pytest.skip("needs mosquitto (a second listener)")
+    port6 = free_port()
+    broker = LocalBroker(tmp_path / "broker6", [f"listener {port6} ::1"]).start()
+    try:
+        sub = subscribe(broker, [DEFECT])
+        publisher = MqttPublisher(parse_broker_url(f"mqtt://[::1]:{port6}"), CAMERA, tmp_path / "spool.db")
+        assert publisher.broker.url == f"mqtt://[::1]:{port6}"
+        publisher.handle(make_result(1))
+        assert sub.wait_for(lambda: sub.on(DEFECT))
+        publisher.close()
+    finally:
+        broker.stop()

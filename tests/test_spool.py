@@ -93,3 +93,29 @@ def test_a_really_full_filesystem(tmp_path):
         spool.close()
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_symlink_to_a_spool_in_use_is_refused_too(tmp_path):
+    # Two names for one spool would let two inspectors send the same messages.
+    spool = Spool(tmp_path / "s.db")
+    (tmp_path / "link.db").symlink_to(tmp_path / "s.db")
+    (tmp_path / "dir-link").symlink_to(tmp_path)
+    for other_name in (tmp_path / "link.db", tmp_path / "dir-link" / "s.db"):
+        with pytest.raises(SpoolError, match="in use by another process"):
+            Spool(other_name)
+    spool.close()
+
+
+def test_set_aside_keeps_the_message_and_why_out_of_the_queue(tmp_path):
+    spool = Spool(tmp_path / "s.db")
+    first, second = spool.put("#/bad", b"a", 1, False), spool.put("riad/ok", b"b", 1, False)
+    spool.set_aside(first, "it contains the wildcard '#'")
+    assert [m.id for m in spool.pending(10)] == [second]
+    assert (spool.depth(), spool.set_aside_count()) == (1, 1)
+    spool.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT topic, payload, reason FROM set_aside").fetchall() == [
+            ("#/bad", b"a", "it contains the wildcard '#'")
+        ]
