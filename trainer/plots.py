@@ -87,7 +87,8 @@ def draw_score_histogram(
     edges = np.linspace(low, high, bins + 1)
     good_counts = np.histogram(good, edges)[0]
     defective_counts = np.histogram(defective, edges)[0]
-    y_ticks = _nice_ticks(0, max(good_counts.max(), defective_counts.max(), 1), integers=True)
+    # Headroom above the tallest bar for the legend in the upper right corner.
+    y_ticks = _nice_ticks(0, 1.4 * max(good_counts.max(), defective_counts.max(), 1), integers=True)
     canvas, axes = _blank(title, Axes(low, high, 0.0, y_ticks[-1]))
     _frame(canvas, axes, _nice_ticks(low, high), y_ticks, _number, lambda y: f"{y:g}")
     for counts, colour in ((good_counts, GREEN), (defective_counts, RED)):
@@ -112,7 +113,7 @@ def draw_score_histogram(
         ("box", GREEN, f"good ({len(good)})"),
         ("box", RED, f"defective ({len(defective)})"),
         ("dash", BLACK, note),
-    ])  # fmt: skip
+    ], upper=True)  # fmt: skip
     _write(path, canvas)
 
 
@@ -148,11 +149,12 @@ def _axis_labels(canvas, x_label: str, y_label: str) -> None:
     canvas[top : top + height, 6 : 6 + strip.shape[1]] = strip[:height]
 
 
-def _legend(canvas, entries: list[tuple[str, tuple[int, int, int], str]]) -> None:
-    """A boxed legend in the plot area's lower right corner: a marker and a label per entry."""
-    width = max(_text_width(label) for _, _, label in entries) + 56
-    right, bottom = WIDTH - RIGHT - 10, HEIGHT - BOTTOM - 10
-    left, top = right - width, bottom - 24 * len(entries) - 8
+def _legend(canvas, entries: list[tuple[str, tuple[int, int, int], str]], upper: bool = False) -> None:
+    """A boxed legend in the plot area's lower (or upper) right corner: a marker and a label per entry."""
+    width, height = max(_text_width(label) for _, _, label in entries) + 56, 24 * len(entries) + 8
+    right = WIDTH - RIGHT - 10
+    top = TOP + 10 if upper else HEIGHT - BOTTOM - 10 - height
+    left, bottom = right - width, top + height
     cv2.rectangle(canvas, (left, top), (right, bottom), WHITE, -1)
     cv2.rectangle(canvas, (left, top), (right, bottom), GREY, 1)
     for i, (kind, colour, label) in enumerate(entries):
