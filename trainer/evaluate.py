@@ -227,8 +227,9 @@ def markdown_table(report: dict) -> str:
         "",
         (
             f"The lowest threshold that keeps the false alarms on these {overall['good_images']} good images within "
-            "each rate, and the defective images it catches. Read off this very test set, so optimistic for new "
-            "parts; try one with `riad-edge run --threshold`."
+            f"each rate (one false alarm is {_percent(1 / overall['good_images'])} of them), and the defective "
+            "images it catches. Read off this very test set, so optimistic for new parts; try one with "
+            "`riad-edge run --threshold`."
         ),
         "",
         "| false alarms at most | threshold | false alarms | caught |",
