@@ -16,10 +16,12 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest
 from edge.preprocess import prepare, read_image
 from trainer.cli import app
-from trainer.evaluate import evaluate
+from trainer.evaluate import FALSE_ALARM_RATES, evaluate
+from trainer.plots import Axes
 from trainer.testset import TestSetError, load_test_set, read_mask
 
 DEFECTS = ["broken_large", "contamination"]
+KOLEKTOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kolektorsdd"
 
 
 @pytest.fixture
@@ -65,11 +67,66 @@ def test_test_images_are_listed_in_natural_order_as_the_edge_reads_them(category
     assert names == ["img0.png", "img1.png", "img2.webp", "img10.png"]
 
 
-def test_a_missing_mask_is_named(category):
+@pytest.fixture
+def bottle_without_masks(tmp_path, bottle_dir) -> Path:
+    """What most users have: a folder of good parts (here `OK`) and one of bad ones, any name, no masks."""
+    root = tmp_path / "my line"
+    for folder, source, names in [
+        ("OK", "good", ["000.png", "001.png", "002.png"]),
+        ("Kaputt (2024-03)", "broken_large", ["000.png", "001.png"]),
+        ("dirt", "contamination", ["000.png"]),
+    ]:
+        (root / "test" / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(bottle_dir / "test" / source / name, root / "test" / folder / name)
+    return root
+
+
+@pytest.fixture
+def kolektor_without_masks(tmp_path) -> Path:
+    """Grey, tall JPEG parts: good ones in `good`, cracked ones in `rejects`, no ground_truth/."""
+    if not (KOLEKTOR / "test" / "crack").is_dir():
+        pytest.skip(f"KolektorSDD not found at {KOLEKTOR}")
+    root = tmp_path / "kolektor"
+    for folder, source in [("good", "good"), ("rejects", "crack")]:
+        (root / "test" / folder).mkdir(parents=True)
+        for image in sorted((KOLEKTOR / "test" / source).glob("*.jpg"))[:3]:
+            shutil.copy(image, root / "test" / folder / image.name)
+    return root
+
+
+def test_defective_images_without_masks_are_read_with_unknown_pixels(bottle_without_masks):
+    items = load_test_set(bottle_without_masks)
+    assert [(i.defect_type, i.image_path.name) for i in items] == [
+        ("Kaputt (2024-03)", "000.png"), ("Kaputt (2024-03)", "001.png"),
+        ("good", "000.png"), ("good", "001.png"), ("good", "002.png"), ("dirt", "000.png"),
+    ]  # fmt: skip  (folders sorted by name: capitals first)
+    assert all(i.mask_path is None for i in items)
+    assert [i.has_pixel_labels for i in items] == [False, False, True, True, True, False]
+    assert read_mask(items[0], (900, 900, 3)) is None  # unknown, not defect-free
+    assert not read_mask(items[2], (900, 900, 3)).any()
+
+
+def test_a_missing_mask_leaves_that_image_out_of_the_pixel_metrics_only(category):
+    (category / "ground_truth" / "contamination" / "000_mask.png").unlink()
+    items = load_test_set(category)
+    assert [(i.defect_type, i.has_pixel_labels) for i in items] == [
+        ("broken_large", True), ("contamination", False), ("good", True), ("good", True),
+    ]  # fmt: skip
+
+
+def test_a_broken_mask_is_still_an_error(category):
     mask = category / "ground_truth" / "contamination" / "000_mask.png"
-    mask.unlink()
-    with pytest.raises(TestSetError, match=r"contamination/000\.png has no ground-truth mask; looked for .*000_mask\.png"):
+    mask.write_bytes(mask.read_bytes()[:100])
+    with pytest.raises(TestSetError, match=r"cannot decode image .*contamination/000_mask\.png"):
         load_test_set(category)
+
+
+def test_hidden_folders_are_no_defect_type(bottle_without_masks):
+    hidden = bottle_without_masks / "test" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    shutil.copy(bottle_without_masks / "test" / "dirt" / "000.png", hidden / "000.png")
+    assert {i.defect_type for i in load_test_set(bottle_without_masks)} == {"good", "dirt", "Kaputt (2024-03)"}
 
 
 def test_btad_layout_ok_folders_and_masks_named_like_their_images(category, bottle_dir):
@@ -211,3 +268,94 @@ def test_cli_evaluate_rejects_bad_input_clearly(category, tiny_onnx_model, bottl
     tiny_onnx_model.with_name("tiny.onnx.json").unlink()
     no_manifest = runner.invoke(app, ["evaluate", str(tiny_onnx_model), str(category), "--no-overlays"])
     assert no_manifest.exit_code == 2 and "no manifest" in no_manifest.output
+
+
+def test_evaluate_without_masks_measures_images_and_marks_pixels_not_measured(bottle_without_masks, tmp_path):
+    out = tmp_path / "eval"
+    report = evaluate(write_tiny_onnx(tmp_path / "tiny.onnx"), bottle_without_masks, out)
+
+    for metrics in [report["overall"], *report["per_defect"].values()]:
+        assert 0.0 <= metrics["image_auroc"] <= 1.0
+        assert metrics["pixel_auroc"] is None and metrics["pro"] is None
+        assert metrics["defective_images_with_masks"] == 0 and metrics["good_images"] == 3
+    assert report["overall"]["defective_images"] == 3
+    assert set(report["per_defect"]) == {"Kaputt (2024-03)", "dirt"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["overall"]["pixel_auroc"] is None  # null in JSON
+    table = (out / "metrics.md").read_text()
+    assert "Pixel metrics not measured: no defective image has a mask" in table
+    assert "| **all** | 3 | " in table and "| not measured | not measured |" in table
+    assert "| dirt | 1 |" in table
+    # Overlays carry no ground truth outline, and sit in a folder per defect type.
+    assert cv2.imread(str(out / "overlays" / "Kaputt (2024-03)" / "001.jpg")).shape == (900, 900, 3)
+
+
+def test_evaluate_on_grey_tall_jpeg_parts_without_masks(kolektor_without_masks, tmp_path):
+    report = evaluate(write_tiny_onnx(tmp_path / "tiny.onnx"), kolektor_without_masks, tmp_path / "eval", False)
+    assert report["overall"]["defective_images"] == 3 and report["overall"]["good_images"] == 3
+    assert report["overall"]["pixel_auroc"] is None and set(report["per_defect"]) == {"rejects"}
+    assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "scores.png").is_file()
+
+
+def test_masks_that_exist_are_used_for_their_images(category, tmp_path):
+    """contamination loses its mask: broken_large keeps its pixel metrics, and the overall ones use it alone."""
+    (category / "ground_truth" / "contamination" / "000_mask.png").unlink()
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")
+    report = evaluate(model, category, tmp_path / "eval", overlays=False)
+    assert report["per_defect"]["contamination"]["pixel_auroc"] is None
+    only_broken = evaluate(model, _without(category, "contamination", tmp_path), tmp_path / "eval2", overlays=False)
+    for key in ["pixel_auroc", "pro"]:
+        assert report["overall"][key] == pytest.approx(only_broken["overall"][key])
+        assert report["per_defect"]["broken_large"][key] == pytest.approx(only_broken["overall"][key])
+    assert report["overall"]["defective_images"] == 2 and report["overall"]["defective_images_with_masks"] == 1
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "on the 1 of 2 defective images that have a mask" in table
+    assert "| contamination | 1 | " in table and "| not measured | not measured |" in table
+
+
+def _without(category: Path, defect: str, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy" / category.name
+    shutil.copytree(category, copy)
+    shutil.rmtree(copy / "test" / defect)
+    return copy
+
+
+def test_evaluate_offers_thresholds_for_false_alarm_rates(bottle_without_masks, tmp_path):
+    out = tmp_path / "eval"
+    report = evaluate(write_tiny_onnx(tmp_path / "tiny.onnx"), bottle_without_masks, out, overlays=False)
+    choices = report["threshold_choices"]
+    assert [c["target_false_alarm_rate"] for c in choices] == list(FALSE_ALARM_RATES)
+    good = [i["score"] for i in report["images"] if i["defect_type"] == "good"]
+    bad = [i["score"] for i in report["images"] if i["defect_type"] != "good"]
+    for choice in choices:
+        # Recomputed from the per-image scores: what that threshold would flag.
+        assert choice["false_positives"] == sum(s > choice["threshold"] for s in good)
+        assert choice["true_positives"] == sum(s > choice["threshold"] for s in bad)
+        assert choice["false_positives"] <= choice["target_false_alarm_rate"] * 3
+    assert choices[0]["threshold"] >= max(good)
+    table = (out / "metrics.md").read_text()
+    assert "### Choosing a threshold" in table
+    assert f"| 20.0% | {choices[-1]['threshold']!r} | {choices[-1]['false_positives']}/3 " in table
+    assert "![ROC curve](roc.png)" in table
+
+
+@pytest.mark.parametrize(("threshold", "corner"), [(0.0, (1.0, 1.0)), (1e9, (0.0, 0.0))])
+def test_the_roc_plot_marks_the_manifest_threshold(bottle_without_masks, tmp_path, threshold, corner):
+    """Flag-everything sits at the top right of the ROC plot, flag-nothing at the bottom left; red dot there."""
+    out = tmp_path / "eval"
+    report = evaluate(write_tiny_onnx(tmp_path / "m.onnx", threshold=threshold), bottle_without_masks, out, False)
+    roc, histogram = (cv2.imread(str(out / name)) for name in ("roc.png", "scores.png"))
+    assert report["plots"] == {"roc": "roc.png", "histogram": "scores.png"}
+    assert roc.shape == histogram.shape == (580, 760, 3)
+    u, v = Axes(0, 1, 0, 1).px(*corner)
+    b, g, r = roc[v - 3 : v + 4, u - 3 : u + 4].reshape(-1, 3).mean(axis=0)
+    assert r > 180 and g < 90 and b < 90  # the red dot
+    assert (histogram.reshape(-1, 3).std(axis=0) > 10).all()  # bars drawn, not a blank canvas
+
+
+def test_cli_evaluate_without_masks(bottle_without_masks, tiny_onnx_model, tmp_path):
+    args = ["evaluate", str(tiny_onnx_model), str(bottle_without_masks), "--out", str(tmp_path / "e"), "--no-overlays"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Pixel metrics not measured" in result.output and "Choosing a threshold" in result.output
+    assert f"written to {tmp_path / 'e'}: metrics.md, metrics.json, roc.png, scores.png" in result.output

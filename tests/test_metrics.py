@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.metrics import image_auroc, pixel_auroc, pro_score, threshold_counts
+from trainer.metrics import (
+    image_auroc,
+    pixel_auroc,
+    pro_score,
+    roc_curve,
+    threshold_counts,
+    thresholds_for_false_alarm_rates,
+)
 
 
 def test_image_auroc_hand_cases():
@@ -143,3 +150,59 @@ def test_threshold_counts():
     assert counts["recall"] == pytest.approx(1 / 3)
     assert counts["false_alarm_rate"] == 0.5
     assert threshold_counts([0.1], [1], threshold=0.5)["precision"] is None
+
+
+def test_roc_curve_steps_through_every_distinct_score():
+    # Highest first: 0.9 (defective), 0.8 (good), 0.5 (defective and good, tied), 0.1 (good).
+    far, recall = roc_curve([0.9, 0.8, 0.5, 0.5, 0.1], [1, 0, 1, 0, 0])
+    np.testing.assert_allclose(far, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1, 1])
+    # The tie is one diagonal step, so the trapezoid area is the ties-count-half AUROC.
+    assert np.trapezoid(recall, far) == pytest.approx(image_auroc([0.9, 0.8, 0.5, 0.5, 0.1], [1, 0, 1, 0, 0]))
+
+
+def test_roc_curve_area_is_the_auroc_on_random_scores():
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.random(300), 2)  # many ties
+    labels = rng.random(300) < 0.3
+    far, recall = roc_curve(scores, labels)
+    assert (far[0], recall[0], far[-1], recall[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(far) >= 0) and np.all(np.diff(recall) >= 0)
+    assert np.trapezoid(recall, far) == pytest.approx(image_auroc(scores, labels))
+
+
+def test_thresholds_for_false_alarm_rates_allow_the_floor_of_rate_times_good_images():
+    good = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # 10 good images
+    defective = [0.35, 0.75, 0.95, 2.0]
+    scores, labels = good + defective, [0] * 10 + [1] * 4
+    rows = thresholds_for_false_alarm_rates(scores, labels, [0.0, 0.05, 0.1, 0.2, 0.5])
+    # 0 % and 5 % of 10 allow no false alarm: the threshold lies between the top good score
+    # 1.0 and the next higher score 2.0; 10 % allows one (above 0.9), 20 % two, 50 % five.
+    assert [r["false_positives"] for r in rows] == [0, 0, 1, 2, 5]
+    assert [r["true_positives"] for r in rows] == [1, 1, 2, 2, 3]
+    assert rows[0]["threshold"] == 1.5  # the middle of [1.0, 2.0); "2", its one-digit form, would miss 2.0
+    for row, low, high in zip(rows, [1.0, 1.0, 0.9, 0.8, 0.5], [2.0, 2.0, 0.95, 0.9, 0.6], strict=True):
+        assert low <= row["threshold"] < high
+        assert row["recall"] == row["true_positives"] / 4 and row["false_alarm_rate"] == row["false_positives"] / 10
+    assert rows[3]["target_false_alarm_rate"] == 0.2
+
+
+def test_a_threshold_choice_is_short_enough_to_type_and_decides_the_same():
+    rng = np.random.default_rng(7)
+    good = list(rng.normal(0.2, 0.01, 200))
+    defective = list(rng.normal(0.24, 0.02, 100))
+    rows = thresholds_for_false_alarm_rates(good + defective, [0] * 200 + [1] * 100, [0.01, 0.05])
+    for row in rows:
+        assert len(repr(row["threshold"])) <= 10  # not 17 digits of a midpoint
+        assert row["false_positives"] == int(row["target_false_alarm_rate"] * 200)
+        # No score lies between it and the good score it sits on: the same decisions.
+        below = max(s for s in good if s <= row["threshold"])
+        assert not any(below < s <= row["threshold"] for s in good + defective)
+
+
+def test_threshold_choices_when_every_score_is_good_or_nothing_scores_higher():
+    rows = thresholds_for_false_alarm_rates([0.5, 0.5, 0.2, 0.1], [0, 0, 1, 1], [0.0, 0.5])
+    assert [r["false_positives"] for r in rows] == [0, 0]  # the tie at 0.5 cannot be split
+    assert all(r["threshold"] >= 0.5 and r["recall"] == 0.0 for r in rows)
+    zero = thresholds_for_false_alarm_rates([0.0, 0.0, 0.0], [0, 0, 1], [0.0])[0]
+    assert zero["threshold"] >= 0.0 and zero["false_positives"] == 0

@@ -24,6 +24,7 @@ from edge.manifest import Manifest, ManifestError, file_sha256, manifest_path
 from edge.masks import fixed_masks, masked_variants, recombine
 from edge.preprocess import prepare, read_image
 from trainer.cli import app
+from trainer.calibrate import DEFAULT_RULE, RATE_RULE, student_t_quantile
 from trainer.data import DataError, find_training_set
 from trainer.export import ExportError, export_onnx
 from trainer.train import (
@@ -241,10 +242,28 @@ def test_manifest_describes_the_model(exported, trained):
     assert manifest.map_sigma == pytest.approx(0.5)
     assert manifest.recipe["epochs"] == 2 and manifest.metrics["epochs_trained"] == 2
     assert manifest.metrics["calibration"]["count"] == 4
+    assert manifest.metrics["calibration"]["rule"] == DEFAULT_RULE
+    assert manifest.metrics["calibration"]["false_alarm_rate"] is None
     # The threshold passes every held-out good image, scored as the edge box scores them.
     with OnnxCpuBackend(out) as backend:
         for path in state["held_out_images"]:
             assert backend.score(prepare(read_image(path), (32, 32))).score <= manifest.threshold
+
+
+def test_export_for_a_false_alarm_rate_records_its_rule(trained, tmp_path):
+    out = tmp_path / "bottle-mini.onnx"
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(out), "--false-alarm-rate", "0.2"])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.for_model(out)
+    calibration = manifest.metrics["calibration"]
+    assert calibration["rule"] == RATE_RULE and calibration["false_alarm_rate"] == 0.2
+    assert "for 20 % false alarms, a normal fit to 4 held-out good images" in result.output
+    # Recomputed from the held-out scores as the edge computes them.
+    with OnnxCpuBackend(out) as backend:
+        scores = np.array([backend.score(prepare(read_image(p), 32)).score for p in load_checkpoint(trained)["held_out_images"]])
+    expected = scores.mean() + student_t_quantile(0.8, 3) * scores.std(ddof=1) * np.sqrt(1 + 1 / 4)
+    assert manifest.threshold == pytest.approx(expected, rel=1e-6)
+    assert calibration["held_out_above_threshold"] == int((scores > manifest.threshold).sum())
 
 
 def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, trained, tmp_path):
@@ -352,6 +371,11 @@ def test_the_gpu_recipe_on_a_cpu_warns_of_its_time(parts, tmp_path):
         (["train", "{parts}", "--out", "{out}", "--recipe", "tpu"], "unknown recipe"),
         (["train", "{parts}", "--out", "{out}", "--resume"], "no checkpoint at"),
         (["export", "{out}/last.pt", "--out", "{out}/m.onnx"], "no checkpoint at"),
+        # A bad rate is named before the checkpoint is even looked for.
+        (["export", "{out}/last.pt", "--out", "{out}/m.onnx", "--false-alarm-rate", "1"], "between 0 and 1"),
+        (["export", "{out}/last.pt", "--out", "{out}/m.onnx", "--false-alarm-rate", "5"], "0.01 is 1 %"),
+        (["export", "{out}/last.pt", "--out", "{out}/m.onnx", "--false-alarm-rate", "0"], "between 0 and 1"),
+        (["export", "{out}/last.pt", "--out", "{out}/m.onnx", "--false-alarm-rate", "nan"], "between 0 and 1"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(parts, tmp_path, args, message):

@@ -70,6 +70,13 @@ def export(
     int8: Annotated[
         bool, typer.Option("--int8", help="quantise to INT8 for CPU edge boxes (faster on ONNX Runtime; not for TensorRT)")
     ] = False,
+    false_alarm_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="set the threshold for this share of good parts flagged, e.g. 0.01 (default: "
+            "max(mean + 3 std, max) of the held-out good scores)"
+        ),
+    ] = None,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -78,13 +85,22 @@ def export(
     from trainer.train import TrainError
 
     try:
-        manifest = export_onnx(checkpoint, out, int8=int8)
+        manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    calibration = manifest.metrics["calibration"]
+    held_out = f"{calibration['count']} held-out good images"
+    if calibration["false_alarm_rate"] is None:
+        rule = f"max(mean + 3 std, max) of {held_out}"
+    else:
+        rule = (
+            f"for {100 * calibration['false_alarm_rate']:g} % false alarms, a normal fit to {held_out}; "
+            f"{calibration['held_out_above_threshold']} of them score above it"
+        )
     typer.echo(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
-        f"threshold: {manifest.threshold:.4f} (from {manifest.metrics['calibration']['count']} held-out good images)\n"
+        f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
 
@@ -92,13 +108,15 @@ def export(
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="the exported model, MODEL.onnx, with MODEL.onnx.json beside it")],
-    data_dir: Annotated[Path, typer.Argument(help="an MVTec AD category: test/<defect>/ images, ground_truth/ masks")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="a labelled test set: test/good/ and test/<defect>/ images, ground_truth/ masks optional")
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", help="where metrics and overlays go (default: eval/ beside the model)")
     ] = None,
     overlays: Annotated[bool, typer.Option(help="save a heatmap overlay per test image")] = True,
 ):
-    """Measure detection on a labelled test set: AUROC, PRO, false alarms at the threshold."""
+    """Measure detection on a labelled test set: AUROC, PRO, false alarms at the threshold, plots to choose one."""
     from edge.backends import BackendError
     from edge.manifest import ManifestError
     from trainer.data import DataError
@@ -108,12 +126,14 @@ def evaluate(
     if model.suffix.lower() != ".onnx":
         typer.echo(f"error: {model} is not an ONNX model; evaluate measures the exported MODEL.onnx", err=True)
         raise typer.Exit(2)
+    out = out or model.parent / "eval"
     try:
-        report = run_evaluation(model, data_dir, out or model.parent / "eval", overlays=overlays)
+        report = run_evaluation(model, data_dir, out, overlays=overlays)
     except (BackendError, DataError, ManifestError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(markdown_table(report))
+    typer.echo(f"written to {out}: metrics.md, metrics.json, " + ", ".join(report["plots"].values()))
 
 
 @app.command("build-engine")

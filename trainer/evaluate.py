@@ -4,6 +4,10 @@ The ONNX file goes through the edge's own code (edge.preprocess, OnnxCpuBackend,
 manifest's threshold), so the numbers describe what runs by the line, not the torch
 model before export.
 
+Masks are optional: without them the image metrics are measured and the pixel metrics
+are reported as not measured (None). Where some defective images have masks, the pixel
+metrics are measured on those and the good images.
+
 Pixel metrics are computed at the model's resolution, where the map is made: each
 ground-truth mask is resized to the map's H x W with nearest neighbour (no new soft edges; a
 region thinner than one map pixel can vanish, as it would for the detector too).
@@ -25,10 +29,21 @@ from edge.manifest import Manifest, manifest_path
 from edge.overlay import encode_jpeg, heatmap_overlay
 from edge.preprocess import prepare, read_image
 from edge.regions import defect_boxes
-from trainer.metrics import image_auroc, pixel_auroc, pro_score, threshold_counts
-from trainer.testset import TestItem, load_test_set, read_mask
+from trainer.metrics import (
+    image_auroc,
+    pixel_auroc,
+    pro_score,
+    roc_curve,
+    threshold_counts,
+    thresholds_for_false_alarm_rates,
+)
+from trainer.plots import draw_roc, draw_score_histogram
+from trainer.testset import MASK_LAYOUTS, TestItem, load_test_set, read_mask
 
 MAX_FPR = 0.3
+# The false-alarm rates a line is offered a threshold for, from none to one part in five.
+FALSE_ALARM_RATES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+PLOTS = {"roc": "roc.png", "histogram": "scores.png"}
 GROUND_TRUTH_COLOUR = (0, 255, 0)  # BGR green, beside the overlay's red boxes
 
 
@@ -37,11 +52,11 @@ class ScoredImage:
     item: TestItem
     score: float
     anomaly_map: np.ndarray  # (H, W)
-    mask: np.ndarray  # (H, W) bool ground truth at the map's resolution
+    mask: np.ndarray | None  # (H, W) bool ground truth at the map's resolution; None where unknown (no mask)
 
 
 def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Path, overlays: bool = True) -> dict:
-    """Score every test image, write metrics.json, metrics.md and overlays; return the report.
+    """Score every test image, write metrics.json, metrics.md, the plots and overlays; return the report.
 
     The headline numbers are also stored in the model's manifest under
     metrics["evaluation"], with the test set they were measured on: the manifest travels
@@ -62,9 +77,11 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
                 write_overlay(overlay_path, frame, result.anomaly_map, manifest.threshold, mask)
-            scored.append(ScoredImage(item, result.score, result.anomaly_map, at_map_size(mask, result.anomaly_map)))
+            map_mask = None if mask is None else at_map_size(mask, result.anomaly_map)
+            scored.append(ScoredImage(item, result.score, result.anomaly_map, map_mask))
 
     report = build_report(model_path, category_dir, manifest, scored)
+    draw_plots(out_dir, report)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "metrics.md").write_text(markdown_table(report))
     record_in_manifest(model_path, manifest, report)
@@ -76,24 +93,31 @@ def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def write_overlay(path: Path, frame: np.ndarray, amap: np.ndarray, threshold: float, mask: np.ndarray) -> None:
-    """The edge's heatmap overlay at the image's own size, the ground truth outlined in green."""
+def write_overlay(path: Path, frame: np.ndarray, amap: np.ndarray, threshold: float, mask: np.ndarray | None) -> None:
+    """The edge's heatmap overlay at the image's own size, the ground truth (if any) outlined in green."""
     image = heatmap_overlay(frame, amap, threshold, defect_boxes(amap, threshold, frame.shape))
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(image, contours, -1, GROUND_TRUTH_COLOUR, max(1, round(min(image.shape[:2]) / 200)))
+    if mask is not None:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, contours, -1, GROUND_TRUTH_COLOUR, max(1, round(min(image.shape[:2]) / 200)))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_jpeg(image))
 
 
 def detection_metrics(scored: list[ScoredImage], threshold: float) -> dict:
-    """AUROCs, PRO and the decisions at the threshold for one group of test images."""
+    """AUROCs, PRO and the decisions at the threshold for one group of test images.
+
+    The pixel metrics use the images whose every pixel has a known label: the good ones and
+    the defective ones with a mask. They are None where no defective image has a mask, or
+    where all their regions vanish at the map's resolution.
+    """
     scores = [s.score for s in scored]
     labels = [s.item.is_defective for s in scored]
-    maps, masks = [s.anomaly_map for s in scored], [s.mask for s in scored]
-    # A defect type whose regions all vanish at the map's resolution has no pixel metrics.
+    labelled = [s for s in scored if s.mask is not None]
+    maps, masks = [s.anomaly_map for s in labelled], [s.mask for s in labelled]
     has_defect_pixels = any(m.any() for m in masks)
     return {
         "defective_images": sum(labels),
+        "defective_images_with_masks": sum(s.item.is_defective for s in labelled),
         "good_images": len(labels) - sum(labels),
         "image_auroc": image_auroc(scores, labels),
         "pixel_auroc": pixel_auroc(maps, masks) if has_defect_pixels else None,
@@ -114,6 +138,11 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
         "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",
         "pro_max_fpr": MAX_FPR,
         "overall": detection_metrics(scored, manifest.threshold),
+        # Thresholds for choosing one, read off this test set: riad-edge run --threshold.
+        "threshold_choices": thresholds_for_false_alarm_rates(
+            [s.score for s in scored], [s.item.is_defective for s in scored], FALSE_ALARM_RATES
+        ),
+        "plots": dict(PLOTS),
         # Each defect type against all the good images.
         "per_defect": {
             defect: detection_metrics(good + [s for s in scored if s.item.defect_type == defect], manifest.threshold)
@@ -129,6 +158,22 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
             for s in scored
         ],
     }
+
+
+def draw_plots(out_dir: Path, report: dict) -> None:
+    """The ROC curve with the manifest threshold's operating point, and the score histogram."""
+    scores = [image["score"] for image in report["images"]]
+    defective = [image["defect_type"] != "good" for image in report["images"]]
+    overall, threshold = report["overall"], report["threshold"]
+    false_alarm_rate, recall = roc_curve(scores, defective)
+    title = f"{report['model']} on {report['category']}"
+    draw_roc(
+        out_dir / PLOTS["roc"], false_alarm_rate, recall, overall["image_auroc"],
+        (overall["false_alarm_rate"], overall["recall"]), threshold, title,
+    )  # fmt: skip
+    good = [s for s, d in zip(scores, defective, strict=True) if not d]
+    bad = [s for s, d in zip(scores, defective, strict=True) if d]
+    draw_score_histogram(out_dir / PLOTS["histogram"], good, bad, threshold, title)
 
 
 def record_in_manifest(model_path: Path, manifest: Manifest, report: dict) -> None:
@@ -156,16 +201,18 @@ def markdown_table(report: dict) -> str:
             f"{overall['defective_images']} defective test images; each defect type is measured against all "
             "the good ones."
         ),
-        f"Pixel metrics at {report['pixel_metrics_resolution']}; PRO integrated up to FPR {report['pro_max_fpr']}.",
+        *_pixel_metrics_note(report),
         "",
         "| defect type | defective images | image AUROC | pixel AUROC | PRO | caught at threshold |",
         "|---|--:|--:|--:|--:|--:|",
     ]
     for name, m in rows:
         caught = f"{m['true_positives']}/{m['defective_images']} ({_percent(m['recall'])})"
+        pixel_auroc, pro = (
+            (_number(m["pixel_auroc"]), _number(m["pro"])) if m["defective_images_with_masks"] else ("not measured",) * 2
+        )
         lines.append(
-            f"| {name} | {m['defective_images']} | {_number(m['image_auroc'])} | {_number(m['pixel_auroc'])} "
-            f"| {_number(m['pro'])} | {caught} |"
+            f"| {name} | {m['defective_images']} | {_number(m['image_auroc'])} | {pixel_auroc} | {pro} | {caught} |"
         )
     lines += [
         "",
@@ -174,8 +221,42 @@ def markdown_table(report: dict) -> str:
             f"false alarms on {overall['false_positives']} of {overall['good_images']} good images "
             f"({_percent(overall['false_alarm_rate'])})."
         ),
+        "",
+        "### Choosing a threshold",
+        "",
+        (
+            f"The lowest threshold that keeps the false alarms on these {overall['good_images']} good images within "
+            f"each rate (one false alarm is {_percent(1 / overall['good_images'])} of them), and the defective "
+            "images it catches. Read off this very test set, so optimistic for new parts; try one with "
+            "`riad-edge run --threshold`."
+        ),
+        "",
+        "| false alarms at most | threshold | false alarms | caught |",
+        "|--:|--:|--:|--:|",
     ]
+    for choice in report["threshold_choices"]:
+        lines.append(
+            f"| {_percent(choice['target_false_alarm_rate'])} | {choice['threshold']!r} "
+            f"| {choice['false_positives']}/{overall['good_images']} ({_percent(choice['false_alarm_rate'])}) "
+            f"| {choice['true_positives']}/{overall['defective_images']} ({_percent(choice['recall'])}) |"
+        )
+    plots = report["plots"]
+    lines += ["", f"![ROC curve]({plots['roc']}) ![scores of good and defective images]({plots['histogram']})"]
     return "\n".join(lines) + "\n"
+
+
+def _pixel_metrics_note(report: dict) -> list[str]:
+    overall = report["overall"]
+    masked, defective = overall["defective_images_with_masks"], overall["defective_images"]
+    resolution = f"at {report['pixel_metrics_resolution']}; PRO integrated up to FPR {report['pro_max_fpr']}"
+    if masked == defective:
+        return [f"Pixel metrics {resolution}."]
+    if masked == 0:
+        return [f"Pixel metrics not measured: no defective image has a mask ({MASK_LAYOUTS})."]
+    return [
+        f"Pixel metrics {resolution}, on the {masked} of {defective} defective images that have a mask "
+        f"({MASK_LAYOUTS}); the others count for the image metrics only."
+    ]
 
 
 def _number(value: float | None) -> str:

@@ -23,7 +23,7 @@ from edge.anomaly_map import default_sigma
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, file_sha256, manifest_path
 from edge.masks import fixed_masks, masked_variants
-from trainer.calibrate import calibrate_threshold
+from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
 from trainer.train import TrainConfig, build_model, load_checkpoint
@@ -100,15 +100,24 @@ def check_against_torch(model: torch.nn.Module, onnx_path: Path, variants: np.nd
     return diff
 
 
-def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False) -> Manifest:
+def export_onnx(
+    checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None
+) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
     With `int8` the file is the INT8 model for CPU edge boxes (trainer/quantize.py),
     checked against torch like the float one and calibrated on its own scores.
+    With `false_alarm_rate` the threshold targets that rate (trainer/calibrate.py);
+    the manifest's metrics["calibration"] records the rule used either way.
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise ExportError(f"{out_path} does not end in .onnx; name the model file, e.g. engines/bottle.onnx")
+    if false_alarm_rate is not None:
+        try:
+            check_false_alarm_rate(false_alarm_rate)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     state = load_checkpoint(checkpoint)
     if state["epoch"] == 0:
         raise ExportError(f"{checkpoint} holds no completed epoch; train longer before exporting")
@@ -166,7 +175,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, int8: bool = False
         recipe=config.to_dict(),
     )
     with OnnxCpuBackend(out_path, manifest=manifest) as backend:
-        calibration = calibrate_threshold(backend, held_out_images)
+        calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
     metrics = {
         "calibration": calibration,

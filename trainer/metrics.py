@@ -1,4 +1,4 @@
-"""Detection quality: image and pixel AUROC, MVTec's PRO, and the counts at a threshold.
+"""Detection quality: image and pixel AUROC, MVTec's PRO, the ROC curve, and the counts at a threshold.
 
 Every curve here is computed exactly from the sorted scores (no threshold grid), and
 tied scores count half, as in the Mann-Whitney statistic: a detector that gives every
@@ -29,6 +29,56 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"AUROC needs both classes; there are no {kind} samples")
     rank_sum = float(_average_ranks(scores)[positive].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def roc_curve(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(false-alarm rate, recall) as the threshold falls through every distinct score, from (0, 0) to (1, 1).
+
+    Tied scores are flagged together, so a tie is one diagonal step: the curve's trapezoid
+    area is roc_auc's ties-count-half statistic.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(labels).ravel().astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    recall = np.r_[0.0, (np.cumsum(positive[order]) / positive.sum())[last_of_tie]]
+    false_alarm_rate = np.r_[0.0, (np.cumsum(~positive[order]) / (~positive).sum())[last_of_tie]]
+    return false_alarm_rate, recall
+
+
+def thresholds_for_false_alarm_rates(scores: Sequence[float], labels: Sequence[int], rates: Sequence[float]) -> list[dict]:
+    """For each target false-alarm rate, the lowest threshold that keeps the good images' false alarms within it.
+
+    With n good images a rate allows floor(rate * n) false alarms, k. Any threshold from the
+    (k+1)-th highest good score up to (not including) the next higher score of any image
+    makes the same decisions; the one returned is the gap's middle rounded to as few
+    significant digits as keep it there, so that it can be typed as it is printed
+    (`riad-edge run --threshold`). Chosen on the
+    very images it is measured on, the recall there is optimistic for new parts.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    defective = np.asarray(labels).astype(bool)
+    good = np.sort(scores[~defective])[::-1]
+    rows = []
+    for rate in rates:
+        allowed = int(np.floor(rate * good.size + 1e-9))  # 5 % of 20 is 1, whatever 0.05 * 20 rounds to
+        low = float(good[min(allowed, good.size - 1)])
+        above = scores[scores > low]
+        # Nothing scores higher: any threshold a little above `low` decides the same.
+        high = float(above.min()) if above.size else low + abs(low) * 0.01 + 1e-12
+        threshold = _shortest_decimal_in(low, high)
+        rows.append({"target_false_alarm_rate": rate, "threshold": threshold} | threshold_counts(scores, defective, threshold))
+    return rows
+
+
+def _shortest_decimal_in(low: float, high: float) -> float:
+    """(low + high) / 2 with as few significant digits as keep it in [low, high)."""
+    for digits in range(1, 18):
+        candidate = float(f"{(low + high) / 2:.{digits}g}")
+        if low <= candidate < high:
+            return candidate
+    return low
 
 
 def image_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:

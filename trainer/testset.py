@@ -1,10 +1,14 @@
-"""An MVTec AD category's test set: test images, their defect type, their ground-truth masks.
+"""A labelled test set: test images, their defect type, their ground-truth masks where there are any.
 
-    <category>/test/good/000.png                      defect-free, no mask (all zero)
-    <category>/test/<defect>/000.png                  defective
-    <category>/ground_truth/<defect>/000_mask.png     its mask (PNG, the image's size, bright = defect)
+    <category>/test/good/000.png                      defect-free (`good` or `ok`, any case)
+    <category>/test/<defect>/000.png                  defective; any other folder name is a defect type
+    <category>/ground_truth/<defect>/000_mask.png     its mask, if there is one (PNG, the image's size, bright = defect)
 
-The datasets that copied this layout name things slightly differently, and are read too:
+Masks are optional: most users have a folder of good and a folder of bad parts. A defective
+image without a mask still counts for the image metrics; the pixel metrics are measured on
+the defective images that have one, and are reported as not measured where none has.
+
+The datasets that copied MVTec AD's layout name masks slightly differently, and are read too:
 BTAD calls good images `ok` and names a mask like its image (`ground_truth/ko/0000.png`);
 MVTec LOCO gives each image a folder of masks, one per defect region
 (`ground_truth/<defect>/000/000.png`, `001.png`...), united here. MPDD is MVTec AD's layout.
@@ -22,6 +26,8 @@ from edge.preprocess import list_images, read_image
 from trainer.data import GOOD_FOLDERS, DataError
 
 GOOD = "good"
+# Where a defective image test/<defect>/<name>.* may have its mask; reports name them.
+MASK_LAYOUTS = "ground_truth/<defect>/<name>_mask.png, <name>.png or <name>/*.png"
 
 
 class TestSetError(DataError):
@@ -36,15 +42,20 @@ class TestItem:
 
     image_path: Path
     defect_type: str  # "good" for a defect-free image
-    mask_path: Path | None  # None for a good image; a file, or a folder of masks to unite
+    mask_path: Path | None  # a file, or a folder of masks to unite; None for a good image or an unmasked defect
 
     @property
     def is_defective(self) -> bool:
         return self.defect_type != GOOD
 
+    @property
+    def has_pixel_labels(self) -> bool:
+        """Whether every pixel's label is known: a good image's are all defect-free, a defect's need its mask."""
+        return not self.is_defective or self.mask_path is not None
+
 
 def load_test_set(category_dir: str | Path) -> list[TestItem]:
-    """Every test image with its mask, checked: each defective image has a mask of its size.
+    """Every test image with its mask where it has one, checked: every mask has its image's size.
 
     Every image, good or defective, and every mask is decoded once here, so that a broken file stops the run
     before minutes of scoring rather than after.
@@ -56,39 +67,43 @@ def load_test_set(category_dir: str | Path) -> list[TestItem]:
     if not test_dir.is_dir():
         raise TestSetError(
             f"{category_dir} has no test/ folder, so there is nothing to measure detection on: "
-            "a folder of good images only allows calibrating the threshold. Evaluation needs an "
-            "MVTec AD layout: test/good, test/<defect>/ and ground_truth/<defect>/<name>_mask.png"
+            "a folder of good images only allows calibrating the threshold. Evaluation needs "
+            "test/good/ and one or more folders of defective images, test/<defect>/ "
+            "(pixel masks in ground_truth/<defect>/<name>_mask.png are optional)"
         )
     items = []
-    for folder in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+    # Hidden folders (.ipynb_checkpoints, a file manager's thumbnails) hold no defect type.
+    for folder in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for image_path in list_images(folder):
-            if folder.name in GOOD_FOLDERS:
+            if folder.name.lower() in GOOD_FOLDERS:
                 items.append(TestItem(image_path, GOOD, None))
             else:
                 items.append(TestItem(image_path, folder.name, _mask_of(category_dir, folder.name, image_path)))
             _check_decodes(items[-1])
     if not any(item.defect_type == GOOD for item in items):
-        raise TestSetError(f"{test_dir} has no good images (test/{GOOD}); false alarms and AUROC need them")
+        raise TestSetError(f"{test_dir} has no good images (test/good or test/ok); false alarms and AUROC need them")
     if all(item.defect_type == GOOD for item in items):
         raise TestSetError(f"{test_dir} has no defective images (test/<defect>/); only calibration is possible")
     return items
 
 
-def _mask_of(category_dir: Path, defect: str, image_path: Path) -> Path:
-    """The ground truth of a defective image: the first of the dataset layouts that exists."""
+def _mask_of(category_dir: Path, defect: str, image_path: Path) -> Path | None:
+    """The ground truth of a defective image: the first of the MASK_LAYOUTS that exists, or None."""
     masks = category_dir / "ground_truth" / defect
     candidates = [masks / f"{image_path.stem}_mask.png", masks / f"{image_path.stem}.png", masks / image_path.stem]
     for candidate in candidates:
         if candidate.is_file() or (candidate.is_dir() and list_images(candidate)):
             return candidate
-    raise TestSetError(
-        f"defective test image {image_path} has no ground-truth mask; looked for "
-        + ", ".join(str(c) + ("/*.png" if c == candidates[-1] else "") for c in candidates)
-    )
+    return None
 
 
-def read_mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray:
-    """(H, W) bool ground truth at the image's size `shape`; all False for a good image."""
+def read_mask(item: TestItem, shape: tuple[int, ...]) -> np.ndarray | None:
+    """(H, W) bool ground truth at the image's size `shape`; all False for a good image.
+
+    None for a defective image without a mask: its pixels' labels are unknown, not defect-free.
+    """
+    if not item.has_pixel_labels:
+        return None
     if item.mask_path is None:
         return np.zeros(shape[:2], bool)
     files = list_images(item.mask_path) if item.mask_path.is_dir() else [item.mask_path]
@@ -115,7 +130,7 @@ def _read_one_mask(path: Path, image_path: Path, shape: tuple[int, ...]) -> np.n
 
 
 def _check_decodes(item: TestItem) -> None:
-    """The image decodes, and so does its mask, at the image's size."""
+    """The image decodes, and so does its mask if it has one, at the image's size."""
     try:
         image = read_image(item.image_path)
     except ValueError as exc:
