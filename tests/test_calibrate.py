@@ -55,7 +55,7 @@ def test_too_few_images_is_a_clear_error(tiny_onnx_model, bottle_dir):
 
 
 def mean_brightness_manifest() -> Manifest:
-    return Manifest("m", "c", input_size=16, model_width=4, threshold=0.5, model_file="m.onnx", model_sha256="")
+    return Manifest("m", "c", input_height=16, input_width=16, model_width=4, threshold=0.5, model_file="m.onnx", model_sha256="")
 
 
 def images_scoring(scores) -> list[np.ndarray]:
