@@ -37,6 +37,9 @@ def run_station(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     broker_url = broker_url or config.broker
+    triggered = [c.camera_id or c.source for c in config.cameras if c.mode == "triggered"]
+    if triggered and not broker_url:
+        return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
     try:
         broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
         station = Station(config, broker).__enter__()
