@@ -39,12 +39,16 @@ class Pipeline:
         sinks: Sequence[ResultSink] = (),
         threshold: float | None = None,
         max_frames: int | None = None,
+        judge: FrameJudge | None = None,
     ):
-        """The pipeline closes the source and the sinks when it ends; the backend stays the caller's."""
+        """The pipeline closes the source and the sinks when it ends; the backend stays the caller's.
+
+        `judge` (a camera's ROI and ignore mask) replaces the default one of `backend` and `threshold`.
+        """
         self.source = source
         self.backend = backend
         self.sinks = list(sinks)
-        self.judge = FrameJudge(backend, threshold)
+        self.judge = judge or FrameJudge(backend, threshold)
         self.threshold = self.judge.threshold
         self.max_frames = max_frames
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)

@@ -10,6 +10,9 @@
         threshold: 0.2                 # optional; default: the model manifest's
         deadline_ms: 1000              # triggered: a verdict later than this is an error
         spool: /var/lib/riad/line1.spool   # optional
+        roi: 120,40,600,600,90         # optional crop x,y,width,height[,rotation]; the model must be trained on it
+        ignore_mask: masks/line1.png   # optional, frame-sized image: non-zero pixels never alarm
+        ignore_polygons: [[[0, 0], [200, 0], [200, 80], [0, 80]]]   # or polygons, in frame pixels
 
 Relative paths (model, spool, a file source) are relative to the config file. Unknown
 keys are errors: a misspelt `treshold` must not silently run with the default.
@@ -22,10 +25,11 @@ from pathlib import Path
 
 import yaml
 
+from edge.roi import IgnoreMask, Roi, RoiError
 from edge.station.triggered import DEFAULT_DEADLINE_S
 
 MODES = ("free", "triggered")
-_CAMERA_KEYS = {"id", "source", "model", "mode", "threshold", "deadline_ms", "spool"}
+_CAMERA_KEYS = {"id", "source", "model", "mode", "threshold", "deadline_ms", "spool", "roi", "ignore_mask", "ignore_polygons"}
 _STATION_KEYS = {"broker", "topic_prefix", "cameras"}
 
 
@@ -42,6 +46,8 @@ class CameraConfig:
     threshold: float | None = None
     deadline_s: float = DEFAULT_DEADLINE_S
     spool: Path | None = None
+    roi: Roi | None = None
+    ignore: IgnoreMask | None = None
 
 
 @dataclass
@@ -105,6 +111,18 @@ def _camera(data, index: int, base: Path) -> CameraConfig:
     if not _finite(deadline_ms) or deadline_ms <= 0:
         raise ConfigError(f"{where}: deadline_ms must be a positive number, not {deadline_ms!r}")
     spool = data.get("spool")
+    try:
+        roi = data.get("roi")
+        roi = Roi.parse(str(roi)) if isinstance(roi, (str, int)) else None if roi is None else Roi.from_dict(roi)
+        if "ignore_mask" in data and "ignore_polygons" in data:
+            raise RoiError("give ignore_mask or ignore_polygons, not both")
+        ignore = None
+        if "ignore_mask" in data:
+            ignore = IgnoreMask.from_file(base / Path(data["ignore_mask"]))
+        elif "ignore_polygons" in data:
+            ignore = IgnoreMask(polygons=data["ignore_polygons"])
+    except RoiError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return CameraConfig(
         camera_id=camera_id,
         source=_source(str(data["source"]), base),
@@ -113,6 +131,8 @@ def _camera(data, index: int, base: Path) -> CameraConfig:
         threshold=None if threshold is None else float(threshold),
         deadline_s=float(deadline_ms) / 1000.0,
         spool=None if spool is None else base / Path(spool),
+        roi=roi,
+        ignore=ignore,
     )
 
 

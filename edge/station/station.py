@@ -81,7 +81,7 @@ class Station:
 
     def _open_camera(self, camera: CameraConfig) -> None:
         backend = self.backends[camera.model.resolve()]
-        judge = FrameJudge(backend, camera.threshold)
+        judge = FrameJudge(backend, camera.threshold, camera.roi, camera.ignore)
         try:
             source = self._stack.enter_context(open_source(camera.source))
         except SourceError as exc:
@@ -109,7 +109,7 @@ class Station:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
                 cam.sinks.append(self._publisher(camera, backend, stats))
         elif source is not None:
-            pipeline = Pipeline(source, backend, sinks, threshold=judge.threshold)
+            pipeline = Pipeline(source, backend, sinks, judge=judge)
             self.pipelines[camera.camera_id] = pipeline
             if self.broker is not None:
                 stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
