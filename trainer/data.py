@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
+from edge.roi import Roi
 
 HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
@@ -85,12 +86,13 @@ def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FR
     return TrainingSet(folder, category, train, held)
 
 
-def load_images(paths: list[Path], input_size: int) -> np.ndarray:
-    """(N, 3, S, S) float32: the files through the edge's own read and resize."""
+def load_images(paths: list[Path], input_size: int, roi: str = "") -> np.ndarray:
+    """(N, 3, S, S) float32: the files through the edge's own ROI crop, read and resize."""
     images = np.empty((len(paths), 3, input_size, input_size), np.float32)
+    crop = Roi.parse(roi).view if roi else (lambda frame: frame)
     for i, path in enumerate(paths):
         try:
-            images[i] = prepare(read_image(path), input_size)
+            images[i] = prepare(crop(read_image(path)), input_size)
         except (ValueError, OSError) as exc:
             raise DataError(f"cannot use training image {path}: {exc}") from None
     return images
@@ -105,8 +107,8 @@ class GoodImages(Dataset):
     would teach the net that a part mounted the wrong way round is normal.
     """
 
-    def __init__(self, paths: list[Path], input_size: int):
-        self.images = torch.from_numpy(load_images(paths, input_size))
+    def __init__(self, paths: list[Path], input_size: int, roi: str = ""):
+        self.images = torch.from_numpy(load_images(paths, input_size, roi))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -25,6 +25,7 @@ from edge.masks import (
     check_input_size,
     make_masks,
 )
+from edge.roi import Roi
 from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
@@ -56,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     holdout_fraction: float = HOLDOUT_FRACTION
+    roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/roi.py); "" for whole images
 
     @property
     def mask_spec(self) -> MaskSpec:
@@ -180,6 +182,11 @@ def check_config(config: TrainConfig) -> None:
         check_input_size(config.input_size, config.input_size, config.mask_spec)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    if config.roi:
+        try:
+            Roi.parse(config.roi)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
     if config.input_size % 2**UNET_DEPTH:
         raise TrainError(f"input size {config.input_size} is not a multiple of {2**UNET_DEPTH}, as the U-Net needs")
     for name in ("epochs", "batch_size", "base_width"):
@@ -250,8 +257,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
             path,
         )
 
-    images = GoodImages(data.train, config.input_size)
-    load_images(data.held_out, config.input_size)  # a damaged held-out file fails now, not at export
+    images = GoodImages(data.train, config.input_size, config.roi)
+    load_images(data.held_out, config.input_size, config.roi)  # a damaged held-out file fails now, not at export
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, spec = config.input_size, config.mask_spec
