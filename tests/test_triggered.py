@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -202,3 +206,29 @@ def test_no_verdict_is_lost_across_a_broker_crash(persistent_broker, bottle_dir,
         first.setdefault(v["part_id"], v["verdict"])
     assert list(first) == [f"part-{i}" for i in range(6)]  # in order, none lost
     assert "error" not in first.values()
+
+
+def test_one_camera_triggered_from_the_command_line(broker, bottle_dir, tmp_path, subscribe, tiny_onnx_model):
+    command = [sys.executable, "-c", "from edge.cli import app; app()", "run", "--mode", "triggered"]
+    source = line_folder(bottle_dir, tmp_path / "line", [GOOD[0]])
+    refused = subprocess.run([*command, "--source", str(source), "--model", str(tiny_onnx_model)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "need a broker to receive triggers" in refused.stderr
+    consumer = subscribe(broker, [VERDICTS])
+    args = ["--source", source, "--model", tiny_onnx_model, "--camera-id", "line1", "--broker", broker.url, "--spool", tmp_path / "s.spool"]
+    process = subprocess.Popen([*command, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            if line.startswith("triggers: listening on riad/line1/trigger"):
+                break
+        trigger(broker, "p1")
+        trigger(broker, "p2")  # the folder has one part: p2 gets an error
+        assert consumer.wait_for(lambda: len(verdicts(consumer)) >= 2, timeout=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    first, second = verdicts(consumer)
+    assert first["part_id"] == "p1" and first["error"] is None
+    assert second["part_id"] == "p2" and second["verdict"] == "error"
+    assert "VERDICT line1 part p2 error" in out and "'error': 1" in out

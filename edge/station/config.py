@@ -70,7 +70,7 @@ def load_config(path: Path) -> StationConfig:
         raise ConfigError(f"config {path} lists no cameras (a 'cameras:' list of mappings)")
     base = Path(path).resolve().parent
     parsed = [_camera(c, i, base) for i, c in enumerate(cameras)]
-    ids = [c.camera_id for c in parsed]
+    ids = [c.camera_id or "" for c in parsed]  # every camera of a file has its id
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"config {path}: camera id(s) {', '.join(duplicates)} appear more than once")

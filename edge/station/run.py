@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -45,19 +46,27 @@ def run_station(
         station = Station(config, broker).__enter__()
     except (ManifestError, BackendError, BrokerError, SpoolError, ValueError, OSError) as exc:
         return fail(str(exc), EXIT_BAD_INPUT)
-    with station:
+    try:
         for camera in config.cameras:
             state = f"DOWN ({station.down[camera.camera_id]})" if camera.camera_id in station.down else camera.source
             print(f"camera {camera.camera_id}: {camera.mode}, {state}, model {camera.model.name}")
-        for model, shared in station.backends.items():
+        for shared in station.backends.values():
             print(f"backend: {shared.name}, model {shared.manifest.model_id}, up to {shared.max_frames} frame(s) per batch")
         print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..." if broker else "mqtt: off (no broker); verdicts and defects are printed here")
         if len(station.down) == len(config.cameras):
             return fail("not one camera could be opened", EXIT_SOURCE_UNAVAILABLE)
+        if station.triggers is not None:
+            topics = ", ".join(station.triggers.handlers)
+            if station.triggers.subscribed.wait(10):
+                print(f"triggers: listening on {topics}", flush=True)
+            else:
+                print(f"warning: not yet subscribed to {topics} (broker unreachable?); retrying", file=sys.stderr)
         with _stop_on_signals(station):
             station.run()
         for camera_id, cam in station.triggered.items():
             print(f"summary {camera_id}: {cam.stats.snapshot()}")
-        for camera_id, shared in station.backends.items():
+        for shared in station.backends.values():
             print(f"batching {shared.manifest.model_id}: {shared.counters()}")
+    finally:
+        station.close()
     return EXIT_INSPECTION_FAILED if station.failed else EXIT_OK

@@ -87,44 +87,44 @@ class Station:
         except SourceError as exc:
             source = None
             down = str(exc)
-        if camera.camera_id is None:
-            camera.camera_id = source.camera_id if source is not None else "cam"
+        camera_id = camera.camera_id or (source.camera_id if source is not None else "cam")
+        camera.camera_id = camera_id
         if source is None:
-            self.down[camera.camera_id] = down
-            log.error("camera %s is down: %s; the other cameras go on", camera.camera_id, down)
-        sinks: list = [ConsoleSink(camera.camera_id)] if self.console else []
+            self.down[camera_id] = down
+            log.error("camera %s is down: %s; the other cameras go on", camera_id, down)
+        sinks: list = [ConsoleSink(camera_id)] if self.console else []
         if camera.mode == "triggered":
             cam = TriggeredCamera(
-                camera.camera_id,
+                camera_id,
                 source,
                 judge,
-                self._verdict_sink(camera.camera_id, backend.manifest.model_id),
+                self._verdict_sink(camera_id, backend.manifest.model_id),
                 sinks,
                 deadline_s=camera.deadline_s,
-                down_reason=self.down.get(camera.camera_id),
+                down_reason=self.down.get(camera_id),
             )
             self._stack.callback(cam.close)
-            self.triggered[camera.camera_id] = cam
+            self.triggered[camera_id] = cam
             if self.broker is not None:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                cam.sinks.append(self._publisher(camera, backend, stats))
+                cam.sinks.append(self._publisher(camera_id, camera, backend, stats))
         elif source is not None:
             pipeline = Pipeline(source, backend, sinks, judge=judge)
-            self.pipelines[camera.camera_id] = pipeline
+            self.pipelines[camera_id] = pipeline
             if self.broker is not None:
                 stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                pipeline.add_sink(self._publisher(camera, backend, stats))
+                pipeline.add_sink(self._publisher(camera_id, camera, backend, stats))
 
-    def _publisher(self, camera: CameraConfig, backend: SharedBackend, stats):
+    def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
         from edge.mqtt import MqttPublisher
 
-        spool = camera.spool or default_spool_path(camera.camera_id)
+        spool = camera.spool or default_spool_path(camera_id)
         spool.parent.mkdir(parents=True, exist_ok=True)
         assert self.broker is not None
         publisher = MqttPublisher(
-            self.broker, camera.camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats
+            self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats
         )
-        self.publishers[camera.camera_id] = publisher
+        self.publishers[camera_id] = publisher
         return publisher
 
     def _verdict_sink(self, camera_id: str, model_id: str):

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -81,7 +81,7 @@ class TriggerSubscriber:
     not block (TriggeredCamera.submit only queues).
     """
 
-    def __init__(self, broker: BrokerConfig, handlers: dict[str, Callable[[Trigger], None]], client_id: str):
+    def __init__(self, broker: BrokerConfig, handlers: Mapping[str, Callable[[Trigger], None]], client_id: str):
         self.handlers = handlers  # topic -> callback
         self.subscribed = threading.Event()  # the broker has confirmed the subscription
         self._client = paho.Client(
