@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
@@ -232,3 +233,42 @@ def test_one_camera_triggered_from_the_command_line(broker, bottle_dir, tmp_path
     assert first["part_id"] == "p1" and first["error"] is None
     assert second["part_id"] == "p2" and second["verdict"] == "error"
     assert "VERDICT line1 part p2 error" in out and "'error': 1" in out
+
+
+def test_a_live_camera_answers_with_a_frame_taken_after_the_trigger_and_errors_when_it_drops(bottle_dir, tmp_path):
+    from media import bottle_frames, write_video
+
+    from edge.sources import CaptureSource
+    from edge.station.triggered import FrameGrabber, NoFrameError
+
+    clip = write_video(tmp_path / "cam.avi", bottle_frames(bottle_dir, 3), "MJPG")
+    unplugged = threading.Event()
+    failed_opens = []
+
+    def open_capture():  # a camera whose stream loops, until it is unplugged: then every reconnect fails
+        if unplugged.is_set():
+            failed_opens.append(1)
+            return cv2.VideoCapture(str(tmp_path / "unplugged.avi"))
+        return cv2.VideoCapture(str(clip))
+
+    camera = CaptureSource("camera 7", open_capture, live=True, camera_id="cam7", backoff=(0.01, 0.01))
+    grabber = FrameGrabber(camera)
+    try:
+        first = grabber.next_after(0.0, timeout=10)
+        assert first.captured_at > 0.0
+        second = grabber.next_after(first.captured_at, timeout=10)  # a frame per request, never the same twice
+        assert second.captured_at > first.captured_at and second.index > first.index
+        unplugged.set()
+        assert consumer_waits(lambda: len(failed_opens) > 0)  # the stream has ended: the camera is reconnecting
+        asked = time.monotonic()
+        with pytest.raises(NoFrameError, match=r"no frame from camera 7 within 300 ms \(camera down or reconnecting\?\)"):
+            grabber.next_after(asked, timeout=0.3)
+    finally:
+        grabber.close()
+
+
+def consumer_waits(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
