@@ -162,6 +162,26 @@ def test_a_full_queue_answers_at_once_and_stopping_answers_the_rest(bottle_dir, 
     camera.close()
 
 
+def test_a_trigger_that_waited_on_the_broker_past_its_deadline_is_an_error(bottle_dir, tmp_path, tiny_onnx_model):
+    source = open_source(str(line_folder(bottle_dir, tmp_path / "line", [GOOD[0], GOOD[1]])))
+    answered = []
+    camera = TriggeredCamera("line1", source, FrameJudge(OnnxCpuBackend(tiny_onnx_model)), answered.append, deadline_s=30)
+    camera.submit(parse_trigger(json.dumps({"part_id": "stale", "epoch": time.time() - 60}).encode()))
+    camera.submit(parse_trigger(json.dumps({"part_id": "fresh", "epoch": time.time()}).encode()))
+    serving = threading.Thread(target=camera.run)
+    serving.start()
+    try:
+        assert consumer_waits(lambda: len(answered) == 2, timeout=30)
+    finally:
+        camera.stop()
+        serving.join(10)
+        camera.close()
+    stale, fresh = answered
+    assert (stale.part_id, stale.verdict) == ("stale", "error") and "deadline passed" in stale.error
+    assert stale.latency_s >= 60
+    assert (fresh.part_id, fresh.error) == ("fresh", None)
+
+
 @pytest.mark.parametrize(
     "payload, part_id, problem",
     [
@@ -174,6 +194,7 @@ def test_a_full_queue_answers_at_once_and_stopping_answers_the_rest(bottle_dir, 
         (b'{"part_id": "A1", "frames": 1.5}', "A1", "frames"),
         (b'{"part_id": "A1", "deadline_ms": -1}', "A1", "deadline_ms"),
         (b"\xff\xfe", None, "UTF-8"),
+        (b'{"part_id": "A1", "epoch": "yesterday"}', "A1", "epoch"),
     ],
 )
 def test_trigger_payloads(payload, part_id, problem):

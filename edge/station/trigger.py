@@ -1,8 +1,11 @@
 """Triggers: "part 1234 is in place", from a photo-eye, a PLC or a MES over MQTT.
 
 Topic `<prefix>/<camera>/trigger`, payload either the part id as plain text (`1234`)
-or JSON: `{"part_id": "1234", "frames": 3, "deadline_ms": 500}`. `frames` (default 1)
-frames after the trigger are inspected; `deadline_ms` overrides the camera's deadline.
+or JSON: `{"part_id": "1234", "frames": 3, "deadline_ms": 500, "epoch": 1795598127.1}`.
+`frames` (default 1) frames after the trigger are inspected; `deadline_ms` overrides
+the camera's deadline; `epoch`, when the sender put it in, is when the part was in
+place: the deadline counts from it, so a trigger that waited on the broker while the
+inspector was away gets `error`, not a verdict on whatever part is in view now.
 A payload that is not a usable trigger still gets a verdict, `error`, never silence.
 """
 
@@ -70,6 +73,12 @@ def parse_trigger(payload: bytes, received_at: float | None = None, received_epo
     deadline_ms = data.get("deadline_ms")
     if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) or not deadline_ms > 0):
         return bad(f"deadline_ms must be a positive number, not {deadline_ms!r}", part_id)
+    sent = data.get("epoch")
+    if sent is not None:
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not sent > 0:
+            return bad(f"epoch must be seconds since 1970, not {sent!r}", part_id)
+        # Clocks of sender and station may differ a little: a trigger is never younger than its arrival.
+        at, epoch = at - max(0.0, epoch - sent), min(epoch, sent)
     return Trigger(part_id, frames, None if deadline_ms is None else deadline_ms / 1000.0, at, epoch)
 
 
