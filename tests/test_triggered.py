@@ -182,6 +182,20 @@ def test_a_trigger_that_waited_on_the_broker_past_its_deadline_is_an_error(bottl
     assert (fresh.part_id, fresh.error) == ("fresh", None)
 
 
+def test_a_trigger_the_broker_delivers_again_is_answered_once(bottle_dir, tmp_path, tiny_onnx_model):
+    source = open_source(str(line_folder(bottle_dir, tmp_path / "line", [GOOD[0]])))
+    answered = []
+    camera = TriggeredCamera("line1", source, FrameJudge(OnnxCpuBackend(tiny_onnx_model)), answered.append)
+    camera.submit(parse_trigger(b"p1"))
+    camera.submit(parse_trigger(b"p1", redelivered=True))  # the DUP flag: a resend of a trigger we hold
+    camera.submit(parse_trigger(b"p2", redelivered=True))  # DUP, but new to us: served
+    camera.submit(parse_trigger(b"p1"))  # not a resend: the line asks again, and gets an answer
+    camera.stop()
+    camera.run()
+    camera.close()
+    assert [v.part_id for v in answered] == ["p1", "p2", "p1"]
+
+
 @pytest.mark.parametrize(
     "payload, part_id, problem",
     [

@@ -39,15 +39,18 @@ class Trigger:
     received_at: float  # monotonic clock, for the trigger-to-verdict latency
     received_epoch: float
     problem: str | None = None  # why this payload cannot be served; it gets an error verdict
+    redelivered: bool = False  # MQTT's DUP flag: the broker may have delivered this trigger before
 
 
-def parse_trigger(payload: bytes, received_at: float | None = None, received_epoch: float | None = None) -> Trigger:
+def parse_trigger(
+    payload: bytes, received_at: float | None = None, received_epoch: float | None = None, redelivered: bool = False
+) -> Trigger:
     """A trigger from its payload; a malformed one comes back with `problem` set."""
     at = time.monotonic() if received_at is None else received_at
     epoch = time.time() if received_epoch is None else received_epoch
 
     def bad(problem: str, part_id: str | None = None) -> Trigger:
-        return Trigger(part_id, 1, None, at, epoch, problem)
+        return Trigger(part_id, 1, None, at, epoch, problem, redelivered)
 
     try:
         text = payload.decode("utf-8").strip()
@@ -79,7 +82,7 @@ def parse_trigger(payload: bytes, received_at: float | None = None, received_epo
             return bad(f"epoch must be seconds since 1970, not {sent!r}", part_id)
         # Clocks of sender and station may differ a little: a trigger is never younger than its arrival.
         at, epoch = at - max(0.0, epoch - sent), min(epoch, sent)
-    return Trigger(part_id, frames, None if deadline_ms is None else deadline_ms / 1000.0, at, epoch)
+    return Trigger(part_id, frames, None if deadline_ms is None else deadline_ms / 1000.0, at, epoch, None, redelivered)
 
 
 class TriggerSubscriber:
@@ -114,7 +117,7 @@ class TriggerSubscriber:
     def _on_message(self, client, userdata, message) -> None:
         handler = self.handlers.get(message.topic)
         if handler is not None:
-            handler(parse_trigger(message.payload))
+            handler(parse_trigger(message.payload, redelivered=bool(message.dup)))
 
     def close(self) -> None:
         self._client.disconnect()

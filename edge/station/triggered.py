@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 2.0
 DEFAULT_QUEUE_SIZE = 8  # triggers waiting for the camera; more get `error`, not a growing backlog
+RECENT_PARTS = 1000  # part ids remembered to recognise a trigger the broker delivers twice
 
 
 class NoFrameError(Exception):
@@ -137,11 +138,18 @@ class TriggeredCamera:
         self._stop = threading.Event()
         self.stats = VerdictStats()
         self.triggers_received = 0
+        self._recent_parts: deque[str | None] = deque(maxlen=RECENT_PARTS)
         self.frame_stats = PipelineStats(source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize)
 
     def submit(self, trigger: Trigger) -> None:
         """Queue a trigger; answers at once with `error` when it cannot be served. Never blocks."""
         self.triggers_received += 1
+        if trigger.redelivered and trigger.part_id in self._recent_parts:
+            # QoS 1 is at least once: after a broker restart it may resend a trigger we
+            # already have. Inspecting it again would take the next part's frame.
+            log.info("camera %s: trigger for part %s delivered again by the broker; already answered", self.camera_id, trigger.part_id)
+            return
+        self._recent_parts.append(trigger.part_id)
         if trigger.problem:
             self._error(trigger, trigger.problem)
         elif self._stop.is_set():
