@@ -5,6 +5,10 @@ result. One worker thread takes the oldest waiting frame and every other frame
 already waiting (up to `max_frames`), and scores them with one `score_batch` call,
 N x 12 masked variants through the network at once. Nothing waits for a batch to
 fill: while a batch runs, the next one gathers, so batching costs no latency.
+
+ONNX Runtime runs a batch as one network call. The TensorRT backend does not yet: its
+device buffers are sized for one frame, so its `score_batch` is the base class's loop
+(the engine's profile already allows several frames: `max_batch` in its manifest).
 """
 
 from __future__ import annotations
