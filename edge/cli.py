@@ -30,7 +30,10 @@ def main() -> None:
 def run_command(
     camera: Annotated[int | None, typer.Option("--camera", min=0, help="Camera number (V4L2), e.g. 0 for /dev/video0.")] = None,
     source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., file://clip.mp4, a video file, an image folder.")] = None,
-    model: Annotated[Path, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = ...,
+    model: Annotated[Path | None, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Station config (YAML): many cameras in one process, each with its source, model, mode...; see edge/station/config.py.")] = None,
+    mode: Annotated[str, typer.Option(help="free: judge every frame, publish defects; triggered: judge the frame(s) after each MQTT trigger, publish a verdict per part.")] = "free",
+    deadline_ms: Annotated[float, typer.Option(min=1, help="Triggered mode: a verdict later than this after its trigger is an error.")] = 2000.0,
     broker: Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...; without it defects are only printed.")] = None,
     username: Username = None,
     password: Password = None,
@@ -62,6 +65,11 @@ def run_command(
     """
     from edge.runner import run_inspection
 
+    if config is not None or mode != "free":
+        raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
+                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port))
+    if model is None:
+        raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
         raise typer.BadParameter("give exactly one of --camera N or --source URI")
     if threshold is not None and not math.isfinite(threshold):
@@ -87,6 +95,36 @@ def run_command(
         view_password=view_password,
     )
     raise typer.Exit(code)
+
+
+def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
+                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port) -> int:
+    """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
+    from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
+    from edge.station.run import run_station
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_frames is not None or save_dir is not None or view_port:
+        raise typer.BadParameter("--max-frames, --save-dir and --view-port work with one free-running camera only, not with --config or --mode triggered")
+    if config is not None:
+        if any(v is not None for v in (camera, source, model, threshold, camera_id, spool)) or mode != "free":
+            raise typer.BadParameter("with --config the cameras, models, modes and thresholds come from the file; give only broker options beside it")
+        try:
+            station = load_config(config)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            return 2
+        if topic_prefix != "riad":
+            station.topic_prefix = topic_prefix
+    else:
+        if model is None or (camera is None) == (source is None):
+            raise typer.BadParameter("--mode triggered needs --model and exactly one of --camera N or --source URI")
+        if threshold is not None and not math.isfinite(threshold):
+            raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
+        uri = str(camera) if camera is not None else source
+        station = StationConfig([CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool)], topic_prefix=topic_prefix)
+    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
 
 
 @app.command("watch")

@@ -213,7 +213,7 @@ class MqttPublisher:
         with self._lock:
             if self._closing:
                 raise RuntimeError("MqttPublisher.handle() after close()")
-            self._spool_or_hold(f"{self.base_topic}/defect", event, event_id)
+            self._spool_or_hold(f"{self.base_topic}/defect", event, f"defect event {event_id}")
             if not self._memory_queue:  # an overlay is only worth its disk space next to its event
                 try:
                     self.spool.put(overlay_topic, overlay, QOS_EVENTS, False)
@@ -223,7 +223,18 @@ class MqttPublisher:
                 log.error("overlay of event %s dropped: the spool is full", event_id)
         self._kick.set()
 
-    def _spool_or_hold(self, topic: str, event: bytes, event_id: str) -> None:
+    def send(self, subtopic: str, payload: bytes, label: str) -> None:
+        """Another durable message under this camera's topic (a station's verdict), in order with the events.
+
+        `label` names the message in the log if it is ever dropped.
+        """
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("MqttPublisher.send() after close()")
+            self._spool_or_hold(f"{self.base_topic}/{subtopic}", payload, label)
+        self._kick.set()
+
+    def _spool_or_hold(self, topic: str, event: bytes, label: str) -> None:
         """The event into the spool; into the bounded memory queue when the spool is full."""
         self._drain_memory_queue()
         if not self._memory_queue:  # newer events never overtake held ones
@@ -234,7 +245,7 @@ class MqttPublisher:
                 log.error("%s; holding events in memory (up to %d) until there is room", e, MEMORY_QUEUE_LIMIT)
         if len(self._memory_queue) >= MEMORY_QUEUE_LIMIT:
             self._dropped += 1
-            log.error("DROPPED defect event %s: spool full and %d events already held in memory", event_id, MEMORY_QUEUE_LIMIT)
+            log.error("DROPPED %s: spool full and %d events already held in memory", label, MEMORY_QUEUE_LIMIT)
             return
         self._memory_queue.append((topic, event))
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Sequence
 
 from edge.backends.base import Backend
-from edge.preprocess import prepare
-from edge.regions import defect_boxes
-from edge.results import DefectTracker, FrameResult, ResultSink
+from edge.inspection import CorruptFrameError, FrameJudge
+from edge.results import DefectTracker, ResultSink
 from edge.sources import Frame, VideoSource
 from edge.stats import PipelineStats
 
@@ -41,12 +39,17 @@ class Pipeline:
         sinks: Sequence[ResultSink] = (),
         threshold: float | None = None,
         max_frames: int | None = None,
+        judge: FrameJudge | None = None,
     ):
-        """The pipeline closes the source and the sinks when it ends; the backend stays the caller's."""
+        """The pipeline closes the source and the sinks when it ends; the backend stays the caller's.
+
+        `judge` (a camera's ROI and ignore mask) replaces the default one of `backend` and `threshold`.
+        """
         self.source = source
         self.backend = backend
         self.sinks = list(sinks)
-        self.threshold = backend.manifest.threshold if threshold is None else threshold
+        self.judge = judge or FrameJudge(backend, threshold)
+        self.threshold = self.judge.threshold
         self.max_frames = max_frames
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop = threading.Event()
@@ -133,22 +136,11 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> None:
         try:
-            image = prepare(frame.image, self.backend.manifest.input_shape)
-        except ValueError as exc:
+            result = self.judge.judge(frame)
+        except CorruptFrameError as exc:
             self.stats.record_corrupt()
             log.warning("frame %d skipped: %s", frame.index, exc)
             return
-        scored = self.backend.score(image)
-        result = FrameResult(
-            frame_index=frame.index,
-            timestamp=frame.timestamp,
-            frame=frame.image,
-            anomaly_map=scored.anomaly_map,
-            score=scored.score,
-            threshold=self.threshold,
-            boxes=defect_boxes(scored.anomaly_map, self.threshold, frame.image.shape),
-            latency_s=time.monotonic() - frame.captured_at,
-        )
         self._defects.assign(result)
         self.stats.record_frame(result.latency_s, result.is_defect)
         for sink in self.sinks:

@@ -32,7 +32,7 @@ class FrameResult:
     frame_index: int  # 0-based position in the source
     timestamp: float  # capture time, seconds since the epoch
     frame: np.ndarray  # the original BGR frame
-    anomaly_map: np.ndarray  # (H, W) float32 at the model's input size
+    anomaly_map: np.ndarray  # float32, covering the whole frame: (H, W) at the model's input size, or frame-shaped at lower resolution with an ROI
     score: float
     threshold: float
     boxes: list[Box] = field(default_factory=list)

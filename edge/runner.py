@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 
@@ -243,10 +244,14 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
     )
 
 
-class _stop_on_signals:
-    """SIGINT/SIGTERM stop the pipeline gracefully; a second one aborts at once."""
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
 
-    def __init__(self, pipeline: Pipeline):
+
+class _stop_on_signals:
+    """SIGINT/SIGTERM stop the pipeline (or a station) gracefully; a second one aborts at once."""
+
+    def __init__(self, pipeline: Stoppable):
         self.pipeline = pipeline
         self.previous: dict[int, signal.Handlers | Callable | int | None] = {}
         self.received = False

@@ -43,7 +43,7 @@ def test_run_on_a_video_prints_each_defect_and_a_summary(clip, tiny_onnx_model, 
         "run", "--source", clip, "--model", tiny_onnx_model, "--max-frames", 5, "--save-dir", tmp_path / "snaps"
     )
     assert code == 0, err
-    assert "backend: cpu (onnxruntime), model tiny-test (64 px), threshold 0.5000" in out
+    assert "backend: cpu (onnxruntime), model tiny-test (64x64 px), threshold 0.5000" in out
     assert "source: video file" in out and "as camera 'line'" in out
     assert "mqtt: off" in out
     defects = int(re.search(r"summary: 5 frames, (\d+) defective, 0 dropped, 0 corrupt", out).group(1))

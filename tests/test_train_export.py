@@ -260,7 +260,7 @@ def test_export_for_a_false_alarm_rate_records_its_rule(trained, tmp_path):
     assert "for 20 % false alarms, a normal fit to 4 held-out good images" in result.output
     # Recomputed from the held-out scores as the edge computes them.
     with OnnxCpuBackend(out) as backend:
-        scores = np.array([backend.score(prepare(read_image(p), 32)).score for p in load_checkpoint(trained)["held_out_images"]])
+        scores = np.array([backend.score(prepare(read_image(p), (32, 32))).score for p in load_checkpoint(trained)["held_out_images"]])
     expected = scores.mean() + student_t_quantile(0.8, 3) * scores.std(ddof=1) * np.sqrt(1 + 1 / 4)
     assert manifest.threshold == pytest.approx(expected, rel=1e-6)
     assert calibration["held_out_above_threshold"] == int((scores > manifest.threshold).sum())

@@ -33,6 +33,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="seeds weights, masks, shuffling and the hold-out split")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in OUT from its last epoch")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    roi: Annotated[str | None, typer.Option(help="x,y,width,height[,rotation]: train on this crop of every image, as the edge camera's roi crops it")] = None,
 ):
     """Learn what a good part looks like from defect-free images."""
     from trainer.data import DataError
@@ -41,7 +42,7 @@ def train(
     from trainer.train import train as run_training
 
     options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "crop_size": crop_size, "base_width": width}
-    options |= {"batch_size": batch_size, "seed": seed, "device": device}
+    options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi}
     try:
         if resume:
             config = resume_config(out, recipe=recipe, **options)

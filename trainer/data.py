@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
+from edge.roi import Roi
 
 HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
@@ -85,33 +86,35 @@ def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FR
     return TrainingSet(folder, category, train, held)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, roi: str = "") -> np.ndarray:
+    """The training image as the edge sees it: decoded, then cropped to the ROI if one is set."""
     try:
-        return read_image(path)
+        frame = read_image(path)
+        return Roi.parse(roi).view(frame) if roi else frame
     except (ValueError, OSError) as exc:
         raise DataError(f"cannot use training image {path}: {exc}") from None
 
 
-def input_shape(paths: list[Path], side: int, multiple: int) -> tuple[int, int]:
+def input_shape(paths: list[Path], side: int, multiple: int, roi: str = "") -> tuple[int, int]:
     """The network input (height, width) for these images: about side x side pixels in all,
-    in their median aspect ratio, each side a multiple of `multiple`.
+    in their median aspect ratio (that of the ROI, if set), each side a multiple of `multiple`.
 
     A square input would squash a long part (a 500 x 1260 strip to a third of its
     height), thinning exactly the cracks the map must see. The pixel count, and so the
     edge's cost per frame, stays that of the square the recipe names.
     """
-    aspect = float(np.median([h / w for h, w in (_decode(p).shape[:2] for p in paths)]))
+    aspect = float(np.median([h / w for h, w in (_decode(p, roi).shape[:2] for p in paths)]))
     height = max(multiple, round(side * math.sqrt(aspect) / multiple) * multiple)
     width = max(multiple, round(side / math.sqrt(aspect) / multiple) * multiple)
     return height, width
 
 
-def load_images(paths: list[Path], shape: tuple[int, int]) -> np.ndarray:
-    """(N, 3, H, W) float32: the files through the edge's own read and resize."""
+def load_images(paths: list[Path], shape: tuple[int, int], roi: str = "") -> np.ndarray:
+    """(N, 3, H, W) float32: the files through the edge's own ROI crop, read and resize."""
     images = np.empty((len(paths), 3, *shape), np.float32)
     for i, path in enumerate(paths):
         try:
-            images[i] = prepare(_decode(path), shape)
+            images[i] = prepare(_decode(path, roi), shape)
         except ValueError as exc:
             raise DataError(f"cannot use training image {path}: {exc}") from None
     return images
@@ -126,8 +129,8 @@ class GoodImages(Dataset):
     would teach the net that a part mounted the wrong way round is normal.
     """
 
-    def __init__(self, paths: list[Path], shape: tuple[int, int]):
-        self.images = torch.from_numpy(load_images(paths, shape))
+    def __init__(self, paths: list[Path], shape: tuple[int, int], roi: str = ""):
+        self.images = torch.from_numpy(load_images(paths, shape, roi))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -28,6 +28,7 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
 from edge.overlay import encode_jpeg, heatmap_overlay
 from edge.preprocess import prepare, read_image
+from edge.roi import Roi
 from edge.regions import defect_boxes
 from trainer.metrics import (
     image_auroc,
@@ -69,11 +70,15 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with OnnxCpuBackend(model_path) as backend:
         manifest = backend.manifest
+        roi = Roi.from_dict(manifest.roi) if manifest.roi else None  # a model trained on an ROI sees only it
         scored = []
         for item in tqdm(items, desc="evaluating", unit="image"):
             frame = read_image(item.image_path)
-            result = backend.score(prepare(frame, manifest.input_shape))
             mask = read_mask(item, frame.shape)
+            if roi is not None:
+                frame = roi.view(frame)
+                mask = None if mask is None else roi.view(mask.astype(np.uint8)) > 0
+            result = backend.score(prepare(frame, manifest.input_shape))
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
                 write_overlay(overlay_path, frame, result.anomaly_map, manifest.threshold, mask)

@@ -23,6 +23,7 @@ from edge.anomaly_map import default_sigma
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, file_sha256, manifest_path
 from edge.masks import fixed_masks, masked_variants
+from edge.roi import Roi
 from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
@@ -139,7 +140,7 @@ def export_onnx(
     # Decoded once, before any file is written, so a damaged one is named first. They set
     # the threshold; the first one's 12 masked variants, the batch the edge really sends,
     # check the file against torch.
-    held_out_images = load_images(held_out, (height, width))
+    held_out_images = load_images(held_out, (height, width), config.roi)
     masks = fixed_masks(height, width, config.mask_spec, config.seed)
     variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def export_onnx(
     write_onnx(model, torch.from_numpy(variants[:2]), float_path)
     diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
     if int8:
-        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width))
+        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width), config.roi)
         try:
             quantize_int8(float_path, out_path, calibration_images, masks, INPUT_NAME)
         finally:
@@ -169,6 +170,7 @@ def export_onnx(
         num_sets=config.num_sets,
         mask_seed=config.seed,
         map_sigma=default_sigma(height, width),
+        roi=Roi.parse(config.roi).as_dict() if config.roi else {},
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         training_fingerprint=state["fingerprint"],

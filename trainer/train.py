@@ -32,6 +32,7 @@ from edge.masks import (
     check_input_size,
     make_masks,
 )
+from edge.roi import Roi
 from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, input_shape, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
@@ -66,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     holdout_fraction: float = HOLDOUT_FRACTION
+    roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/roi.py); "" for whole images
 
     @property
     def mask_spec(self) -> MaskSpec:
@@ -234,6 +236,11 @@ def check_config(config: TrainConfig) -> None:
         check_input_size(config.input_size, config.input_size, config.mask_spec)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    if config.roi:
+        try:
+            Roi.parse(config.roi)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
     for name in ("input_size", "crop_size"):
         if getattr(config, name) % 2**UNET_DEPTH:
             raise TrainError(f"{name} {getattr(config, name)} is not a multiple of {2**UNET_DEPTH}, as the U-Net needs")
@@ -306,9 +313,9 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
             path,
         )
 
-    shape = input_shape(data.train, config.input_size, max(2**UNET_DEPTH, max(config.cell_sizes)))
-    images = GoodImages(data.train, shape)
-    load_images(data.held_out, shape)  # a damaged held-out file fails now, not at export
+    shape = input_shape(data.train, config.input_size, max(2**UNET_DEPTH, max(config.cell_sizes)), config.roi)
+    images = GoodImages(data.train, shape, config.roi)
+    load_images(data.held_out, shape, config.roi)  # a damaged held-out file fails now, not at export
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     out_dir.mkdir(parents=True, exist_ok=True)
     crop, spec = crop_shape(shape, config.crop_size), config.mask_spec

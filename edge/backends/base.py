@@ -8,6 +8,7 @@ GPU backend keeps all of it on the device and returns only the map and score.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,10 @@ class Backend(ABC):
     @abstractmethod
     def score(self, image: np.ndarray) -> FrameScore:
         """Score one (3, H, W) float32 RGB image in [0, 1] (see edge.preprocess.prepare)."""
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
+        """Score several frames; a backend that runs them as one network batch overrides this."""
+        return [self.score(image) for image in images]
 
     def close(self) -> None:
         """Release device memory and sessions; the default has nothing to release."""

@@ -1,0 +1,67 @@
+"""One frame judged: region of interest -> prepare -> backend -> ignore mask -> threshold -> boxes.
+
+The pipeline (free-running) and the triggered station both judge frames here, so a
+verdict and a defect event can never disagree about the same frame. With an ROI the
+result's map is in frame geometry (zero outside the ROI), so boxes and overlays are
+in full-frame pixels; the score is the map's maximum after the ignore mask.
+"""
+
+from __future__ import annotations
+
+import time
+
+from edge.backends.base import Backend
+from edge.manifest import ManifestError
+from edge.preprocess import prepare
+from edge.regions import defect_boxes
+from edge.results import FrameResult
+from edge.roi import IgnoreMask, Roi
+from edge.sources import Frame
+
+
+class CorruptFrameError(ValueError):
+    """A frame that cannot be prepared for the network (empty, an unsupported pixel format)."""
+
+
+class FrameJudge:
+    def __init__(self, backend: Backend, threshold: float | None = None, roi: Roi | None = None, ignore: IgnoreMask | None = None):
+        """ManifestError when the model was trained on another ROI than `roi`."""
+        self.backend = backend
+        self.threshold = backend.manifest.threshold if threshold is None else threshold
+        self.roi = roi
+        self.ignore = ignore
+        trained = backend.manifest.roi or None
+        if trained != (roi.as_dict() if roi else None):
+            def name(r: dict | None) -> str:
+                return f"ROI {Roi.from_dict(r).spec()}" if r else "the whole frame"
+
+            raise ManifestError(
+                f"model {backend.manifest.model_id} was trained on {name(trained)}, but this camera looks at "
+                f"{name(roi.as_dict() if roi else None)}; train it with the same --roi"
+            )
+
+    def judge(self, frame: Frame) -> FrameResult:
+        """The frame's result; CorruptFrameError for a frame that cannot be prepared."""
+        try:
+            view = self.roi.view(frame.image) if self.roi else frame.image
+            image = prepare(view, self.backend.manifest.input_shape)
+        except ValueError as exc:  # RoiError included: a frame smaller than the ROI
+            raise CorruptFrameError(str(exc)) from None
+        scored = self.backend.score(image)
+        amap, score = scored.anomaly_map, scored.score
+        if self.roi is not None:
+            amap = self.roi.to_frame(amap, frame.image.shape)
+        if self.ignore is not None:
+            amap = self.ignore.apply(amap, frame.image.shape)
+        if self.ignore is not None or self.roi is not None:
+            score = float(amap.max())
+        return FrameResult(
+            frame_index=frame.index,
+            timestamp=frame.timestamp,
+            frame=frame.image,
+            anomaly_map=amap,
+            score=score,
+            threshold=self.threshold,
+            boxes=defect_boxes(amap, self.threshold, frame.image.shape),
+            latency_s=time.monotonic() - frame.captured_at,
+        )

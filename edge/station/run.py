@@ -1,0 +1,72 @@
+"""`riad-edge run --config line.yaml` (and `run --mode triggered`): a station to its end, as exit codes.
+
+Exit codes as for a single camera: 0 stopped (or every source ended); 1 a camera's
+inspection stopped on an error (the others went on); 2 bad config, model, broker
+settings or spool; 3 not one camera could be opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import cv2
+
+from edge.backends import BackendError
+from edge.broker import BrokerError, parse_broker_url
+from edge.manifest import ManifestError
+from edge.runner import EXIT_BAD_INPUT, EXIT_INSPECTION_FAILED, EXIT_OK, EXIT_SOURCE_UNAVAILABLE, _stop_on_signals, fail
+from edge.spool import SpoolError
+from edge.station.config import StationConfig
+from edge.station.station import Station
+
+
+def run_station(
+    config: StationConfig,
+    *,
+    broker_url: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    tls_ca: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> int:
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    broker_url = broker_url or config.broker
+    triggered = [c.camera_id or c.source for c in config.cameras if c.mode == "triggered"]
+    if triggered and not broker_url:
+        return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
+    try:
+        broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
+        station = Station(config, broker).__enter__()
+    except (ManifestError, BackendError, BrokerError, SpoolError, ValueError, OSError) as exc:
+        return fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        for camera in config.cameras:
+            state = f"DOWN ({station.down[camera.camera_id]})" if camera.camera_id in station.down else camera.source
+            print(f"camera {camera.camera_id}: {camera.mode}, {state}, model {camera.model.name}")
+        for shared in station.backends.values():
+            print(f"backend: {shared.name}, model {shared.manifest.model_id}, up to {shared.max_frames} frame(s) per batch")
+        print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..." if broker else "mqtt: off (no broker); verdicts and defects are printed here")
+        if len(station.down) == len(config.cameras):
+            return fail("not one camera could be opened", EXIT_SOURCE_UNAVAILABLE)
+        if station.triggers is not None:
+            topics = ", ".join(station.triggers.handlers)
+            if station.triggers.subscribed.wait(10):
+                print(f"triggers: listening on {topics}", flush=True)
+            else:
+                print(f"warning: not yet subscribed to {topics} (broker unreachable?); retrying", file=sys.stderr)
+        with _stop_on_signals(station):
+            station.run()
+        for camera_id, cam in station.triggered.items():
+            print(f"summary {camera_id}: {cam.stats.snapshot()}")
+        for shared in station.backends.values():
+            print(f"batching {shared.manifest.model_id}: {shared.counters()}")
+    finally:
+        station.close()
+    return EXIT_INSPECTION_FAILED if station.failed else EXIT_OK

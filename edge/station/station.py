@@ -1,0 +1,178 @@
+"""A station: the cameras of one config in one process, each isolated from the others.
+
+Cameras that name the same model share one SharedBackend, so their frames are
+batched. Each camera has its own thread, source, MQTT publisher (availability, stats,
+spool and ordering of its own) and stats; a camera that cannot be opened, or fails
+later, is logged and answers its triggers with `error` while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+
+from edge.backends import open_backend
+from edge.broker import BrokerConfig
+from edge.inspection import FrameJudge
+from edge.pipeline import Pipeline
+from edge.runner import ConsoleSink, default_spool_path
+from edge.sources import SourceError, open_source
+from edge.station.batching import SharedBackend
+from edge.station.config import CameraConfig, StationConfig
+from edge.station.trigger import TriggerSubscriber, trigger_client_id
+from edge.station.triggered import TriggeredCamera
+from edge.station.verdict import Verdict
+
+log = logging.getLogger(__name__)
+
+
+class Station:
+    """Open with `with Station(...) as station:` (ManifestError/BackendError for a bad model),
+    then `run()` until `stop()`, or until every free-running camera's source has ended
+    when no camera is triggered."""
+
+    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True):
+        self.config = config
+        self.broker = broker
+        self.console = console
+        self.backends: dict[Path, SharedBackend] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.triggered: dict[str, TriggeredCamera] = {}
+        self.down: dict[str, str] = {}  # camera id -> why it could not be opened
+        self.failed: dict[str, str] = {}  # camera id -> why its inspection stopped
+        self.triggers: TriggerSubscriber | None = None
+        self.publishers: dict = {}  # camera id -> MqttPublisher
+        self._stop = threading.Event()
+        self._stack = ExitStack()
+
+    # --- wiring -----------------------------------------------------------------------
+
+    def __enter__(self) -> Station:
+        try:
+            self._open_backends()
+            for camera in self.config.cameras:
+                self._open_camera(camera)
+            if self.broker is not None and self.triggered:
+                topics = {f"{self.config.topic_prefix}/{cid}/trigger": cam.submit for cid, cam in self.triggered.items()}
+                self.triggers = TriggerSubscriber(self.broker, topics, trigger_client_id(self.config.topic_prefix, list(self.triggered)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open_backends(self) -> None:
+        users: dict[Path, int] = {}
+        for camera in self.config.cameras:
+            key = camera.model.resolve()
+            users[key] = users.get(key, 0) + 1
+        for model, cameras in users.items():
+            backend = self._stack.enter_context(open_backend(model))
+            # Each camera has at most one frame in flight; an engine's profile may allow fewer.
+            per_frame = backend.manifest.mask_spec.num_variants
+            engine_frames = (backend.manifest.engine or {}).get("max_batch", per_frame * cameras) // per_frame
+            shared = SharedBackend(backend, max(1, min(cameras, engine_frames))).start()
+            self._stack.callback(shared.close)
+            self.backends[model] = shared
+
+    def _open_camera(self, camera: CameraConfig) -> None:
+        backend = self.backends[camera.model.resolve()]
+        judge = FrameJudge(backend, camera.threshold, camera.roi, camera.ignore)
+        try:
+            source = self._stack.enter_context(open_source(camera.source))
+        except SourceError as exc:
+            source = None
+            down = str(exc)
+        camera_id = camera.camera_id or (source.camera_id if source is not None else "cam")
+        camera.camera_id = camera_id
+        if source is None:
+            self.down[camera_id] = down
+            log.error("camera %s is down: %s; the other cameras go on", camera_id, down)
+        sinks: list = [ConsoleSink(camera_id)] if self.console else []
+        if camera.mode == "triggered":
+            cam = TriggeredCamera(
+                camera_id,
+                source,
+                judge,
+                self._verdict_sink(camera_id, backend.manifest.model_id),
+                sinks,
+                deadline_s=camera.deadline_s,
+                down_reason=self.down.get(camera_id),
+            )
+            self._stack.callback(cam.close)
+            self.triggered[camera_id] = cam
+            if self.broker is not None:
+                stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
+                cam.sinks.append(self._publisher(camera_id, camera, backend, stats))
+        elif source is not None:
+            pipeline = Pipeline(source, backend, sinks, judge=judge)
+            self.pipelines[camera_id] = pipeline
+            if self.broker is not None:
+                stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
+                pipeline.add_sink(self._publisher(camera_id, camera, backend, stats))
+
+    def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
+        from edge.mqtt import MqttPublisher
+
+        spool = camera.spool or default_spool_path(camera_id)
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        assert self.broker is not None
+        publisher = MqttPublisher(
+            self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats
+        )
+        self.publishers[camera_id] = publisher
+        return publisher
+
+    def _verdict_sink(self, camera_id: str, model_id: str):
+        def publish(verdict: Verdict) -> None:
+            if self.console:
+                print(verdict.line(camera_id), flush=True)
+            publisher = self.publishers.get(camera_id)
+            if publisher is not None:
+                publisher.send("verdict", verdict.payload(camera_id, model_id), f"verdict for part {verdict.part_id}")
+
+        return publish
+
+    # --- running ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._run_pipeline, args=(cid, p), name=f"camera-{cid}") for cid, p in self.pipelines.items()]
+        threads += [threading.Thread(target=cam.run, name=f"camera-{cid}") for cid, cam in self.triggered.items()]
+        for thread in threads:
+            thread.start()
+        if self.triggered:
+            self._stop.wait()
+        for thread in threads:
+            thread.join()
+
+    def _run_pipeline(self, camera_id: str, pipeline: Pipeline) -> None:
+        try:
+            summary = pipeline.run()
+        except Exception as exc:  # noqa: BLE001 - one camera failing never stops the others
+            self.failed[camera_id] = str(exc)
+            log.error("camera %s stopped: %s; the other cameras go on", camera_id, exc)
+            return
+        log.info("camera %s: %s", camera_id, summary)
+
+    def stop(self) -> None:
+        """Graceful: no new triggers or frames; queued ones finish or get `error`. Safe in a signal handler."""
+        self._stop.set()
+        for pipeline in self.pipelines.values():
+            pipeline.stop()
+        for cam in self.triggered.values():
+            cam.stop()
+
+    def close(self) -> None:
+        if self.triggers is not None:
+            self.triggers.close()
+            self.triggers = None
+        for cam in self.triggered.values():
+            cam.stop()
+        for publisher in self.publishers.values():
+            publisher.close()
+        self.publishers.clear()
+        self._stack.close()
