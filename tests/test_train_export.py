@@ -274,8 +274,10 @@ def test_int8_export_is_quantised_calibrated_and_close_to_float(exported, traine
     assert manifest.model_id == f"bottle-mini-w4-32x32-int8-{file_sha256(out)[:8]}"
     assert Manifest.for_model(out) == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, manifest_path(out).name]  # no temp file left
-    ops = {node.op_type for node in onnx.load(out).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    nodes = onnx.load(out).graph.node
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in nodes}
+    # The first conv reads the float image: int8 it overflows AVX2 (non-VNNI) kernels.
+    assert not any(node.op_type == "QuantizeLinear" and "images" in node.input for node in nodes)
     assert 1e-4 < manifest.metrics["onnx_max_abs_diff"] < 0.1  # rounded, but the same net
     # Its own threshold passes its own held-out scores; its maps follow the float model's.
     state = load_checkpoint(trained)
