@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "engines" / "bottle-cpu.onnx"
 DEFAULT_SOURCE = REPO / "samples" / "bottle-line.mp4"
 CAMERA_ID = "demo-line"
+# The watcher is stopped with Ctrl-C (SIGINT), so that it prints what it has before it
+# exits. A demo started in the background (`riad-edge demo &` in a script) has SIGINT
+# ignored, which every child inherits; the watcher takes Python's handler back first.
+WATCHER = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from edge.cli import app; app()"
 EXIT_NO_BROKER = 4
 
 
@@ -47,9 +51,7 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
         watcher = None
         try:
             print(f"broker: {broker.kind} on {broker.url} (started for this demo)")
-            watcher = subprocess.Popen(
-                [sys.executable, "-m", "edge", "watch", "--broker", broker.url, "--camera-id", CAMERA_ID]
-            )
+            watcher = subprocess.Popen([sys.executable, "-c", WATCHER, "watch", "--broker", broker.url, "--camera-id", CAMERA_ID])
             time.sleep(1.0)  # let the subscriber connect before the first event
             print(f"watching: riad-edge watch --broker {broker.url}  (alerts below arrive over MQTT)")
             code = run_inspection(
@@ -64,10 +66,16 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
             )
             time.sleep(1.0)  # the last alerts are still on their way to the watcher
         finally:
-            if watcher is not None:
-                watcher.send_signal(signal.SIGINT)
-                watcher.wait(10)
-            broker.stop()
+            try:
+                if watcher is not None:
+                    watcher.send_signal(signal.SIGINT)
+                    try:
+                        watcher.wait(10)
+                    except subprocess.TimeoutExpired:
+                        watcher.kill()
+                        watcher.wait()
+            finally:
+                broker.stop()
     if code == 0:
         print(f"heatmap overlays of the defective frames: {out_dir.resolve()}/")
     return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import pytest
 # The broker fixtures; registered here, before any test module imports tests.broker,
 # so pytest rewrites its asserts.
 pytest_plugins = ["tests.broker"]
+
+# Tests press Ctrl-C in child processes (training, riad-edge run) as a terminal would. A
+# suite started with SIGINT ignored (nohup, some CI runners) hands that on to every child
+# through exec, and the Ctrl-C would then never arrive: restore Python's own handler here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec" / "bottle"
 

@@ -66,7 +66,7 @@ def test_the_model_loads_and_scores_a_real_frame(bottle_dir, tmp_path, tiny_onnx
     _, frame = check_source(str(write_video(tmp_path / "c.avi", bottle_frames(bottle_dir, 2), "MJPG")))
     check = check_model(tiny_onnx_model, frame)
     assert check.status == OK
-    assert "tiny-test (64 px, threshold 0.5000) on cpu (onnxruntime)" in check.detail
+    assert "tiny-test (64x64 px, threshold 0.5000) on cpu (onnxruntime)" in check.detail
     assert "a camera frame scored" in check.detail
     assert "grey test frame" in check_model(tiny_onnx_model, None).detail
 

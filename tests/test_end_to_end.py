@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,14 @@ def test_demo_shows_alerts_over_mqtt_and_writes_overlays(tmp_path):
     assert len(overlays) == len(alerts)
     image = cv2.imread(str(overlays[0]))
     assert image is not None and image.shape[:2] == (256, 256)
+
+
+
+def test_a_demo_started_in_the_background_still_ends_and_prints_its_alerts(tmp_path):
+    """A background job (`riad-edge demo &` in a script) has SIGINT ignored; the demo stops
+    its MQTT watcher with SIGINT, which must not hang it (nor leave its broker running)."""
+    command = f"trap '' INT; exec {shlex.quote(sys.executable)} -m edge demo --out {shlex.quote(str(tmp_path / 'demo'))}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert any("DEFECT" in line for line in result.stdout.splitlines()), result.stdout
