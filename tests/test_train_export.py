@@ -239,7 +239,7 @@ def test_manifest_describes_the_model(exported, trained):
     assert manifest.model_id == f"bottle-mini-w4-32x32-{file_sha256(out)[:8]}"
     assert (manifest.input_shape, manifest.model_width, manifest.mask_seed) == ((32, 32), 4, 0)
     assert manifest.training_fingerprint == state["fingerprint"]
-    assert manifest.map_sigma == pytest.approx(0.5)
+    assert manifest.map_sigma == pytest.approx(1.0)  # sigma 8 at 256 px, scaled to 32 px
     assert manifest.recipe["epochs"] == 2 and manifest.metrics["epochs_trained"] == 2
     assert manifest.metrics["calibration"]["count"] == 4
     assert manifest.metrics["calibration"]["rule"] == DEFAULT_RULE
