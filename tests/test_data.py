@@ -102,3 +102,13 @@ def test_corrupt_image_is_named(bottle_dir, tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])  # a truncated PNG
     with pytest.raises(DataError, match=broken.name):
         GoodImages(data.train, (32, 32))
+
+
+def test_the_input_keeps_the_parts_aspect_ratio_at_about_the_named_pixel_count(bottle_dir):
+    from trainer.data import input_shape
+
+    kolektor = sorted((bottle_dir.parents[1] / "kolektorsdd" / "train" / "good").glob("*.jpg"))[:5]
+    tall = input_shape(kolektor, 192, 16)  # 500 x 1260 strips
+    square = input_shape(sorted((bottle_dir / "train" / "good").glob("*.png"))[:5], 192, 16)
+    assert square == (192, 192)
+    assert tall == (304, 128) and abs(tall[0] * tall[1] / 192**2 - 1) < 0.1

@@ -212,6 +212,12 @@ def test_bad_input_size_is_refused(parts, tmp_path):
         train(parts, tmp_path, recipe("cpu", **TINY | {"input_size": 40}))
 
 
+@pytest.mark.parametrize("crop_size, problem", [(40, "crop_size 40 is not a multiple of 16"), (-16, "crop_size must be 0")])
+def test_bad_crop_size_is_refused(parts, tmp_path, crop_size, problem):
+    with pytest.raises(TrainError, match=problem):
+        train(parts, tmp_path, recipe("cpu", **TINY | {"crop_size": crop_size}))
+
+
 def test_onnx_matches_torch_with_a_dynamic_batch(exported, trained):
     out, manifest = exported
     model = onnx.load(out)
@@ -388,3 +394,17 @@ def test_cli_errors_are_one_line_with_exit_code_2(parts, tmp_path, args, message
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_training_crops_come_from_the_images_and_the_learning_rate_falls_to_zero():
+    from trainer.train import cosine_lr, crop_shape, random_crops
+
+    images = torch.arange(2 * 3 * 8 * 6, dtype=torch.float32).reshape(2, 3, 8, 6)
+    crops = random_crops(images, 4, 4, np.random.default_rng(0))
+    assert crops.shape == (2, 3, 4, 4)
+    for image, crop in zip(images, crops):  # each crop is a window of its own image
+        windows = image.unfold(1, 4, 1).unfold(2, 4, 1).permute(1, 2, 0, 3, 4)
+        assert any(torch.equal(w, crop) for row in windows for w in row)
+    assert crop_shape((304, 128), 128) == (128, 128) and crop_shape((304, 128), 0) == (304, 128)
+    assert crop_shape((64, 48), 128) == (64, 48)  # never larger than the input
+    assert cosine_lr(1e-3, 0.0) == 1e-3 and cosine_lr(1e-3, 0.5) == pytest.approx(5e-4) and cosine_lr(1e-3, 1.0) == 0.0

@@ -241,6 +241,8 @@ def check_config(config: TrainConfig) -> None:
             Roi.parse(config.roi)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
+    if config.crop_size < 0:
+        raise TrainError(f"crop_size must be 0 (whole images) or a positive multiple of {2**UNET_DEPTH}, not {config.crop_size}")
     for name in ("input_size", "crop_size"):
         if getattr(config, name) % 2**UNET_DEPTH:
             raise TrainError(f"{name} {getattr(config, name)} is not a multiple of {2**UNET_DEPTH}, as the U-Net needs")
