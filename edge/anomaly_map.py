@@ -112,10 +112,15 @@ def smooth(amap: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(amap, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT_101)
 
 
+def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
+    """(H, W) 1 - MSGMS averaged over the per-k reconstructions (len(K), C, H, W), before smoothing."""
+    per_k = [1.0 - msgms_map(original, recon, spec) for recon in reconstructions]
+    return np.mean(per_k, axis=0).astype(np.float32)
+
+
 def anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
     """(H, W) anomaly map of one image from its per-k reconstructions (len(K), C, H, W)."""
-    per_k = [1.0 - msgms_map(original, recon, spec) for recon in reconstructions]
-    return smooth(np.mean(per_k, axis=0).astype(np.float32), spec.sigma)
+    return smooth(raw_anomaly_map(original, reconstructions, spec), spec.sigma)
 
 
 def image_score(amap: np.ndarray) -> float:
