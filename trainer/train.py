@@ -86,10 +86,10 @@ class TrainConfig:
 
 
 RECIPES = {
-    # Two CPU cores, within an hour for 300 training images (docs/benchmarks.md): a
-    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has 192 x 192 pixels,
-    # which the CPU edge still runs at 5 frames/s, trained on 128 px crops so a step
-    # costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
+    # Two CPU cores, 30 minutes for bottle's 189 training images (docs/benchmarks.md): a
+    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has about 192 x 192
+    # pixels (INT8 on a 2-core AVX2 CPU: 4.5 frames/s), trained on 128 px crops so a
+    # step costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
     # paper's, which it needs to converge in so few steps.
     "cpu": TrainConfig(),
     # The paper's set-up: 256 px, the 64-wide U-Net, whole images, Adam at 1e-4 for 300 epochs.
