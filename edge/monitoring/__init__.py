@@ -1,0 +1,1 @@
+"""Watching the inspector itself: Prometheus metrics, health checks, logs."""
