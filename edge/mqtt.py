@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,6 +75,7 @@ class MqttPublisher:
         spool_max_bytes: int | None = None,
         connect_timeout: float = 5.0,
         problem_interval: float = PROBLEM_INTERVAL_S,
+        connect_hooks: Sequence[Callable[[paho.Client], None]] = (),
     ):
         check_names(topic_prefix, camera_id)
         self.broker = broker
@@ -84,6 +85,7 @@ class MqttPublisher:
         self.availability_topic = f"{self.base_topic}/available"
         self._stats_source = stats_source
         self._stats_interval = stats_interval
+        self._connect_hooks = list(connect_hooks)  # run on paho's thread at each connection (Home Assistant discovery)
         self.spool = Spool(spool_path, max_bytes=spool_max_bytes)
 
         self._lock = threading.Lock()  # guards the state below (pipeline and sender threads)
@@ -184,6 +186,8 @@ class MqttPublisher:
             self._answered.set()
             return
         client.publish(self.availability_topic, "online", qos=1, retain=True)
+        for hook in self._connect_hooks:
+            hook(client)
         self._connections += 1
         if self._connections > 1 or self.broker_problem:
             log.warning("%s broker %s", "reconnected to" if self._connections > 1 else "connected to", self.broker.url)
