@@ -16,6 +16,7 @@ Password = Annotated[
 TlsCa = Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")]
 TlsCert = Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")]
 TlsKey = Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")]
+HaPrefix = Annotated[str | None, typer.Option(help="Home Assistant's MQTT discovery prefix (default homeassistant).")]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Watch a camera, find defects, publish them over MQTT.")
 
@@ -50,6 +51,8 @@ def run_command(
     view_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the live view (frame, heatmap, scores, defects) on this HTTP port; 0: off.")] = 0,
     view_host: Annotated[str, typer.Option(help="Address the live view listens on; 0.0.0.0 for the whole network.")] = "127.0.0.1",
     view_password: Annotated[str | None, typer.Option(envvar="RIAD_VIEW_PASSWORD", help="Ask for this password (HTTP Basic, any user name) before showing the live view (better: the RIAD_VIEW_PASSWORD variable).")] = None,
+    ha_discovery: Annotated[bool, typer.Option("--ha-discovery", help="Announce each camera to Home Assistant (MQTT discovery): one device with its sensors, no YAML; see docs/mqtt.md.")] = False,
+    ha_prefix: HaPrefix = None,
 ) -> None:
     """Inspect frames from a camera, stream, video or folder; report defects.
 
@@ -65,9 +68,10 @@ def run_command(
     """
     from edge.runner import run_inspection
 
+    ha = _ha_prefix(ha_discovery, ha_prefix, broker, config)
     if config is not None or mode != "free":
         raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port))
+                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, ha))
     if model is None:
         raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
@@ -93,12 +97,26 @@ def run_command(
         threshold=threshold,
         view=(view_host, view_port) if view_port else None,
         view_password=view_password,
+        ha_prefix=ha,
     )
     raise typer.Exit(code)
 
 
+def _ha_prefix(enabled: bool, prefix: str | None, broker: str | None, config: Path | None) -> str | None:
+    """The Home Assistant discovery prefix of a run, None for no discovery."""
+    if not enabled:
+        if prefix is not None:
+            raise typer.BadParameter("--ha-prefix goes with --ha-discovery; give both")
+        return None
+    if broker is None and config is None:  # a config file may name its broker
+        raise typer.BadParameter("--ha-discovery needs --broker: Home Assistant finds the camera on the broker")
+    from edge.sinks.ha_discovery import DEFAULT_HA_PREFIX
+
+    return DEFAULT_HA_PREFIX if prefix is None else prefix
+
+
 def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port) -> int:
+                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, ha=None) -> int:
     """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
     from edge.station.run import run_station
@@ -124,7 +142,7 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
             raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
         uri = str(camera) if camera is not None else source
         station = StationConfig([CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool)], topic_prefix=topic_prefix)
-    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, ha_prefix=ha)
 
 
 @app.command("watch")
@@ -209,3 +227,70 @@ def demo_command(
     from edge.demo import DEFAULT_MODEL, DEFAULT_SOURCE, run_demo
 
     raise typer.Exit(run_demo(model or DEFAULT_MODEL, source or DEFAULT_SOURCE, out, view_port))
+
+
+ha_app = typer.Typer(no_args_is_help=True, help="Home Assistant MQTT discovery of a camera without running it: publish or remove its entities.")
+app.add_typer(ha_app, name="ha-discovery")
+
+
+@ha_app.command("publish")
+def ha_publish_command(
+    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
+    camera_id: Annotated[str, typer.Option(help="The camera's name in MQTT topics, as given to run.")],
+    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level, as given to run.")] = "riad",
+    ha_prefix: HaPrefix = None,
+    commands: Annotated[bool, typer.Option("--commands", help="Also the controls (inspection switch, threshold, snapshot button) of run --commands.")] = False,
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Publish a camera's discovery configs (retained), as run --ha-discovery does at start.
+
+    Its entities stay unavailable until the camera's inspector runs. Exit codes: 0 done;
+    2 broker unreachable, login refused, or a name that cannot be a topic.
+    """
+    from edge.sinks.ha_discovery import DEFAULT_HA_PREFIX, publish_configs
+
+    prefix = DEFAULT_HA_PREFIX if ha_prefix is None else ha_prefix
+    count = _ha_broker_call(publish_configs, broker, username, password, tls_ca, tls_cert, tls_key, topic_prefix, camera_id,
+                            ha_prefix=prefix, commands_enabled=commands)  # fmt: skip
+    typer.echo(f"published {count} discovery config(s) of camera {camera_id!r} under {prefix}/")
+
+
+@ha_app.command("remove")
+def ha_remove_command(
+    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
+    camera_id: Annotated[str, typer.Option(help="The camera's name in MQTT topics, as given to run.")],
+    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level, as given to run.")] = "riad",
+    ha_prefix: HaPrefix = None,
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Remove a camera's device and entities from Home Assistant and its retained configs from the broker.
+
+    Publishes an empty retained message to each of the camera's discovery topics. Stop the
+    camera's `run --ha-discovery` first, or it announces the camera again when it reconnects.
+    Exit codes: 0 done; 2 broker unreachable, login refused, or a name that cannot be a topic.
+    """
+    from edge.sinks.ha_discovery import DEFAULT_HA_PREFIX, remove_configs
+
+    prefix = DEFAULT_HA_PREFIX if ha_prefix is None else ha_prefix
+    found = _ha_broker_call(remove_configs, broker, username, password, tls_ca, tls_cert, tls_key, topic_prefix, camera_id, ha_prefix=prefix)
+    typer.echo(f"removed {len(found)} retained discovery config(s) of camera {camera_id!r} from {prefix}/")
+
+
+def _ha_broker_call(action, broker, username, password, tls_ca, tls_cert, tls_key, *args, **kwargs):
+    """`action(broker config, *args, **kwargs)`; a bad broker or name is a one-line error and exit code 2."""
+    from edge.broker import BrokerError, parse_broker_url
+    from edge.topics import TopicError
+
+    try:
+        return action(parse_broker_url(broker, username, password, tls_ca, tls_cert, tls_key), *args, **kwargs)
+    except (BrokerError, TopicError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None

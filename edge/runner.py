@@ -32,6 +32,7 @@ from edge.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
+from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
 from edge.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
 from edge.sources import SourceError, open_source
 from edge.spool import SpoolError
@@ -111,6 +112,7 @@ def run_inspection(
     view: tuple[str, int] | None = None,
     view_password: str | None = None,
     console: bool = True,
+    ha_prefix: str | None = None,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -126,6 +128,8 @@ def run_inspection(
                 broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key)
                 # A name the broker refuses would be spooled for ever: check it before anything runs.
                 check_names(topic_prefix, camera_id or "cam")
+                if ha_prefix is not None:
+                    check_ha_prefix(ha_prefix)
             if view is not None:
                 _check_view_password(view[0], view_password)
             backend = stack.enter_context(open_backend(model_path))
@@ -164,11 +168,13 @@ def run_inspection(
         publisher = None
         if broker is not None:
             try:
-                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline)
+                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix)
                 pipeline.add_sink(publisher)
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
             print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
+            if ha_prefix is not None:
+                print(f"home assistant: discovery configs under {ha_prefix}/<component>/{node_id(topic_prefix, camera_id)}/")
         else:
             print("mqtt: off (no --broker); defects are printed here")
 
@@ -226,7 +232,7 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
+def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix=None):
     from edge.mqtt import MqttPublisher
 
     spool = spool or default_spool_path(camera_id)
@@ -241,6 +247,7 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
         topic_prefix=topic_prefix,
         model_id=backend.manifest.model_id,
         stats_source=pipeline.stats.snapshot,
+        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, backend.manifest.model_id),
     )
 
 

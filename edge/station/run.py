@@ -18,6 +18,7 @@ from edge.backends import BackendError
 from edge.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.runner import EXIT_BAD_INPUT, EXIT_INSPECTION_FAILED, EXIT_OK, EXIT_SOURCE_UNAVAILABLE, _stop_on_signals, fail
+from edge.sinks.ha_discovery import check_ha_prefix
 from edge.spool import SpoolError
 from edge.station.config import StationConfig
 from edge.station.station import Station
@@ -32,6 +33,7 @@ def run_station(
     tls_ca: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    ha_prefix: str | None = None,
 ) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -43,7 +45,11 @@ def run_station(
         return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
     try:
         broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
-        station = Station(config, broker).__enter__()
+        if ha_prefix is not None:
+            if broker is None:
+                raise ValueError("Home Assistant discovery needs a broker (--broker or broker: in the config)")
+            check_ha_prefix(ha_prefix)
+        station = Station(config, broker, ha_prefix=ha_prefix).__enter__()
     except (ManifestError, BackendError, BrokerError, SpoolError, ValueError, OSError) as exc:
         return fail(str(exc), EXIT_BAD_INPUT)
     try:

@@ -18,6 +18,7 @@ from edge.broker import BrokerConfig
 from edge.inspection import FrameJudge
 from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, default_spool_path
+from edge.sinks.ha_discovery import ha_hooks
 from edge.sources import SourceError, open_source
 from edge.station.batching import SharedBackend
 from edge.station.config import CameraConfig, StationConfig
@@ -33,9 +34,10 @@ class Station:
     then `run()` until `stop()`, or until every free-running camera's source has ended
     when no camera is triggered."""
 
-    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True):
+    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True, ha_prefix: str | None = None):
         self.config = config
         self.broker = broker
+        self.ha_prefix = ha_prefix  # announce every camera to Home Assistant under this prefix; None: off
         self.console = console
         self.backends: dict[Path, SharedBackend] = {}
         self.pipelines: dict[str, Pipeline] = {}
@@ -122,7 +124,8 @@ class Station:
         spool.parent.mkdir(parents=True, exist_ok=True)
         assert self.broker is not None
         publisher = MqttPublisher(
-            self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats
+            self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats,
+            connect_hooks=ha_hooks(self.config.topic_prefix, camera_id, self.ha_prefix, backend.manifest.model_id),
         )
         self.publishers[camera_id] = publisher
         return publisher
