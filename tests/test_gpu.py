@@ -133,15 +133,15 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
 @pytest.mark.gpu
 @needs_tensorrt
 def test_kernels_that_do_not_compile_are_a_backend_error(tiny_onnx_model, tmp_path, monkeypatch):
-    from edge import gpu_map
+    from edge import kernel_binary
     from edge.backends import BackendError, open_backend
     from trainer.engine import build_engine
 
     engine_path = tmp_path / "tiny.plan"
     build_engine(tiny_onnx_model, engine_path, fp16=False, timing_cache=tmp_path / "timing.cache")
-    kernels = shutil.copytree(gpu_map.KERNELS_DIR, tmp_path / "kernels")
+    kernels = shutil.copytree(kernel_binary.KERNELS_DIR, tmp_path / "kernels")
     (kernels / "riad_kernels.cu").write_text("this is not CUDA\n")  # as a damaged install leaves it
-    monkeypatch.setattr(gpu_map, "KERNELS_DIR", kernels)
+    monkeypatch.setattr(kernel_binary, "KERNELS_DIR", kernels)
     with pytest.raises(BackendError, match=r"cannot compile the CUDA kernels .*riad_kernels\.cu: .*error"):
         open_backend(engine_path)
 
