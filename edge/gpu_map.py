@@ -25,7 +25,7 @@ import numpy as np
 from edge.anomaly_map import MapSpec, gaussian_kernel
 from edge import kernel_binary
 from edge.backends.gpu_available import GpuUnavailable
-from edge.kernel_binary import COMPILE_OPTIONS, compile_failure
+from edge.kernel_binary import COMPILE_OPTIONS, KernelCompileError, compile_failure
 from edge.manifest import Manifest
 from edge.masks import fixed_masks
 
@@ -101,7 +101,12 @@ class _PyCudaDevice:
         self.context.push()
         try:
             self.stream = cuda.Stream()
-            module = cuda.module_from_buffer(compiled.cubin)
+            try:
+                module = cuda.module_from_buffer(compiled.cubin)
+            except cuda.Error as exc:  # a driver older than the nvcc that compiled it
+                raise KernelCompileError(
+                    f"the CUDA driver cannot load the kernels {compiled.compiler} compiled for {arch}: {exc}"
+                ) from None
             self.kernels = {
                 name: module.get_function(name) for name in KERNEL_SIGNATURES
             }

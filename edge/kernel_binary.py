@@ -140,7 +140,10 @@ def compile_kernels(arch: str) -> CompiledKernels:
     nvcc = find_nvcc()
     if nvcc is None:
         raise NvccNotFound(f"no nvcc on this machine (looked on PATH and in {', '.join(NVCC_LOCATIONS)})")
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError as exc:  # there, but not a program this machine runs
+        raise KernelCompileError(f"cannot run {nvcc}: {exc.strerror or exc}") from None
     release = re.search(r"V\d+\.\d+\.\d+", version)
     sources = source_sha256()  # before compiling: a file edited meanwhile then fails the next start's check
     with tempfile.TemporaryDirectory(prefix="riad-kernels-") as scratch:

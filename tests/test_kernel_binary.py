@@ -110,6 +110,16 @@ def test_an_arch_that_is_not_sm_xx_is_refused_before_nvcc(arch):
         compile_kernels(arch)
 
 
+def test_an_nvcc_that_does_not_run_is_a_compile_error(no_nvcc, tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_bytes(b"\x7fELF for another machine")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    with pytest.raises(kernel_binary.KernelCompileError, match=f"cannot run {fake}: Exec format error"):
+        compile_kernels("sm_87")
+
+
 def test_without_nvcc_compiling_says_where_it_looked(no_nvcc):
     with pytest.raises(NvccNotFound, match=r"no nvcc on this machine \(looked on PATH"):
         compile_kernels("sm_87")
@@ -348,7 +358,7 @@ def test_build_kernels_refuses_with_one_line(tmp_path, args, message):
 def test_build_kernels_into_a_file_is_refused(nvcc, tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     done = CliRunner().invoke(trainer_app, ["build-kernels", "--arch", "sm_87", "--out", str(tmp_path / "taken")])
-    assert done.exit_code == 2 and done.output.startswith("error: ")
+    assert done.exit_code == 2 and done.output.startswith(f"error: cannot write the kernels into {tmp_path / 'taken'}: ")
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
 
 

@@ -206,7 +206,10 @@ def build_kernels(
     except GpuUnavailable as missing:
         typer.echo(f"error: {missing}, so no GPU to compile for; pass --arch, e.g. --arch sm_87 for a Jetson Orin", err=True)
         raise typer.Exit(2) from None
-    except (KernelCompileError, ValueError, OSError) as exc:
+    except (KernelCompileError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write the kernels into {out}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"kernels: {path} ({arch})\nbuild-engine uses them where it finds no nvcc, with {PREBUILT_DIR_VARIABLE}={out}")
