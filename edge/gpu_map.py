@@ -1,8 +1,8 @@
 """The RIAD method on the GPU: one frame up, the 12 masked variants made on the device,
 and only the anomaly map and its score back down.
 
-`GpuAnomalyMap` compiles edge/kernels/riad_kernels.cu at run time and owns every
-device buffer for one input size, allocated once. Per frame it uploads the image
+`GpuAnomalyMap` loads edge/kernels/riad_kernels.cu as build-engine compiled it for this
+GPU (edge/kernel_binary.py) and owns every device buffer for one input size, allocated once. Per frame it uploads the image
 through a pinned buffer, expands the variants into the network's input buffer and,
 once the network has written its output buffer, runs recombination, the multi-scale
 GMS map, the Gaussian and the max on the same stream. The kernels share their
@@ -10,7 +10,8 @@ arithmetic with the host build that tests them (tests/test_kernels_host.py), and
 arithmetic mirrors edge/anomaly_map.py, the reference.
 
 It launches through pycuda (what JetPack offers) or, where only CuPy is installed,
-through cupy.RawModule; neither is imported until a map is made.
+through cupy.RawModule, which compiles with NVRTC at start (CuPy brings it; no toolkit
+needed); neither is imported until a map is made.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.anomaly_map import MapSpec, gaussian_kernel
+from edge import kernel_binary
 from edge.backends.gpu_available import GpuUnavailable
+from edge.kernel_binary import COMPILE_OPTIONS, KernelCompileError, compile_failure
 from edge.manifest import Manifest
 from edge.masks import fixed_masks
 
-KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 THREADS = (
     256  # threads per block; max_value's shared array in riad_kernels.cu has this size
 )
-# Contraction into FMA would round once where numpy rounds twice.
-COMPILE_OPTIONS = ["--fmad=false"]
 
 # Kernel name -> argument types (P pointer, i int32, f float32), as riad_kernels.cu declares them.
 KERNEL_SIGNATURES = {
@@ -44,17 +44,6 @@ KERNEL_SIGNATURES = {
     "gaussian_pass": "PPiiiiP",
     "max_value": "PiP",
 }
-
-
-class KernelCompileError(RuntimeError):
-    """The CUDA kernels do not compile here (a toolkit too old for the GPU, a broken install)."""
-
-
-def _compile_failure(launcher: str, compiler_log: str) -> KernelCompileError:
-    """The error naming the kernel file and the compiler's first error line."""
-    lines = [line.strip() for line in compiler_log.splitlines() if line.strip()]
-    reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no compiler output")
-    return KernelCompileError(f"{launcher} cannot compile the CUDA kernels {KERNELS_DIR / 'riad_kernels.cu'}: {reason}")
 
 
 class KernelDevice(Protocol):
@@ -92,31 +81,32 @@ def blocks_for(count: int) -> tuple[int, int, int]:
 
 
 class _PyCudaDevice:
-    """Device 0's primary context (shared with TensorRT), one stream, nvcc-compiled kernels."""
+    """Device 0's primary context (shared with TensorRT), one stream, the kernels' cubin.
 
-    def __init__(self) -> None:
+    `recorded`: the engine manifest's `kernels` section, the cubin in `folder`; compiled
+    with nvcc here instead when that does not fit (kernel_binary.find_kernels says why).
+    """
+
+    def __init__(self, recorded: dict, folder: Path | None) -> None:
         import pycuda.driver as cuda
-        from pycuda.compiler import SourceModule
-        from pycuda.driver import CompileError
 
         cuda.init()
         if cuda.Device.count() == 0:
             raise GpuUnavailable("pycuda found no CUDA GPU")
         self.cuda = cuda
         self.device = cuda.Device(0)
+        arch = kernel_binary.arch_for("%d.%d" % self.device.compute_capability())
+        compiled = kernel_binary.find_kernels(recorded, folder, arch)
         self.context = self.device.retain_primary_context()
         self.context.push()
         try:
             self.stream = cuda.Stream()
             try:
-                module = SourceModule(
-                    (KERNELS_DIR / "riad_kernels.cu").read_text("utf-8"),
-                    options=COMPILE_OPTIONS,
-                    include_dirs=[str(KERNELS_DIR)],
-                    no_extern_c=True,
-                )
-            except CompileError as exc:
-                raise _compile_failure("nvcc (pycuda)", exc.stderr or str(exc)) from None
+                module = cuda.module_from_buffer(compiled.cubin)
+            except cuda.Error as exc:  # a driver older than the nvcc that compiled it
+                raise KernelCompileError(
+                    f"the CUDA driver cannot load the kernels {compiled.compiler} compiled for {arch}: {exc}"
+                ) from None
             self.kernels = {
                 name: module.get_function(name) for name in KERNEL_SIGNATURES
             }
@@ -183,16 +173,17 @@ class _CupyDevice:
         self.device = cupy.cuda.Device(0)
         with self.device:
             self.stream = cupy.cuda.Stream(non_blocking=True)
+            kernels_dir = kernel_binary.KERNELS_DIR
             module = cupy.RawModule(
-                code=(KERNELS_DIR / "riad_kernels.cu").read_text("utf-8"),
-                options=(*COMPILE_OPTIONS, f"-I{KERNELS_DIR}"),
+                code=(kernels_dir / kernel_binary.KERNEL_SOURCE).read_text("utf-8"),
+                options=(*COMPILE_OPTIONS, f"-I{kernels_dir}"),
             )
             try:  # RawModule compiles at the first get_function
                 self.kernels = {
                     name: module.get_function(name) for name in KERNEL_SIGNATURES
                 }
             except CompileException as exc:
-                raise _compile_failure("NVRTC (CuPy)", str(exc)) from None
+                raise compile_failure("NVRTC (CuPy)", str(exc)) from None
         self.allocations: list[Any] = []
         self.runtime = cupy.cuda.runtime
 
@@ -250,14 +241,17 @@ class _CupyDevice:
         self.allocations.clear()
 
 
-def open_device() -> _PyCudaDevice | _CupyDevice:
-    """pycuda where installed (JetPack), else CuPy; a clear error when neither can run."""
+def open_device(recorded: dict | None = None, folder: Path | None = None) -> _PyCudaDevice | _CupyDevice:
+    """pycuda where installed (JetPack), else CuPy; a clear error when neither can run.
+
+    `recorded` and `folder`: an engine manifest's `kernels` section and the engine's folder.
+    """
     try:
         import pycuda.driver  # noqa: F401
     except ImportError:
         pass
     else:
-        return _PyCudaDevice()
+        return _PyCudaDevice(recorded or {}, folder)
     try:
         import cupy  # noqa: F401
     except ImportError:
@@ -331,9 +325,14 @@ class GpuAnomalyMap:
             self.device.pop()
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, device: KernelDevice | None = None) -> GpuAnomalyMap:
+    def for_manifest(
+        cls, manifest: Manifest, device: KernelDevice | None = None, folder: Path | None = None
+    ) -> GpuAnomalyMap:
+        """`folder`: where the model and the kernels build-engine compiled for it are."""
         height, width = manifest.input_shape
         masks = fixed_masks(height, width, manifest.mask_spec, manifest.mask_seed)
+        if device is None:
+            device = open_device(manifest.kernels, folder)
         return cls((height, width), masks, manifest.map_spec, device)
 
     @property

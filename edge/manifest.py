@@ -66,6 +66,9 @@ class Manifest:
     # Filled by build-engine for a TensorRT engine: tensorrt_version, gpu_name,
     # compute_capability, precision, source_onnx_sha256, max_batch.
     engine: dict = field(default_factory=dict)
+    # Filled by build-engine beside the engine: the CUDA kernels compiled for this GPU
+    # (edge/kernel_binary.py): file, sha256, arch, compiler, source_sha256. Empty before.
+    kernels: dict = field(default_factory=dict)
     # The crop the model was trained on (riad-trainer train --roi): x, y, width, height,
     # rotate; empty for whole frames. The edge refuses a camera with another ROI.
     roi: dict = field(default_factory=dict)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.gpu_map import KERNEL_SIGNATURES, KERNELS_DIR, THREADS, blocks_for
+from edge.gpu_map import KERNEL_SIGNATURES, THREADS, blocks_for
+from edge.kernel_binary import KERNELS_DIR
 
 LAUNCHER = Path(__file__).with_name("kernel_host_launch.cpp")
 C_TYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "f": ctypes.c_float}

@@ -67,7 +67,12 @@ def test_compose_file_has_the_line_services():
 def test_dockerfile_targets_jetpack_tensorrt_without_torch():
     dockerfile = (DEPLOY / "Dockerfile.jetson").read_text()
     assert "ARG L4T_TENSORRT=r10.3.0" in dockerfile
-    assert "FROM nvcr.io/nvidia/l4t-tensorrt:${L4T_TENSORRT}-devel" in dockerfile  # nvcc for the kernels
+    # nvcc builds pycuda and the kernels in the -devel stage; the image itself is -runtime.
+    build, image = dockerfile.split("FROM nvcr.io/nvidia/l4t-tensorrt:${L4T_TENSORRT}-runtime\n")
+    assert "FROM nvcr.io/nvidia/l4t-tensorrt:${L4T_TENSORRT}-devel AS build" in build
+    assert "riad-trainer build-kernels --arch sm_87 --out /kernels" in build
+    assert "COPY --from=build /kernels /opt/riad-edge/kernels" in image and "ENV RIAD_KERNELS_DIR=/opt/riad-edge/kernels" in image
+    assert "cuda/bin" not in image and "/wheels/pycuda-" in image
     assert "torch" not in dockerfile.replace("torch-free", "").replace("No torch", "")
 
 

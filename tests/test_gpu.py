@@ -133,17 +133,77 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
 @pytest.mark.gpu
 @needs_tensorrt
 def test_kernels_that_do_not_compile_are_a_backend_error(tiny_onnx_model, tmp_path, monkeypatch):
-    from edge import gpu_map
+    from edge import kernel_binary
     from edge.backends import BackendError, open_backend
     from trainer.engine import build_engine
 
     engine_path = tmp_path / "tiny.plan"
     build_engine(tiny_onnx_model, engine_path, fp16=False, timing_cache=tmp_path / "timing.cache")
-    kernels = shutil.copytree(gpu_map.KERNELS_DIR, tmp_path / "kernels")
+    kernels = shutil.copytree(kernel_binary.KERNELS_DIR, tmp_path / "kernels")
     (kernels / "riad_kernels.cu").write_text("this is not CUDA\n")  # as a damaged install leaves it
-    monkeypatch.setattr(gpu_map, "KERNELS_DIR", kernels)
+    monkeypatch.setattr(kernel_binary, "KERNELS_DIR", kernels)
     with pytest.raises(BackendError, match=r"cannot compile the CUDA kernels .*riad_kernels\.cu: .*error"):
         open_backend(engine_path)
+
+
+@pytest.fixture(scope="module")
+def built_engine(tmp_path_factory) -> Path:
+    """tiny.plan, with the tiny.cubin build-engine compiles for this GPU, built once."""
+    from tests.conftest import write_tiny_onnx
+    from trainer.engine import build_engine
+
+    folder = tmp_path_factory.mktemp("built")
+    build_engine(write_tiny_onnx(folder / "tiny.onnx"), folder / "tiny.plan", fp16=False)
+    return folder / "tiny.plan"
+
+
+def no_nvcc(monkeypatch) -> None:
+    """This machine as a -runtime image sees it: no nvcc anywhere."""
+    from edge import kernel_binary
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(kernel_binary, "NVCC_LOCATIONS", [])
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_the_engine_runs_its_cubin_where_there_is_no_nvcc(built_engine, bottle_dir, tmp_path, monkeypatch, caplog):
+    from edge.backends.tensorrt import TensorRTBackend
+    from edge.kernel_binary import arch_for
+
+    pytest.importorskip("pycuda", reason="CuPy compiles with NVRTC at start; the cubin is pycuda's")
+    folder = shutil.copytree(built_engine.parent, tmp_path / "models")
+    arch = arch_for(cuda_device().compute_capability)
+    assert Manifest.for_model(folder / "tiny.plan").kernels["arch"] == arch
+    no_nvcc(monkeypatch)
+    cpu = OnnxCpuBackend(folder / "tiny.onnx")
+    with caplog.at_level(logging.INFO, logger="edge.kernel_binary"), TensorRTBackend(folder / "tiny.plan") as gpu:
+        for image in bottle_images(bottle_dir, cpu.manifest.input_shape):
+            got, expected = gpu.score(image), cpu.score(image)
+            np.testing.assert_allclose(got.anomaly_map, expected.anomaly_map, rtol=0, atol=1e-4)
+    assert f"CUDA kernels: {folder / 'tiny.cubin'} ({arch}, nvcc V" in caplog.text
+    assert "compiling" not in caplog.text
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+@pytest.mark.parametrize("nvcc", ["present", "missing"])
+def test_a_damaged_cubin_is_recompiled_or_refused(built_engine, tmp_path, monkeypatch, caplog, nvcc):
+    from edge.backends import BackendError, open_backend
+
+    pytest.importorskip("pycuda", reason="CuPy compiles with NVRTC at start; the cubin is pycuda's")
+    folder = shutil.copytree(built_engine.parent, tmp_path / "models")
+    cubin = folder / "tiny.cubin"
+    cubin.write_bytes(cubin.read_bytes()[:-1] + b"\x01")
+    reason = f"{cubin} does not match the sha256 its manifest recorded"
+    if nvcc == "present":
+        with caplog.at_level(logging.WARNING, logger="edge.kernel_binary"), open_backend(folder / "tiny.plan"):
+            pass
+        assert f"{reason}; compiling the CUDA kernels with nvcc" in caplog.text
+    else:
+        no_nvcc(monkeypatch)
+        with pytest.raises(BackendError, match=re.escape(reason) + r", and there is no nvcc .* run 'riad-trainer build-engine' on this device"):
+            open_backend(folder / "tiny.plan")
 
 
 # ---- what a machine without the GPU path sees ---------------------------------------

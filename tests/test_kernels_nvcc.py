@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from edge.gpu_map import COMPILE_OPTIONS, KERNEL_SIGNATURES, KERNELS_DIR
+from edge.gpu_map import KERNEL_SIGNATURES
+from edge.kernel_binary import COMPILE_OPTIONS, KERNELS_DIR
 
 TARGETS = {"sm_72": "Jetson AGX Xavier", "sm_87": "Jetson Orin", "sm_90": "H100"}
 

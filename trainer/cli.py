@@ -150,12 +150,16 @@ def build_engine(
     ] = None,
 ):
     """Build a TensorRT engine on THIS device (engines are not portable; see docs/gpu.md)."""
+    from edge.backends import ENGINE_SUFFIXES
     from edge.backends.gpu_available import GpuUnavailable
     from edge.manifest import ManifestError, manifest_path
     from trainer.engine import EngineBuildError
     from trainer.engine import build_engine as build
 
     engine_path = out or model.with_suffix(".plan")
+    if engine_path.suffix.lower() not in ENGINE_SUFFIXES:  # what riad-edge run takes; and not the .cubin beside it
+        typer.echo(f"error: --out {engine_path}: an engine's name ends in .plan or .engine", err=True)
+        raise typer.Exit(2)
     try:
         manifest = build(model, engine_path, fp16=not fp32, max_batch=max_batch, timing_cache=timing_cache)
     except GpuUnavailable as missing:
@@ -172,5 +176,40 @@ def build_engine(
     typer.echo(
         f"engine:   {engine_path}\nmanifest: {manifest_path(engine_path)}\n"
         f"built for {facts['gpu_name']} (compute {facts['compute_capability']}) with TensorRT "
-        f"{facts['tensorrt_version']}, {facts['precision']}, batch {manifest.mask_spec.num_variants}..{facts['max_batch']}"
+        f"{facts['tensorrt_version']}, {facts['precision']}, batch {manifest.mask_spec.num_variants}..{facts['max_batch']}\n"
+        f"kernels:  {engine_path.parent / manifest.kernels['file']} ({manifest.kernels['arch']}, {manifest.kernels['compiler']})"
     )
+
+
+@app.command("build-kernels")
+def build_kernels(
+    out: Annotated[Path, typer.Option("--out", help="the folder to write riad_kernels.ARCH.cubin (and its .json) into")],
+    arch: Annotated[
+        str | None, typer.Option(help="the GPU architecture, e.g. sm_87 (Jetson Orin); default: this machine's GPU")
+    ] = None,
+):
+    """Compile the CUDA kernels for build-engine to use where it finds no nvcc (a runtime image; docs/gpu.md)."""
+    from edge.backends.gpu_available import GpuUnavailable, cuda_device
+    from edge.kernel_binary import (
+        PREBUILT_DIR_VARIABLE,
+        KernelCompileError,
+        arch_for,
+        check_arch,
+        compile_kernels,
+        save_prebuilt,
+    )
+
+    try:
+        arch = check_arch(arch or arch_for(cuda_device().compute_capability))
+        out.mkdir(parents=True, exist_ok=True)  # before the compile, which takes a while
+        path = save_prebuilt(compile_kernels(arch), out)
+    except GpuUnavailable as missing:
+        typer.echo(f"error: {missing}, so no GPU to compile for; pass --arch, e.g. --arch sm_87 for a Jetson Orin", err=True)
+        raise typer.Exit(2) from None
+    except (KernelCompileError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write the kernels into {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"kernels: {path} ({arch})\nbuild-engine uses them where it finds no nvcc, with {PREBUILT_DIR_VARIABLE}={out}")

@@ -3,7 +3,9 @@
 An engine is specific to its TensorRT version and GPU, so a Jetson builds its own
 (`riad-trainer build-engine` runs there with JetPack's TensorRT). The engine takes
 batches from one frame's variants (K*n) up to `max_batch`, tuned for one frame; its
-manifest is the ONNX model's, plus what it was built with and for.
+manifest is the ONNX model's, plus what it was built with and for. The CUDA kernels are
+compiled here too, into a cubin beside the engine (edge/kernel_binary.py), so the
+device that runs them needs no compiler.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.backends.gpu_available import cuda_device, import_tensorrt
+from edge.kernel_binary import CompiledKernels, KernelCompileError, NvccNotFound, arch_for, kernels_for_engine
 from edge.manifest import Manifest, file_sha256, manifest_path
 
 if TYPE_CHECKING:
@@ -65,6 +68,24 @@ def _phase_printer() -> tensorrt.IProgressMonitor:
     return PhasePrinter()
 
 
+def cubin_path(engine_path: Path) -> Path:
+    """Where build-engine writes the engine's kernels: engines/bottle.plan -> engines/bottle.cubin."""
+    return engine_path.with_suffix(".cubin")
+
+
+def compiled_kernels(arch: str) -> CompiledKernels:
+    """The kernels for this GPU, or EngineBuildError saying how to get a compiler."""
+    try:
+        return kernels_for_engine(arch)
+    except NvccNotFound as missing:
+        raise EngineBuildError(
+            f"cannot compile the CUDA kernels for {arch}: {missing}. Install the CUDA toolkit's nvcc "
+            "(on a Jetson: sudo apt install nvidia-jetpack) or build in the riad-edge:jetson image (docs/gpu.md)"
+        ) from None
+    except KernelCompileError as exc:
+        raise EngineBuildError(str(exc)) from None
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -89,6 +110,7 @@ def build_engine(
         raise EngineBuildError(
             f"--max-batch must be a multiple of the {per_frame} variants of one frame"
         )
+    kernels = compiled_kernels(arch_for(device.compute_capability))  # before TensorRT's minutes, not after
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -135,6 +157,7 @@ def build_engine(
         )
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(memoryview(serialized))
+    source.kernels = kernels.save(cubin_path(engine_path))
     if timing_cache:
         timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
 

@@ -63,7 +63,7 @@ def _tensorrt(model_path: Path) -> Backend:
     if not model_path.is_file():
         raise ManifestError(f"model file {model_path} does not exist")
     from edge.backends.gpu_available import GpuUnavailable
-    from edge.gpu_map import KernelCompileError
+    from edge.kernel_binary import KernelCompileError, NvccNotFound
 
     try:
         from edge.backends.tensorrt import TensorRTBackend
@@ -71,6 +71,8 @@ def _tensorrt(model_path: Path) -> Backend:
         return TensorRTBackend(model_path)
     except (ImportError, GpuUnavailable) as exc:
         missing = str(exc)
+    except NvccNotFound as exc:  # says to run build-engine here
+        raise BackendError(f"{exc}; or pass the .onnx model instead to use the CPU backend") from None
     except KernelCompileError as exc:
         raise BackendError(
             f"{exc}. The CUDA toolkit must support this GPU and driver (see docs/gpu.md); "

@@ -35,7 +35,7 @@ class TensorRTBackend(Backend):
         super().__init__(Manifest.for_model(engine_path))
         m = self.manifest
         check_engine(m, engine_path, trt.__version__, cuda_device())
-        self.gpu = GpuAnomalyMap.for_manifest(m)
+        self.gpu = GpuAnomalyMap.for_manifest(m, folder=Path(engine_path).parent)  # and the kernels' cubin
         try:
             self._load(Path(engine_path))
         except BaseException:
