@@ -405,7 +405,9 @@ def test_the_container_health_check_asks_healthz(tmp_path):
     check = json.loads(dockerfile.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].split("\n", 1)[0])
     inspector = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]["inspector"]
     assert inspector["healthcheck"]["test"] == ["CMD", *check]
-    assert "--metrics-port=9108" in inspector["command"] and "ENV RIAD_METRICS_PORT=9108" in dockerfile
+    # One port for `riad-edge run` (its --metrics-port reads RIAD_METRICS_PORT) and the check.
+    assert inspector["environment"]["RIAD_METRICS_PORT"] == "9108" and "ENV RIAD_METRICS_PORT=9108" in dockerfile
+    assert not any(arg.startswith("--metrics-port") for arg in inspector["command"])
     port = free_port()
     env = os.environ | {"RIAD_METRICS_PORT": str(port)}
     check = [sys.executable if c == "python3" else c for c in check]
