@@ -124,6 +124,7 @@ def _check_monitoring(host: str | None, grace: float | None) -> None:
 def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
                  broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, monitoring) -> int:
     """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
+    from edge.runner import fail
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
     from edge.station.run import run_station
 
@@ -137,8 +138,7 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
         try:
             station = load_config(config)
         except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            return 2
+            return fail(str(exc), 2)
         if topic_prefix != "riad":
             station.topic_prefix = topic_prefix
     else:
