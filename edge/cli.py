@@ -87,6 +87,8 @@ def run_command(
         raise typer.BadParameter("give exactly one of --camera N or --source URI")
     if metrics_host is not None and metrics_port is None:
         raise typer.BadParameter("--metrics-host needs --metrics-port")
+    if metrics_port is not None and metrics_port == view_port:
+        raise typer.BadParameter(f"--metrics-port and --view-port are both {view_port}: give them different ports")
     if threshold is not None and not math.isfinite(threshold):
         # NaN compares false and inf is never exceeded: the line would run with no alert ever.
         raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")

@@ -321,7 +321,8 @@ def test_a_port_in_use_is_one_line_and_exit_2_before_the_model_loads(tmp_path, t
         (["--metrics-port", 9108, "--health-grace", 0], "--health-grace must be a positive number of seconds, not 0.0"),
         (["--metrics-port", 9108, "--health-grace", "nan"], "--health-grace must be a positive number of seconds, not nan"),
         (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
-        (["--metrics-port", 9108, "--metrics-host", "no-such-host.invalid"], "error: cannot serve metrics on no-such-host.invalid:9108: "),
+        (["--metrics-port", 9108, "--view-port", 9108], "--metrics-port and --view-port are both 9108: give them different ports"),
+        (["--metrics-port", 9108, "--metrics-host", "192.0.2.1"], "error: cannot serve metrics on 192.0.2.1:9108: Cannot assign requested address"),  # not this machine's
         (["--log-level", "verbose"], "'verbose' is not one of"),
     ],
 )
