@@ -105,9 +105,9 @@ class _Families:
             self.mqtt_connected.add_metric(cam, 1.0 if publisher.disconnected_since is None else 0.0)
             self.spool.add_metric(cam, _spool_depth(publisher))
         if camera.verdicts is not None:
-            counts = camera.verdicts.snapshot()
+            verdicts = camera.verdicts.snapshot()
             for label, key in VERDICT_KINDS:
-                self.verdicts.add_metric([camera.camera_id, label], counts[key])
+                self.verdicts.add_metric([camera.camera_id, label], verdicts[key])
         if camera.stats is None:  # never opened: it has no numbers, and is not connected
             self.camera_connected.add_metric(cam, 0.0)
             return
