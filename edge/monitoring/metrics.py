@@ -9,6 +9,7 @@ the MQTT stats topic show), and are read when Prometheus asks. Per camera (label
     riad_defective_frames_total      counter    frames above the threshold
     riad_frames_dropped_total        counter    frames a live camera delivered while inference was busy
     riad_frames_corrupt_total        counter    frames that could not be decoded or prepared
+    riad_frames_paused_total         counter    frames read while detection was paused by a command
     riad_camera_reconnects_total     counter    times a live camera or stream came back after a drop
     riad_frame_latency_seconds       histogram  capture -> result, per inspected frame
     riad_last_frame_timestamp_seconds gauge     Unix time of the camera's latest frame (absent before the first)
@@ -86,6 +87,7 @@ class _Families:
         self.defective = CounterMetricFamily("riad_defective_frames", "Frames scored above the threshold", labels=cam)
         self.dropped = CounterMetricFamily("riad_frames_dropped", "Frames of a live camera dropped while inference was busy", labels=cam)
         self.corrupt = CounterMetricFamily("riad_frames_corrupt", "Frames that could not be decoded or prepared", labels=cam)
+        self.paused = CounterMetricFamily("riad_frames_paused", "Frames read while detection was paused, not judged", labels=cam)
         self.reconnects = CounterMetricFamily("riad_camera_reconnects", "Times a live camera or stream came back after a drop", labels=cam)
         self.latency = HistogramMetricFamily("riad_frame_latency_seconds", "Capture to result, per inspected frame", labels=cam)
         self.last_frame = GaugeMetricFamily("riad_last_frame_timestamp_seconds", "Unix time of the camera's latest frame", labels=cam)
@@ -116,6 +118,8 @@ class _Families:
         self.defective.add_metric(cam, numbers["defects"])
         self.dropped.add_metric(cam, numbers["frames_dropped"])
         self.corrupt.add_metric(cam, numbers["frames_corrupt"])
+        if "frames_paused" in numbers:  # where the inspector takes commands (detect/set OFF pauses it)
+            self.paused.add_metric(cam, numbers["frames_paused"])
         self.reconnects.add_metric(cam, numbers["reconnects"])
         self.camera_connected.add_metric(cam, 1.0 if numbers["disconnects"] == numbers["reconnects"] else 0.0)
         counts, total = camera.stats.latency_histogram()
@@ -126,7 +130,7 @@ class _Families:
             self.last_frame.add_metric(cam, wall - (now - last))
 
     def all(self) -> list[Metric]:
-        return [self.processed, self.defective, self.dropped, self.corrupt, self.reconnects, self.latency,
+        return [self.processed, self.defective, self.dropped, self.corrupt, self.paused, self.reconnects, self.latency,
                 self.last_frame, self.camera_connected, self.mqtt_connected, self.spool, self.verdicts,
                 self.healthy, self.model]  # fmt: skip
 
