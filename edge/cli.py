@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from edge.monitoring.logs import LogFormat, LogLevel, configure_logging, url_passwords
+
 # The broker login, the same for run, watch and doctor.
 Username = Annotated[str | None, typer.Option(help="Broker user name.")]
 Password = Annotated[
@@ -17,6 +19,9 @@ TlsCa = Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (d
 TlsCert = Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")]
 TlsKey = Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")]
 HaPrefix = Annotated[str | None, typer.Option(help="Home Assistant's MQTT discovery prefix (default homeassistant).")]
+# The log (stderr) of every command; stdout keeps the results as text (edge/monitoring/logs.py).
+LogLevel_ = Annotated[LogLevel, typer.Option("--log-level", envvar="RIAD_LOG_LEVEL", help="Log messages from this level up.")]
+LogFormat_ = Annotated[LogFormat, typer.Option("--log-format", envvar="RIAD_LOG_FORMAT", help="text for people, json (one object per line) for journald, Loki, Elastic.")]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Watch a camera, find defects, publish them over MQTT.")
 
@@ -53,6 +58,11 @@ def run_command(
     view_password: Annotated[str | None, typer.Option(envvar="RIAD_VIEW_PASSWORD", help="Ask for this password (HTTP Basic, any user name) before showing the live view (better: the RIAD_VIEW_PASSWORD variable).")] = None,
     ha_discovery: Annotated[bool, typer.Option("--ha-discovery", help="Announce each camera to Home Assistant (MQTT discovery): one device with its sensors, no YAML; see docs/mqtt.md.")] = False,
     ha_prefix: HaPrefix = None,
+    metrics_port: Annotated[int | None, typer.Option(min=1, max=65535, envvar="RIAD_METRICS_PORT", help="Serve Prometheus /metrics and /healthz on this HTTP port, e.g. 9108 (default: off; see docs/monitoring.md).")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="Address /metrics and /healthz listen on (default 127.0.0.1, this machine only); 0.0.0.0 for a Prometheus on another machine.")] = None,
+    health_grace: Annotated[float | None, typer.Option(help="/healthz answers 503 once a camera has given no frame, or its broker has been away, this many seconds (default 60).")] = None,
+    log_level: LogLevel_ = LogLevel.warning,
+    log_format: LogFormat_ = LogFormat.text,
 ) -> None:
     """Inspect frames from a camera, stream, video or folder; report defects.
 
@@ -68,14 +78,21 @@ def run_command(
     """
     from edge.runner import run_inspection
 
+    configure_logging(log_level, log_format, [password, view_password, *url_passwords(broker), *url_passwords(source)])
+    _check_monitoring(metrics_host, health_grace)
     ha = _ha_prefix(ha_discovery, ha_prefix, broker, config)
     if config is not None or mode != "free":
         raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, ha))
+                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port,
+                                      (metrics_port, metrics_host, health_grace), ha))
     if model is None:
         raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
         raise typer.BadParameter("give exactly one of --camera N or --source URI")
+    if metrics_host is not None and metrics_port is None:
+        raise typer.BadParameter("--metrics-host needs --metrics-port")
+    if metrics_port is not None and metrics_port == view_port:
+        raise typer.BadParameter(f"--metrics-port and --view-port are both {view_port}: give them different ports")
     if threshold is not None and not math.isfinite(threshold):
         # NaN compares false and inf is never exceeded: the line would run with no alert ever.
         raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
@@ -98,6 +115,8 @@ def run_command(
         view=(view_host, view_port) if view_port else None,
         view_password=view_password,
         ha_prefix=ha,
+        metrics=(metrics_host, metrics_port) if metrics_port else None,
+        health_grace=health_grace,
     )
     raise typer.Exit(code)
 
@@ -115,9 +134,17 @@ def _ha_prefix(enabled: bool, prefix: str | None, broker: str | None, config: Pa
     return DEFAULT_HA_PREFIX if prefix is None else prefix
 
 
+def _check_monitoring(host: str | None, grace: float | None) -> None:
+    if host == "":
+        raise typer.BadParameter("--metrics-host must be an address, e.g. 127.0.0.1 or 0.0.0.0")
+    if grace is not None and not (math.isfinite(grace) and grace > 0):
+        raise typer.BadParameter(f"--health-grace must be a positive number of seconds, not {grace}")
+
+
 def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, ha=None) -> int:
+                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, monitoring, ha=None) -> int:
     """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
+    from edge.runner import fail
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
     from edge.station.run import run_station
 
@@ -127,12 +154,11 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
         raise typer.BadParameter("--max-frames, --save-dir and --view-port work with one free-running camera only, not with --config or --mode triggered")
     if config is not None:
         if any(v is not None for v in (camera, source, model, threshold, camera_id, spool)) or mode != "free":
-            raise typer.BadParameter("with --config the cameras, models, modes and thresholds come from the file; give only broker options beside it")
+            raise typer.BadParameter("with --config the cameras, models, modes and thresholds come from the file; give only broker, metrics and log options beside it")
         try:
             station = load_config(config)
         except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            return 2
+            return fail(str(exc), 2)
         if topic_prefix != "riad":
             station.topic_prefix = topic_prefix
     else:
@@ -142,6 +168,12 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
             raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
         uri = str(camera) if camera is not None else source
         station = StationConfig([CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool)], topic_prefix=topic_prefix)
+    metrics_port, metrics_host, health_grace = monitoring  # given on the command line: they win over the file's
+    station.metrics_port = metrics_port or station.metrics_port
+    station.metrics_host = metrics_host or station.metrics_host
+    station.health_grace_s = health_grace or station.health_grace_s
+    if station.metrics_host is not None and station.metrics_port is None:
+        raise typer.BadParameter("--metrics-host needs --metrics-port (or metrics_port in the config)")
     return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, ha_prefix=ha)
 
 
@@ -158,6 +190,8 @@ def watch_command(
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    log_level: LogLevel_ = LogLevel.warning,
+    log_format: LogFormat_ = LogFormat.text,
 ) -> None:
     """Print defect alerts and camera availability as they arrive (see docs/mqtt.md).
 
@@ -167,6 +201,7 @@ def watch_command(
     from edge.topics import TopicError
     from edge.watch import watch
 
+    configure_logging(log_level, log_format, [password, *url_passwords(broker)])
     try:
         config = parse_broker_url(broker, username, password, tls_ca, tls_cert, tls_key)
         seen = watch(config, camera_id, topic_prefix, count, timeout, json_lines)
@@ -190,6 +225,8 @@ def doctor_command(
     password: Password = None,
     tls_ca: TlsCa = None,
     spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool to check (default with --broker: ~/.local/state/riad-edge).")] = None,
+    log_level: LogLevel_ = LogLevel.warning,
+    log_format: LogFormat_ = LogFormat.text,
 ) -> None:
     """Check that this machine can inspect: camera, GPU, model, broker, spool disk.
 
@@ -202,6 +239,7 @@ def doctor_command(
     from edge.doctor import FAIL, format_table, run_checks
     from edge.runner import default_spool_path
 
+    configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(source)])
     if camera is not None and source is not None:
         raise typer.BadParameter("give one of --camera N or --source URI")
     uri = str(camera) if camera is not None else source
@@ -218,6 +256,8 @@ def demo_command(
     source: Annotated[Path | None, typer.Option(help="Clip to inspect (default: the bundled bottle clip).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the defect snapshots and heatmap overlays.")] = Path("riad-demo"),
     view_port: Annotated[int, typer.Option(min=0, max=65535, help="Also serve the live view on this port; 0: off.")] = 0,
+    log_level: LogLevel_ = LogLevel.warning,
+    log_format: LogFormat_ = LogFormat.text,
 ) -> None:
     """The whole loop on the bundled sample: broker, inspector, alerts over MQTT, overlays.
 
@@ -226,6 +266,7 @@ def demo_command(
     """
     from edge.demo import DEFAULT_MODEL, DEFAULT_SOURCE, run_demo
 
+    configure_logging(log_level, log_format)
     raise typer.Exit(run_demo(model or DEFAULT_MODEL, source or DEFAULT_SOURCE, out, view_port))
 
 

@@ -105,6 +105,7 @@ class MqttPublisher:
         self.broker_problem: str | None = None  # why the broker cannot be used now; None while connected
         self.last_broker_problem: str | None = None  # the latest cause in this run, kept after recovery (stats)
         self._problem_logged: tuple[str, float] | None = None  # (what, when) was last logged
+        self.disconnected_since: float | None = time.monotonic()  # None while connected (health, metrics)
         self._stop_probing = threading.Event()
         self.lost = self.undelivered = self.set_aside = 0  # for the exit code; lost and undelivered set by close()
 
@@ -193,11 +194,13 @@ class MqttPublisher:
             log.warning("%s broker %s", "reconnected to" if self._connections > 1 else "connected to", self.broker.url)
         self.broker_problem = None
         self._problem_logged = None
+        self.disconnected_since = None
         self._answered.set()
         self._kick.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self._closing:
+            self.disconnected_since = self.disconnected_since or time.monotonic()  # not after close(): no broker problem
             log.warning("lost the broker %s (%s); spooling events until it is back", self.broker.url, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:

@@ -103,6 +103,7 @@ class Pipeline:
                 frame = self.source.read()
                 if frame is None:
                     break
+                self.stats.record_capture()
                 captured += 1
                 if self.source.is_live:
                     self._put_dropping_oldest(frame)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,6 +29,8 @@ import cv2
 from edge.backends import BackendError, open_backend
 from edge.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
+from edge.monitoring.camera import WatchedCamera
+from edge.monitoring.logs import set_camera
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
@@ -88,7 +89,9 @@ def default_spool_path(camera_id: str) -> Path:
 
 
 def fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from edge.monitoring.logs import print_error
+
+    print_error(message)
     return code
 
 
@@ -113,6 +116,8 @@ def run_inspection(
     view_password: str | None = None,
     console: bool = True,
     ha_prefix: str | None = None,
+    metrics: tuple[str | None, int] | None = None,
+    health_grace: float | None = None,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -132,6 +137,7 @@ def run_inspection(
                     check_ha_prefix(ha_prefix)
             if view is not None:
                 _check_view_password(view[0], view_password)
+            monitor = _monitor(stack, metrics, health_grace)
             backend = stack.enter_context(open_backend(model_path))
         except (ManifestError, BackendError, BrokerError, TopicError, ValueError) as exc:
             return fail(str(exc), EXIT_BAD_INPUT)
@@ -140,6 +146,7 @@ def run_inspection(
         except SourceError as exc:
             return fail(str(exc), EXIT_SOURCE_UNAVAILABLE)
         camera_id = camera_id or source.camera_id
+        set_camera(camera_id)  # the `camera` of JSON log lines
         threshold = backend.manifest.threshold if threshold is None else threshold
         print(f"backend: {backend.name}, model {backend.manifest.model_id} ({backend.manifest.input_width}x{backend.manifest.input_height} px), threshold {threshold:.4f}")
         print(f"source: {source.description} as camera '{camera_id}'")
@@ -177,6 +184,9 @@ def run_inspection(
                 print(f"home assistant: discovery configs under {ha_prefix}/<component>/{node_id(topic_prefix, camera_id)}/")
         else:
             print("mqtt: off (no --broker); defects are printed here")
+        if monitor is not None:
+            monitor.watch(WatchedCamera(camera_id, "free", backend.manifest.model_id, backend.name, pipeline.stats, source.is_live, publisher))
+            print(f"metrics: {monitor.url}/metrics, health {monitor.url}/healthz")
 
         try:
             with _stop_on_signals(pipeline) as signals:
@@ -224,6 +234,15 @@ def _check_view_password(host: str, password: str | None) -> None:
     if not password and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the live view on %s has no password: anyone who can reach this machine sees the line; "
                     "set RIAD_VIEW_PASSWORD", host)
+
+
+def _monitor(stack: ExitStack, metrics: tuple[str | None, int] | None, grace_s: float | None):
+    """The /metrics and /healthz server, listening before the model loads: a port in use fails at once."""
+    if metrics is None:
+        return None
+    from edge.monitoring.server import MonitoringServer
+
+    return stack.enter_context(MonitoringServer(*metrics, grace_s=grace_s))
 
 
 def _one_line(exc: Exception) -> str:

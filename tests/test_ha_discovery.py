@@ -221,7 +221,9 @@ def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(
     discovery = HaDiscovery("riad", "line1", ha_prefix="ha", model_id="bottle-w16")
     publisher = MqttPublisher(parse_broker_url(broker.url), "line1", tmp_path / "spool.db", connect_hooks=[discovery.on_connected])
     try:
-        configs = retained(broker, subscribe, "ha/#")
+        deadline = time.monotonic() + 10  # the hook publishes from paho's thread, after the CONNACK
+        while len(configs := retained(broker, subscribe, "ha/#")) < 9 and time.monotonic() < deadline:
+            pass
         assert len(configs) == 9 and discovery.announcements == 1  # the 3 empty ones (no commands) are not kept
         for topic, payload in configs.items():
             # The topic of the publisher's last will: the entities turn unavailable when the inspector dies.
@@ -229,7 +231,7 @@ def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(
 
         # Home Assistant (re)started: it says `online` on its status topic, and all 12 come again, live, within the delay.
         watcher = subscribe(broker, ["ha/+/+/+/config"])
-        time.sleep(0.3)  # the retained ones
+        assert watcher.wait_for(lambda: sum(was_retained for *_, was_retained in watcher.messages) == 9, timeout=10)
         before = len(watcher.messages)
         mqtt_publish.single("ha/status", "offline", qos=1, hostname="127.0.0.1", port=broker.port)
         mqtt_publish.single("ha/status", "online", qos=1, hostname="127.0.0.1", port=broker.port)

@@ -2,6 +2,9 @@
 
     broker: mqtt://broker.local        # optional; --broker overrides it
     topic_prefix: riad                 # optional
+    metrics_port: 9108                 # optional: /metrics and /healthz for all cameras (docs/monitoring.md)
+    metrics_host: 127.0.0.1            # optional; 0.0.0.0 for a Prometheus on another machine
+    health_grace_s: 60                 # optional: /healthz fails after this long without frames or broker
     cameras:
       - id: line1                      # the <camera> level of the MQTT topics
         source: rtsp://cam1/stream     # any source URI `run --source` takes
@@ -30,7 +33,7 @@ from edge.station.triggered import DEFAULT_DEADLINE_S
 
 MODES = ("free", "triggered")
 _CAMERA_KEYS = {"id", "source", "model", "mode", "threshold", "deadline_ms", "spool", "roi", "ignore_mask", "ignore_polygons"}
-_STATION_KEYS = {"broker", "topic_prefix", "cameras"}
+_STATION_KEYS = {"broker", "topic_prefix", "cameras", "metrics_port", "metrics_host", "health_grace_s"}
 
 
 class ConfigError(Exception):
@@ -55,6 +58,9 @@ class StationConfig:
     cameras: list[CameraConfig]
     broker: str | None = None
     topic_prefix: str = "riad"
+    metrics_port: int | None = None  # None: no /metrics, /healthz
+    metrics_host: str | None = None
+    health_grace_s: float | None = None
 
 
 def load_config(path: Path) -> StationConfig:
@@ -80,7 +86,18 @@ def load_config(path: Path) -> StationConfig:
     prefix = data.get("topic_prefix", "riad")
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "+#"):
         raise ConfigError(f"config {path}: topic_prefix must be a topic without wildcards, not {prefix!r}")
-    return StationConfig(parsed, broker, prefix)
+    return StationConfig(parsed, broker, prefix, *_monitoring(data, f"config {path}"))
+
+
+def _monitoring(data: dict, where: str) -> tuple[int | None, str | None, float | None]:
+    port, host, grace = data.get("metrics_port"), data.get("metrics_host"), data.get("health_grace_s")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+        raise ConfigError(f"{where}: metrics_port must be a port number 1 to 65535, not {port!r}")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise ConfigError(f"{where}: metrics_host must be an address like 127.0.0.1 or 0.0.0.0, not {host!r}")
+    if grace is not None and (not _finite(grace) or grace <= 0):
+        raise ConfigError(f"{where}: health_grace_s must be a positive number of seconds, not {grace!r}")
+    return port, host, None if grace is None else float(grace)
 
 
 def _no_unknown(data: dict, known: set[str], where: str) -> None:

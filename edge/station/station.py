@@ -16,6 +16,7 @@ from pathlib import Path
 from edge.backends import open_backend
 from edge.broker import BrokerConfig
 from edge.inspection import FrameJudge
+from edge.monitoring.camera import WatchedCamera
 from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, default_spool_path
 from edge.sinks.ha_discovery import ha_hooks
@@ -139,6 +140,25 @@ class Station:
                 publisher.send("verdict", verdict.payload(camera_id, model_id), f"verdict for part {verdict.part_id}")
 
         return publish
+
+    def watched(self) -> list[WatchedCamera]:
+        """Each camera as /metrics and /healthz read it: opened or down, free or triggered."""
+        cameras = []
+        for camera in self.config.cameras:
+            cid = camera.camera_id or "cam"
+            shared = self.backends[camera.model.resolve()]
+            common = {"model_id": shared.manifest.model_id, "backend": shared.name, "publisher": self.publishers.get(cid),
+                      "stopped": lambda cid=cid: self.down.get(cid) or self.failed.get(cid)}  # fmt: skip
+            if cid in self.triggered:
+                cam = self.triggered[cid]
+                live = cam.source is None or cam.source.is_live
+                stats = cam.frame_stats if cam.source is not None else None
+                cameras.append(WatchedCamera(cid, "triggered", stats=stats, live=live, verdicts=cam.stats, **common))
+            else:
+                pipeline = self.pipelines.get(cid)
+                live = pipeline is None or pipeline.source.is_live
+                cameras.append(WatchedCamera(cid, "free", stats=pipeline.stats if pipeline else None, live=live, **common))
+        return cameras
 
     # --- running ----------------------------------------------------------------------
 

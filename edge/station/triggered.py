@@ -40,8 +40,10 @@ class NoFrameError(Exception):
 
 
 class FrameGrabber:
-    def __init__(self, source: VideoSource):
+    def __init__(self, source: VideoSource, stats: PipelineStats | None = None):
+        """`stats` learns of every frame the source delivers (the camera's health)."""
         self.source = source
+        self._stats = stats
         self._latest: Frame | None = None
         self._ended: str | None = None
         self._changed = threading.Condition()
@@ -54,6 +56,8 @@ class FrameGrabber:
         reason = "the camera stream ended"
         try:
             while (frame := self.source.read()) is not None:
+                if self._stats is not None:
+                    self._stats.record_capture()
                 with self._changed:
                     self._latest = frame
                     self._changed.notify_all()
@@ -69,6 +73,8 @@ class FrameGrabber:
             frame = self.source.read()
             if frame is None:
                 raise NoFrameError(f"{self.source.description} has no more frames")
+            if self._stats is not None:
+                self._stats.record_capture()
             return frame
         with self._changed:
             fresh = self._changed.wait_for(
@@ -133,13 +139,14 @@ class TriggeredCamera:
         self.deadline_s = deadline_s
         self.down_reason = down_reason
         self._publish = publish
-        self._grabber = FrameGrabber(source) if source is not None else None
         self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self.stats = VerdictStats()
         self.triggers_received = 0
         self._recent_parts: deque[str | None] = deque(maxlen=RECENT_PARTS)
         self.frame_stats = PipelineStats(source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize)
+        self.source = source
+        self._grabber = FrameGrabber(source, self.frame_stats) if source is not None else None
 
     def submit(self, trigger: Trigger) -> None:
         """Queue a trigger; answers at once with `error` when it cannot be served. Never blocks."""
