@@ -50,6 +50,7 @@ def run_command(
     view_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the live view (frame, heatmap, scores, defects) on this HTTP port; 0: off.")] = 0,
     view_host: Annotated[str, typer.Option(help="Address the live view listens on; 0.0.0.0 for the whole network.")] = "127.0.0.1",
     view_password: Annotated[str | None, typer.Option(envvar="RIAD_VIEW_PASSWORD", help="Ask for this password (HTTP Basic, any user name) before showing the live view (better: the RIAD_VIEW_PASSWORD variable).")] = None,
+    commands: Annotated[bool, typer.Option("--commands", help="Obey MQTT commands (<prefix>/<camera>/detect/set, threshold/set, snapshot/set; docs/mqtt.md). Off: anyone on the broker could pause the line; commands are then answered with how to enable them.")] = False,
 ) -> None:
     """Inspect frames from a camera, stream, video or folder; report defects.
 
@@ -67,7 +68,7 @@ def run_command(
 
     if config is not None or mode != "free":
         raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port))
+                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, commands))
     if model is None:
         raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
@@ -93,12 +94,13 @@ def run_command(
         threshold=threshold,
         view=(view_host, view_port) if view_port else None,
         view_password=view_password,
+        commands=commands,
     )
     raise typer.Exit(code)
 
 
 def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port) -> int:
+                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, commands=False) -> int:
     """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
     from edge.station.run import run_station
@@ -124,7 +126,8 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
             raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
         uri = str(camera) if camera is not None else source
         station = StationConfig([CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool)], topic_prefix=topic_prefix)
-    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                       commands=commands)
 
 
 @app.command("watch")

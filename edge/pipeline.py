@@ -55,8 +55,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._capture_error: BaseException | None = None
         self._sink_errors: dict[int, int] = {}  # id(sink) -> failures
-        self.stats = PipelineStats(source_counters=source.counters, queue_depth=self._queue.qsize)
-        self._defects = DefectTracker()
+        self.stats = PipelineStats(source_counters=source.counters, queue_depth=self._queue.qsize, detecting=lambda: self.judge.enabled)
+        self.defects = DefectTracker()  # public: the MQTT lifecycle ends a defect no frame followed
 
     def add_sink(self, sink: ResultSink) -> None:
         """For sinks built after the pipeline, like the MQTT sink that pulls `pipeline.stats`.
@@ -135,13 +135,16 @@ class Pipeline:
                 pass
 
     def _process(self, frame: Frame) -> None:
+        if not self.judge.enabled:  # paused by a `detect/set OFF` command: read, counted, not judged
+            self.stats.record_paused()
+            return
         try:
             result = self.judge.judge(frame)
         except CorruptFrameError as exc:
             self.stats.record_corrupt()
             log.warning("frame %d skipped: %s", frame.index, exc)
             return
-        self._defects.assign(result)
+        self.defects.assign(result)
         self.stats.record_frame(result.latency_s, result.is_defect)
         for sink in self.sinks:
             try:

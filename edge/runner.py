@@ -111,6 +111,7 @@ def run_inspection(
     view: tuple[str, int] | None = None,
     view_password: str | None = None,
     console: bool = True,
+    commands: bool = False,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -165,10 +166,10 @@ def run_inspection(
         if broker is not None:
             try:
                 publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline)
-                pipeline.add_sink(publisher)
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
-            print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
+            _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, commands)
+            print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/..., commands {'on' if commands else 'off (--commands)'}")
         else:
             print("mqtt: off (no --broker); defects are printed here")
 
@@ -242,6 +243,16 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline):
         model_id=backend.manifest.model_id,
         stats_source=pipeline.stats.snapshot,
     )
+
+
+def _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, enabled) -> None:
+    """The defect lifecycle and snapshots in place of the bare publisher, and the command topics (edge/sinks)."""
+    from edge.sinks.commands import CommandListener, camera_controls
+
+    controls = camera_controls(publisher, pipeline.judge, pipeline.defects)
+    pipeline.add_sink(controls.snapshot)
+    pipeline.add_sink(controls.lifecycle)  # first: the events go out before any other sink reports the defect
+    stack.callback(CommandListener(broker, topic_prefix, {camera_id: controls}, enabled).close)
 
 
 class Stoppable(Protocol):

@@ -27,6 +27,7 @@ class PipelineStats:
         fps_window_s: float = 5.0,
         source_counters: Callable[[], dict[str, int]] | None = None,
         queue_depth: Callable[[], int] | None = None,
+        detecting: Callable[[], bool] | None = None,
     ):
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=latency_window)
@@ -34,11 +35,13 @@ class PipelineStats:
         self._fps_window_s = fps_window_s
         self._source_counters = source_counters
         self._queue_depth = queue_depth
+        self._detecting = detecting
         self._started = time.monotonic()
         self.frames_processed = 0
         self.frames_dropped = 0
         self.frames_corrupt = 0  # frames the source delivered but preprocessing refused
         self.defects = 0
+        self.frames_paused = 0  # read while detection was off (`detect/set OFF`), not judged
 
     def record_frame(self, latency_s: float, defect: bool) -> None:
         now = time.monotonic()
@@ -52,6 +55,10 @@ class PipelineStats:
     def record_drop(self) -> None:
         with self._lock:
             self.frames_dropped += 1
+
+    def record_paused(self) -> None:
+        with self._lock:
+            self.frames_paused += 1
 
     def record_corrupt(self) -> None:
         with self._lock:
@@ -84,4 +91,6 @@ class PipelineStats:
                 "reconnects": source.get("reconnects", 0),
                 "disconnects": source.get("disconnects", 0),
                 "uptime_s": round(now - self._started, 1),
+                "detecting": self._detecting() if self._detecting else True,
+                "frames_paused": self.frames_paused,
             }

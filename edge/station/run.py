@@ -32,6 +32,7 @@ def run_station(
     tls_ca: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    commands: bool = False,
 ) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -43,7 +44,7 @@ def run_station(
         return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
     try:
         broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key) if broker_url else None
-        station = Station(config, broker).__enter__()
+        station = Station(config, broker, commands=commands).__enter__()
     except (ManifestError, BackendError, BrokerError, SpoolError, ValueError, OSError) as exc:
         return fail(str(exc), EXIT_BAD_INPUT)
     try:
@@ -52,7 +53,8 @@ def run_station(
             print(f"camera {camera.camera_id}: {camera.mode}, {state}, model {camera.model.name}")
         for shared in station.backends.values():
             print(f"backend: {shared.name}, model {shared.manifest.model_id}, up to {shared.max_frames} frame(s) per batch")
-        print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..." if broker else "mqtt: off (no broker); verdicts and defects are printed here")
+        commands_state = "on" if commands else "off (--commands)"
+        print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..., commands {commands_state}" if broker else "mqtt: off (no broker); verdicts and defects are printed here")
         if len(station.down) == len(config.cameras):
             return fail("not one camera could be opened", EXIT_SOURCE_UNAVAILABLE)
         if station.triggers is not None:

@@ -33,10 +33,11 @@ class Station:
     then `run()` until `stop()`, or until every free-running camera's source has ended
     when no camera is triggered."""
 
-    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True):
+    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True, commands: bool = False):
         self.config = config
         self.broker = broker
         self.console = console
+        self.commands_enabled = commands
         self.backends: dict[Path, SharedBackend] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.triggered: dict[str, TriggeredCamera] = {}
@@ -44,6 +45,8 @@ class Station:
         self.failed: dict[str, str] = {}  # camera id -> why its inspection stopped
         self.triggers: TriggerSubscriber | None = None
         self.publishers: dict = {}  # camera id -> MqttPublisher
+        self.controls: dict = {}  # camera id -> CameraControls: its defect lifecycle, snapshot, what commands change
+        self.commands = None  # the CommandListener of every camera, with a broker
         self._stop = threading.Event()
         self._stack = ExitStack()
 
@@ -57,6 +60,10 @@ class Station:
             if self.broker is not None and self.triggered:
                 topics = {f"{self.config.topic_prefix}/{cid}/trigger": cam.submit for cid, cam in self.triggered.items()}
                 self.triggers = TriggerSubscriber(self.broker, topics, trigger_client_id(self.config.topic_prefix, list(self.triggered)))
+            if self.broker is not None and self.controls:
+                from edge.sinks.commands import CommandListener
+
+                self.commands = CommandListener(self.broker, self.config.topic_prefix, self.controls, self.commands_enabled)
         except BaseException:
             self.close()
             raise
@@ -107,13 +114,16 @@ class Station:
             self.triggered[camera_id] = cam
             if self.broker is not None:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                cam.sinks.append(self._publisher(camera_id, camera, backend, stats))
+                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, tracker=None)
+                cam.sinks += [controls.lifecycle, controls.snapshot]
         elif source is not None:
             pipeline = Pipeline(source, backend, sinks, judge=judge)
             self.pipelines[camera_id] = pipeline
             if self.broker is not None:
                 stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                pipeline.add_sink(self._publisher(camera_id, camera, backend, stats))
+                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, pipeline.defects)
+                pipeline.add_sink(controls.snapshot)
+                pipeline.add_sink(controls.lifecycle)
 
     def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
         from edge.mqtt import MqttPublisher
@@ -127,11 +137,25 @@ class Station:
         self.publishers[camera_id] = publisher
         return publisher
 
+    def _controls(self, camera_id: str, publisher, judge: FrameJudge, tracker):
+        """The defect lifecycle and snapshot sinks around the camera's publisher (edge/sinks), for commands.
+
+        `tracker` None: a triggered camera, which groups each part's frames itself.
+        """
+        from edge.sinks.commands import camera_controls
+
+        controls = self.controls[camera_id] = camera_controls(publisher, judge, tracker, triggered=tracker is None)
+        return controls
+
     def _verdict_sink(self, camera_id: str, model_id: str):
         def publish(verdict: Verdict) -> None:
             if self.console:
                 print(verdict.line(camera_id), flush=True)
             publisher = self.publishers.get(camera_id)
+            if camera_id in self.controls:
+                from edge.sinks.lifecycle import VERDICT
+
+                self.controls[camera_id].lifecycle.end(VERDICT)  # the part's defect ends with its verdict
             if publisher is not None:
                 publisher.send("verdict", verdict.payload(camera_id, model_id), f"verdict for part {verdict.part_id}")
 
@@ -170,8 +194,13 @@ class Station:
         if self.triggers is not None:
             self.triggers.close()
             self.triggers = None
+        if self.commands is not None:
+            self.commands.close()
+            self.commands = None
         for cam in self.triggered.values():
             cam.stop()
+        for controls in self.controls.values():
+            controls.lifecycle.close()  # a free camera's pipeline has closed it already; a triggered camera's has not
         for publisher in self.publishers.values():
             publisher.close()
         self.publishers.clear()

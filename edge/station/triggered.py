@@ -139,7 +139,9 @@ class TriggeredCamera:
         self.stats = VerdictStats()
         self.triggers_received = 0
         self._recent_parts: deque[str | None] = deque(maxlen=RECENT_PARTS)
-        self.frame_stats = PipelineStats(source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize)
+        self.frame_stats = PipelineStats(
+            source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize, detecting=lambda: judge.enabled
+        )
 
     def submit(self, trigger: Trigger) -> None:
         """Queue a trigger; answers at once with `error` when it cannot be served. Never blocks."""
@@ -188,6 +190,9 @@ class TriggeredCamera:
         deadline = trigger.received_at + (trigger.deadline_s or self.deadline_s)
         if time.monotonic() > deadline:
             self._error(trigger, f"deadline passed: waited {self._age_ms(trigger):.0f} ms for the camera")
+            return
+        if not self.judge.enabled:  # a PLC must not take an unjudged part for a good one
+            self._error(trigger, "detection is OFF (paused by a detect/set command)")
             return
         results: list[FrameResult] = []
         tracker = DefectTracker()  # one part, one defect_id
