@@ -136,13 +136,16 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> None:
         if not self.judge.enabled:  # paused by a `detect/set OFF` command: read, counted, not judged
-            self.stats.record_paused()
+            self._paused()
             return
         try:
             result = self.judge.judge(frame)
         except CorruptFrameError as exc:
             self.stats.record_corrupt()
             log.warning("frame %d skipped: %s", frame.index, exc)
+            return
+        if not self.judge.enabled:  # paused while it was judged: no event after the pause's answer
+            self._paused()
             return
         self.defects.assign(result)
         self.stats.record_frame(result.latency_s, result.is_defect)
@@ -154,6 +157,10 @@ class Pipeline:
                 count = self._sink_errors[id(sink)] = self._sink_errors.get(id(sink), 0) + 1
                 if count % _SINK_ERROR_LOG_EVERY == 1:
                     log.exception("%s failed on frame %d (failure %d)", type(sink).__name__, frame.index, count)
+
+    def _paused(self) -> None:
+        self.stats.record_paused()
+        self.defects.end()  # a pause breaks a defect as a good frame does
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

@@ -79,10 +79,10 @@ class DefectTracker:
             self._frames += 1
             result.defect_id, result.defect_frame = self._id, self._frames
 
-    def end(self, defect_id: str) -> None:
-        """The next defective frame starts a new defect, unless `defect_id` has already ended."""
+    def end(self, defect_id: str | None = None) -> None:
+        """The next defective frame starts a new defect (unless `defect_id`, when given, has already ended)."""
         with self._lock:
-            if self._id == defect_id:
+            if defect_id is None or self._id == defect_id:
                 self._id, self._frames = None, 0
 
 

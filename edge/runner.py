@@ -127,6 +127,8 @@ def run_inspection(
                 broker = parse_broker_url(broker_url, username, password, tls_ca, tls_cert, tls_key)
                 # A name the broker refuses would be spooled for ever: check it before anything runs.
                 check_names(topic_prefix, camera_id or "cam")
+            if commands and broker is None:
+                raise ValueError("--commands needs --broker: commands arrive over MQTT")
             if view is not None:
                 _check_view_password(view[0], view_password)
             backend = stack.enter_context(open_backend(model_path))

@@ -12,13 +12,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from media import bottle_frames, write_video
+from media import LoopingCamera, bottle_frames, write_video
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.broker import parse_broker_url
@@ -26,7 +25,6 @@ from edge.inspection import FrameJudge
 from edge.mqtt import MqttPublisher
 from edge.pipeline import Pipeline
 from edge.sinks.lifecycle import DefectLifecycle
-from edge.sources import CaptureSource
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "engines" / "bottle-cpu.onnx"  # threshold 0.1995
@@ -106,18 +104,6 @@ def test_a_defect_lives_new_update_end_over_a_real_image_folder(broker, bottle_d
     assert "riad/line1/events" not in retained  # a history, not a state
     image = cv2.imdecode(np.frombuffer(retained["riad/line1/overlay"], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (900, 900, 3)
-
-
-class LoopingCamera:
-    """A live camera (a real MJPG clip, looped) that can be unplugged and plugged back."""
-
-    def __init__(self, clip: Path, missing: Path):
-        self.plugged = threading.Event()
-        self.plugged.set()
-        self.source = CaptureSource(
-            "camera 3", lambda: cv2.VideoCapture(str(clip if self.plugged.is_set() else missing)),
-            live=True, camera_id="cam3", backoff=(0.01, 0.05),
-        )  # fmt: skip
 
 
 @pytest.fixture

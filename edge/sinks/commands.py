@@ -47,7 +47,7 @@ THRESHOLD_RANGE = 10.0  # a new threshold is within 1/10 and 10 times the model'
 RATE_PER_S, BURST = 10.0, 20  # commands acted on per camera; more are dropped unanswered
 FLOOD_LOG_INTERVAL_S = 10.0
 MAX_QUEUED_ANSWERS = 100  # responses and states paho holds while the broker is away
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # plain decimal: no nan, inf, 0x1p3, 1_000
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # plain decimal: no nan, inf, 0x1p3, 1_000
 
 ENABLE_HINT = "commands are off: start riad-edge run with --commands to allow them"
 
@@ -231,6 +231,7 @@ class CommandListener:
         camera_id, command = self._topics.get(message.topic, (None, None))
         if camera_id is None or command is None:
             return
+        payload = bytes(message.payload)
         if not self._buckets[camera_id].take():
             self._note_flood(camera_id)
             return
@@ -241,16 +242,16 @@ class CommandListener:
             if message.retain:
                 raise Refused("retained command ignored: send commands without the retain flag "
                               "(clear it with an empty retained message)")  # fmt: skip
-            reason = self._cameras[camera_id].apply(command, payload_text(message.payload))
+            reason = self._cameras[camera_id].apply(command, payload_text(payload))
             ok = True
         except Refused as refusal:
             reason = str(refusal)
         if ok:
-            log.warning("camera %s: command %s %s: %s", camera_id, command, shown_payload(message.payload), reason)
+            log.warning("camera %s: command %s %s: %s", camera_id, command, shown_payload(payload), reason)
             self._publish_state(camera_id, command)
         else:
             log.info("camera %s: command %s refused: %s", camera_id, command, reason)
-        self._answer(camera_id, command, message.payload, ok, reason)
+        self._answer(camera_id, command, payload, ok, reason)
 
     def _note_flood(self, camera_id: str) -> None:
         self._flooded += 1
@@ -286,4 +287,5 @@ class CommandListener:
 
 def camera_controls(publisher: MqttPublisher, judge: FrameJudge, tracker=None, triggered: bool = False) -> CameraControls:
     """The lifecycle and snapshot sinks around a camera's publisher (sinks in place of it), and what commands change."""
-    return CameraControls(judge, DefectLifecycle(publisher, tracker), SnapshotOnRequest(publisher), triggered)
+    lifecycle = DefectLifecycle(publisher, tracker, detecting=lambda: judge.enabled)
+    return CameraControls(judge, lifecycle, SnapshotOnRequest(publisher), triggered)

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
@@ -55,12 +56,21 @@ class DefectLifecycle:
 
     `tracker` is the grouping that assigned the frames' defect ids; ending a defect on a
     timeout or a pause tells it, so the next defective frame starts a new defect.
+    `detecting` says whether inspection is on (`detect/set`): while it is off, no defect
+    opens, not even from a frame that was being judged as the pause came.
     """
 
-    def __init__(self, publisher: MqttPublisher, tracker: DefectTracker | None = None, idle_timeout_s: float = DEFECT_IDLE_TIMEOUT_S):
+    def __init__(
+        self,
+        publisher: MqttPublisher,
+        tracker: DefectTracker | None = None,
+        idle_timeout_s: float = DEFECT_IDLE_TIMEOUT_S,
+        detecting: Callable[[], bool] = lambda: True,
+    ):
         self.publisher = publisher
         self.tracker = tracker
         self.idle_timeout_s = idle_timeout_s
+        self.detecting = detecting
         self._lock = threading.Lock()  # the pipeline thread, the idle timer and commands (pause) all end defects
         self._open: _OpenDefect | None = None
         self._ended: str | None = None  # the defect ended last: its late frames (judged as it ended) are not a new one
@@ -86,6 +96,10 @@ class DefectLifecycle:
                     self._end(GOOD_FRAME, result.timestamp)
                 return
             if event_id is None or result.defect_id is None or result.defect_id == self._ended:
+                return
+            if not self.detecting():
+                if current is not None:
+                    self._end(PAUSED, current.last)
                 return
             if current is not None and current.defect_id != result.defect_id:
                 log.warning("defect %s had no end before defect %s began; ending it", current.defect_id, result.defect_id)
@@ -171,5 +185,9 @@ class DefectLifecycle:
         while not self._closed.wait(min(1.0, self.idle_timeout_s / 4)):
             with self._lock:
                 current = self._open
-                if current is not None and not self._closed.is_set() and time.monotonic() - current.last_seen >= self.idle_timeout_s:
+                if current is None or self._closed.is_set():
+                    continue
+                if not self.detecting():
+                    self._end(PAUSED, current.last)
+                elif time.monotonic() - current.last_seen >= self.idle_timeout_s:
                     self._end(TIMEOUT, current.last)

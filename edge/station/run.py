@@ -40,6 +40,8 @@ def run_station(
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     broker_url = broker_url or config.broker
     triggered = [c.camera_id or c.source for c in config.cameras if c.mode == "triggered"]
+    if commands and not broker_url:
+        return fail("--commands needs a broker (--broker or broker: in the config): commands arrive over MQTT", EXIT_BAD_INPUT)
     if triggered and not broker_url:
         return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
     try:

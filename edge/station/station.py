@@ -18,6 +18,8 @@ from edge.broker import BrokerConfig
 from edge.inspection import FrameJudge
 from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, default_spool_path
+from edge.sinks.commands import CommandListener, camera_controls
+from edge.sinks.lifecycle import VERDICT
 from edge.sources import SourceError, open_source
 from edge.station.batching import SharedBackend
 from edge.station.config import CameraConfig, StationConfig
@@ -46,7 +48,7 @@ class Station:
         self.triggers: TriggerSubscriber | None = None
         self.publishers: dict = {}  # camera id -> MqttPublisher
         self.controls: dict = {}  # camera id -> CameraControls: its defect lifecycle, snapshot, what commands change
-        self.commands = None  # the CommandListener of every camera, with a broker
+        self.commands: CommandListener | None = None  # of every camera, with a broker
         self._stop = threading.Event()
         self._stack = ExitStack()
 
@@ -61,8 +63,6 @@ class Station:
                 topics = {f"{self.config.topic_prefix}/{cid}/trigger": cam.submit for cid, cam in self.triggered.items()}
                 self.triggers = TriggerSubscriber(self.broker, topics, trigger_client_id(self.config.topic_prefix, list(self.triggered)))
             if self.broker is not None and self.controls:
-                from edge.sinks.commands import CommandListener
-
                 self.commands = CommandListener(self.broker, self.config.topic_prefix, self.controls, self.commands_enabled)
         except BaseException:
             self.close()
@@ -142,8 +142,6 @@ class Station:
 
         `tracker` None: a triggered camera, which groups each part's frames itself.
         """
-        from edge.sinks.commands import camera_controls
-
         controls = self.controls[camera_id] = camera_controls(publisher, judge, tracker, triggered=tracker is None)
         return controls
 
@@ -153,8 +151,6 @@ class Station:
                 print(verdict.line(camera_id), flush=True)
             publisher = self.publishers.get(camera_id)
             if camera_id in self.controls:
-                from edge.sinks.lifecycle import VERDICT
-
                 self.controls[camera_id].lifecycle.end(VERDICT)  # the part's defect ends with its verdict
             if publisher is not None:
                 publisher.send("verdict", verdict.payload(camera_id, model_id), f"verdict for part {verdict.part_id}")
