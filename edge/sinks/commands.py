@@ -151,7 +151,7 @@ class CameraControls:
             if self.calibrated <= 0:
                 raise Refused(f"the model's calibrated threshold {self.calibrated} is not positive; change it in the manifest")
             self.judge.threshold = parse_threshold(text, self.calibrated)
-            return f"threshold is {self.judge.threshold!r} until the inspector restarts (then the manifest's or --threshold)"
+            return f"threshold is {self.judge.threshold!r} until the inspector restarts (then the configured one again)"
         if not self.judge.enabled:
             raise Refused("detection is OFF, so no frame is judged; turn it ON first (detect/set ON)")
         self.snapshot.request()
