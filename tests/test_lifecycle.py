@@ -151,3 +151,42 @@ def test_a_camera_that_stops_ends_its_defect_after_the_idle_timeout_and_a_stop_e
         assert end["worst"]["score"] == max(f["score"] for f in frames)
     assert consumer.wait_for(lambda: consumer.on("riad/line1/defect/active")[-1:] == [b"OFF"])
     assert consumer.on("riad/line1/defect/active") == [b"OFF", b"ON", b"OFF", b"ON", b"OFF"]
+
+
+def test_a_triggered_part_is_one_defect_life_whatever_other_triggers_do_meanwhile(broker, bottle_dir, tmp_path, subscribe):
+    import paho.mqtt.publish as mqtt_publish
+
+    from edge.station.config import CameraConfig, StationConfig
+    from edge.station.station import Station
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, (name, _) in enumerate(SEQUENCE[1:4]):  # one part seen in three frames: 0.269, 0.327, 0.248
+        shutil.copy(bottle_dir / "test" / name, parts / f"{i}.png")
+    camera = CameraConfig("line1", str(parts), MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "line1.spool")
+    consumer = subscribe(broker, ["riad/line1/#"])
+    station = Station(StationConfig([camera]), parse_broker_url(broker.url), console=False).__enter__()
+    runner = threading.Thread(target=station.run)
+    runner.start()
+    try:
+        assert station.triggers.subscribed.wait(10)
+        mqtt_publish.single("riad/line1/trigger", '{"part_id": "p1", "frames": 3}', qos=1, hostname="127.0.0.1", port=broker.port)
+        assert consumer.wait_for(lambda: consumer.on("riad/line1/events"), timeout=60)
+        # While p1's other frames are judged, a malformed trigger is answered at once with an error.
+        mqtt_publish.single("riad/line1/trigger", "{}", qos=1, hostname="127.0.0.1", port=broker.port)
+        assert consumer.wait_for(lambda: len(consumer.on("riad/line1/verdict")) == 2, timeout=60)
+        assert consumer.wait_for(lambda: len(consumer.on("riad/line1/events")) == 3)
+    finally:
+        station.stop()
+        runner.join(30)
+        station.close()
+    events = messages(consumer, "riad/line1/events")
+    assert [(e["type"], e["frames"], e["worst"]["frame_index"], e["end_reason"]) for e in events] == [
+        ("new", 1, 0, None), ("update", 2, 1, None), ("end", 3, 1, "verdict")]  # fmt: skip
+    verdicts = {json.loads(p)["part_id"]: json.loads(p) for p in consumer.on("riad/line1/verdict")}
+    assert verdicts["p1"]["verdict"] == "NOK" and verdicts["p1"]["score"] == events[-1]["worst"]["score"]
+    assert verdicts[None]["verdict"] == "error"
+    order = [(t, p) for t, p, _ in consumer.messages if t in ("riad/line1/events", "riad/line1/verdict")]
+    p1_verdict = next(i for i, (t, p) in enumerate(order) if t.endswith("verdict") and json.loads(p)["part_id"] == "p1")
+    assert order[p1_verdict + 1][0] == "riad/line1/events" and json.loads(order[p1_verdict + 1][1])["type"] == "end"
+    assert [p for p in consumer.on("riad/line1/defect/active")] == [b"OFF", b"ON", b"OFF"]

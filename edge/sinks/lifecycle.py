@@ -14,7 +14,7 @@ A defect is what DefectTracker groups (consecutive defective frames, one `defect
 part in view for 100 frames gives a handful of messages, not 100. It ends at the first
 good frame; when no frame comes for `idle_timeout_s` (the camera stalled or is
 reconnecting); when inspection is paused; when the inspector stops; or, for a triggered
-camera, when the part's verdict is decided.
+camera, once the part's verdict is sent.
 """
 
 from __future__ import annotations

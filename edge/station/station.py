@@ -116,6 +116,7 @@ class Station:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
                 controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, tracker=None)
                 cam.sinks += [controls.lifecycle, controls.snapshot]
+                cam.part_done = lambda: controls.lifecycle.end(VERDICT)  # a part's defect ends with its verdict
         elif source is not None:
             pipeline = Pipeline(source, backend, sinks, judge=judge)
             self.pipelines[camera_id] = pipeline
@@ -150,8 +151,6 @@ class Station:
             if self.console:
                 print(verdict.line(camera_id), flush=True)
             publisher = self.publishers.get(camera_id)
-            if camera_id in self.controls:
-                self.controls[camera_id].lifecycle.end(VERDICT)  # the part's defect ends with its verdict
             if publisher is not None:
                 publisher.send("verdict", verdict.payload(camera_id, model_id), f"verdict for part {verdict.part_id}")
 

@@ -139,6 +139,7 @@ class TriggeredCamera:
         self.stats = VerdictStats()
         self.triggers_received = 0
         self._recent_parts: deque[str | None] = deque(maxlen=RECENT_PARTS)
+        self.part_done: Callable[[], None] | None = None  # after each part's verdict (the station ends its defect's lifecycle)
         self.frame_stats = PipelineStats(
             source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize, detecting=lambda: judge.enabled
         )
@@ -172,6 +173,8 @@ class TriggeredCamera:
             except queue.Empty:
                 continue
             self._serve(trigger)
+            if self.part_done is not None:
+                self.part_done()
         while True:
             try:
                 self._error(self._triggers.get_nowait(), "the station stopped before inspecting it")
