@@ -61,7 +61,7 @@ class DefectTracker:
 
     A line controller wants one reject per part, not one per frame the part was seen in;
     `defect_frame == 1` marks the first. One good frame in between starts a new defect,
-    and so does `end()` (the defect's lifecycle ended it: no frame came for a while).
+    and so does `end()` (no frame came for a while, or inspection was paused).
     """
 
     def __init__(self) -> None:
