@@ -63,6 +63,7 @@ def run_command(
     health_grace: Annotated[float | None, typer.Option(help="/healthz answers 503 once a camera has given no frame, or its broker has been away, this many seconds (default 60).")] = None,
     log_level: LogLevel_ = LogLevel.warning,
     log_format: LogFormat_ = LogFormat.text,
+    commands: Annotated[bool, typer.Option("--commands", help="Obey MQTT commands (<prefix>/<camera>/detect/set, threshold/set, snapshot/set; docs/mqtt.md). Off: anyone on the broker could pause the line; commands are then answered with how to enable them.")] = False,
 ) -> None:
     """Inspect frames from a camera, stream, video or folder; report defects.
 
@@ -84,7 +85,7 @@ def run_command(
     if config is not None or mode != "free":
         raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
                                       broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port,
-                                      (metrics_port, metrics_host, health_grace), ha))
+                                      (metrics_port, metrics_host, health_grace), ha, commands))
     if model is None:
         raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
@@ -117,6 +118,7 @@ def run_command(
         ha_prefix=ha,
         metrics=(metrics_host, metrics_port) if metrics_port else None,
         health_grace=health_grace,
+        commands=commands,
     )
     raise typer.Exit(code)
 
@@ -142,7 +144,7 @@ def _check_monitoring(host: str | None, grace: float | None) -> None:
 
 
 def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, monitoring, ha=None) -> int:
+                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, monitoring, ha=None, commands=False) -> int:
     """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
     from edge.runner import fail
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
@@ -174,7 +176,8 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
     station.health_grace_s = health_grace or station.health_grace_s
     if station.metrics_host is not None and station.metrics_port is None:
         raise typer.BadParameter("--metrics-host needs --metrics-port (or metrics_port in the config)")
-    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, ha_prefix=ha)
+    return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, ha_prefix=ha,
+                       commands=commands)
 
 
 @app.command("watch")

@@ -28,6 +28,9 @@ class FrameJudge:
         """ManifestError when the model was trained on another ROI than `roi`."""
         self.backend = backend
         self.threshold = backend.manifest.threshold if threshold is None else threshold
+        # Both changed at run time by MQTT commands (edge/sinks/commands.py); the pipeline
+        # and a triggered camera judge no frame while `enabled` is False.
+        self.enabled = True
         self.roi = roi
         self.ignore = ignore
         trained = backend.manifest.roi or None
@@ -47,6 +50,7 @@ class FrameJudge:
             image = prepare(view, self.backend.manifest.input_shape)
         except ValueError as exc:  # RoiError included: a frame smaller than the ROI
             raise CorruptFrameError(str(exc)) from None
+        threshold = self.threshold  # once: a command may change it while this frame is judged
         scored = self.backend.score(image)
         amap, score = scored.anomaly_map, scored.score
         if self.roi is not None:
@@ -61,7 +65,7 @@ class FrameJudge:
             frame=frame.image,
             anomaly_map=amap,
             score=score,
-            threshold=self.threshold,
-            boxes=defect_boxes(amap, self.threshold, frame.image.shape),
+            threshold=threshold,
+            boxes=defect_boxes(amap, threshold, frame.image.shape),
             latency_s=time.monotonic() - frame.captured_at,
         )

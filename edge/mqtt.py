@@ -93,7 +93,7 @@ class MqttPublisher:
         self._acked_mids: queue.SimpleQueue[int] = queue.SimpleQueue()  # from paho's thread
         self._in_flight: dict[int, int | None] = {}  # paho mid -> spool id (None: sent from memory)
         self._last_handed = 0  # highest spool id handed to paho by this process
-        self._memory_queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._memory_queue: collections.deque[tuple[str, bytes, bool]] = collections.deque()  # topic, payload, retain
         self._to_delete: collections.deque[int] = collections.deque()  # delivered spool ids
         self._dropped = 0
         self._connections = 0
@@ -209,10 +209,10 @@ class MqttPublisher:
 
     # --- the pipeline side ------------------------------------------------------------
 
-    def handle(self, result: FrameResult) -> None:
-        """Spools an event (and its overlay) for a defective frame; good frames publish nothing."""
+    def handle(self, result: FrameResult) -> str | None:
+        """Spools an event (and its overlay) for a defective frame and returns its event id; good frames publish nothing."""
         if not result.is_defect:
-            return
+            return None
         event_id = str(uuid.uuid4())
         overlay_topic = f"{self.base_topic}/defect/{event_id}/overlay"
         event = self._event(result, event_id, overlay_topic)
@@ -229,24 +229,43 @@ class MqttPublisher:
             else:
                 log.error("overlay of event %s dropped: the spool is full", event_id)
         self._kick.set()
+        return event_id
 
-    def send(self, subtopic: str, payload: bytes, label: str) -> None:
+    def send(self, subtopic: str, payload: bytes, label: str, retain: bool = False) -> None:
         """Another durable message under this camera's topic (a station's verdict), in order with the events.
 
-        `label` names the message in the log if it is ever dropped.
+        `label` names the message in the log if it is ever dropped. `retain`: a state
+        (`defect/active`, the latest overlay) that the broker keeps for later subscribers.
         """
         with self._lock:
             if self._closing:
                 raise RuntimeError("MqttPublisher.send() after close()")
-            self._spool_or_hold(f"{self.base_topic}/{subtopic}", payload, label)
+            self._spool_or_hold(f"{self.base_topic}/{subtopic}", payload, label, retain)
         self._kick.set()
 
-    def _spool_or_hold(self, topic: str, event: bytes, label: str) -> None:
+    def send_image(self, subtopic: str, jpeg: bytes, label: str, retain: bool = False) -> None:
+        """A JPEG under this camera's topic, in order with the events; like an event's overlay it is
+        kept on disk only, never in memory when the spool is full (then it is dropped, logged)."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("MqttPublisher.send_image() after close()")
+            self._drain_memory_queue()
+            if self._memory_queue:
+                log.error("%s dropped: the spool is full", label)
+                return
+            try:
+                self.spool.put(f"{self.base_topic}/{subtopic}", jpeg, QOS_EVENTS, retain)
+            except SpoolError as e:
+                log.error("%s not kept: %s", label, e)
+                return
+        self._kick.set()
+
+    def _spool_or_hold(self, topic: str, event: bytes, label: str, retain: bool = False) -> None:
         """The event into the spool; into the bounded memory queue when the spool is full."""
         self._drain_memory_queue()
         if not self._memory_queue:  # newer events never overtake held ones
             try:
-                self.spool.put(topic, event, QOS_EVENTS, False)
+                self.spool.put(topic, event, QOS_EVENTS, retain)
                 return
             except SpoolError as e:
                 log.error("%s; holding events in memory (up to %d) until there is room", e, MEMORY_QUEUE_LIMIT)
@@ -254,13 +273,13 @@ class MqttPublisher:
             self._dropped += 1
             log.error("DROPPED %s: spool full and %d events already held in memory", label, MEMORY_QUEUE_LIMIT)
             return
-        self._memory_queue.append((topic, event))
+        self._memory_queue.append((topic, event, retain))
 
     def _drain_memory_queue(self) -> None:
         while self._memory_queue:
-            topic, event = self._memory_queue[0]
+            topic, event, retain = self._memory_queue[0]
             try:
-                self.spool.put(topic, event, QOS_EVENTS, False)
+                self.spool.put(topic, event, QOS_EVENTS, retain)
             except SpoolError:
                 return
             self._memory_queue.popleft()
@@ -340,8 +359,8 @@ class MqttPublisher:
             self._put_aside(message.id, message.topic, problem)
         # Held events go out only when nothing older waits in the spool; paho keeps them until acknowledged.
         while room > 0 and self._memory_queue and not self.spool.pending(1, after=self._last_handed):
-            topic, event = self._memory_queue.popleft()
-            info = self._client.publish(topic, event, QOS_EVENTS, False)
+            topic, event, retain = self._memory_queue.popleft()
+            info = self._client.publish(topic, event, QOS_EVENTS, retain)
             self._in_flight[info.mid] = None
             room -= 1
 

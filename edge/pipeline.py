@@ -55,8 +55,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._capture_error: BaseException | None = None
         self._sink_errors: dict[int, int] = {}  # id(sink) -> failures
-        self.stats = PipelineStats(source_counters=source.counters, queue_depth=self._queue.qsize)
-        self._defects = DefectTracker()
+        self.stats = PipelineStats(source_counters=source.counters, queue_depth=self._queue.qsize, detecting=lambda: self.judge.enabled)
+        self.defects = DefectTracker()  # public: the MQTT lifecycle ends a defect no frame followed
 
     def add_sink(self, sink: ResultSink) -> None:
         """For sinks built after the pipeline, like the MQTT sink that pulls `pipeline.stats`.
@@ -136,13 +136,19 @@ class Pipeline:
                 pass
 
     def _process(self, frame: Frame) -> None:
+        if not self.judge.enabled:  # paused by a `detect/set OFF` command: read, counted, not judged
+            self._paused()
+            return
         try:
             result = self.judge.judge(frame)
         except CorruptFrameError as exc:
             self.stats.record_corrupt()
             log.warning("frame %d skipped: %s", frame.index, exc)
             return
-        self._defects.assign(result)
+        if not self.judge.enabled:  # paused while it was judged: no event after the pause's answer
+            self._paused()
+            return
+        self.defects.assign(result)
         self.stats.record_frame(result.latency_s, result.is_defect)
         for sink in self.sinks:
             try:
@@ -152,6 +158,10 @@ class Pipeline:
                 count = self._sink_errors[id(sink)] = self._sink_errors.get(id(sink), 0) + 1
                 if count % _SINK_ERROR_LOG_EVERY == 1:
                     log.exception("%s failed on frame %d (failure %d)", type(sink).__name__, frame.index, count)
+
+    def _paused(self) -> None:
+        self.stats.record_paused()
+        self.defects.end()  # a pause breaks a defect as a good frame does
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

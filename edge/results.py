@@ -60,21 +60,30 @@ class DefectTracker:
     """Groups consecutive defective frames into one defect, for every sink alike.
 
     A line controller wants one reject per part, not one per frame the part was seen in;
-    `defect_frame == 1` marks the first. One good frame in between starts a new defect.
+    `defect_frame == 1` marks the first. One good frame in between starts a new defect,
+    and so does `end()` (no frame came for a while, or inspection was paused).
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # assign on the pipeline thread, end on the lifecycle's timer
         self._id: str | None = None
         self._frames = 0
 
     def assign(self, result: FrameResult) -> None:
-        if not result.is_defect:
-            self._id, self._frames = None, 0
-            return
-        if self._id is None:
-            self._id = str(uuid.uuid4())
-        self._frames += 1
-        result.defect_id, result.defect_frame = self._id, self._frames
+        with self._lock:
+            if not result.is_defect:
+                self._id, self._frames = None, 0
+                return
+            if self._id is None:
+                self._id = str(uuid.uuid4())
+            self._frames += 1
+            result.defect_id, result.defect_frame = self._id, self._frames
+
+    def end(self, defect_id: str | None = None) -> None:
+        """The next defective frame starts a new defect (unless `defect_id`, when given, has already ended)."""
+        with self._lock:
+            if defect_id is None or self._id == defect_id:
+                self._id, self._frames = None, 0
 
 
 class ResultSink(Protocol):

@@ -118,6 +118,7 @@ def run_inspection(
     ha_prefix: str | None = None,
     metrics: tuple[str | None, int] | None = None,
     health_grace: float | None = None,
+    commands: bool = False,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
     # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
@@ -135,6 +136,8 @@ def run_inspection(
                 check_names(topic_prefix, camera_id or "cam")
                 if ha_prefix is not None:
                     check_ha_prefix(ha_prefix)
+            if commands and broker is None:
+                raise ValueError("--commands needs --broker: commands arrive over MQTT")
             if view is not None:
                 _check_view_password(view[0], view_password)
             monitor = _monitor(stack, metrics, health_grace)
@@ -175,11 +178,11 @@ def run_inspection(
         publisher = None
         if broker is not None:
             try:
-                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix)
-                pipeline.add_sink(publisher)
+                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix, commands)
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
-            print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/...")
+            _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, commands)
+            print(f"mqtt: {broker.url}, topics {topic_prefix}/{camera_id}/..., commands {'on' if commands else 'off (--commands)'}")
             if ha_prefix is not None:
                 print(f"home assistant: discovery configs under {ha_prefix}/<component>/{node_id(topic_prefix, camera_id)}/")
         else:
@@ -251,7 +254,7 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix=None):
+def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix=None, commands=False):
     from edge.mqtt import MqttPublisher
 
     spool = spool or default_spool_path(camera_id)
@@ -266,8 +269,18 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_pre
         topic_prefix=topic_prefix,
         model_id=backend.manifest.model_id,
         stats_source=pipeline.stats.snapshot,
-        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, backend.manifest.model_id),
+        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, backend.manifest.model_id, commands_enabled=commands),
     )
+
+
+def _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, enabled) -> None:
+    """The defect lifecycle and snapshots in place of the bare publisher, and the command topics (edge/sinks)."""
+    from edge.sinks.commands import CommandListener, camera_controls
+
+    controls = camera_controls(publisher, pipeline.judge, pipeline.defects)
+    pipeline.add_sink(controls.snapshot)
+    pipeline.add_sink(controls.lifecycle)  # first: the events go out before any other sink reports the defect
+    stack.callback(CommandListener(broker, topic_prefix, {camera_id: controls}, enabled).close)
 
 
 class Stoppable(Protocol):

@@ -32,6 +32,7 @@ class PipelineStats:
         fps_window_s: float = 5.0,
         source_counters: Callable[[], dict[str, int]] | None = None,
         queue_depth: Callable[[], int] | None = None,
+        detecting: Callable[[], bool] | None = None,
     ):
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=latency_window)
@@ -43,10 +44,12 @@ class PipelineStats:
         self.last_frame_at: float | None = None  # monotonic time of the source's latest frame
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # per bucket; the last one is +Inf
         self._latency_sum = 0.0
+        self._detecting = detecting
         self.frames_processed = 0
         self.frames_dropped = 0
         self.frames_corrupt = 0  # frames the source delivered but preprocessing refused
         self.defects = 0
+        self.frames_paused = 0  # read while detection was off (`detect/set OFF`), not judged
 
     def record_frame(self, latency_s: float, defect: bool) -> None:
         now = time.monotonic()
@@ -66,6 +69,10 @@ class PipelineStats:
     def record_drop(self) -> None:
         with self._lock:
             self.frames_dropped += 1
+
+    def record_paused(self) -> None:
+        with self._lock:
+            self.frames_paused += 1
 
     def record_corrupt(self) -> None:
         with self._lock:
@@ -106,4 +113,6 @@ class PipelineStats:
                 "reconnects": source.get("reconnects", 0),
                 "disconnects": source.get("disconnects", 0),
                 "uptime_s": round(now - self.started_at, 1),
+                "detecting": self._detecting() if self._detecting else True,
+                "frames_paused": self.frames_paused,
             }

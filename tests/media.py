@@ -6,6 +6,7 @@ us: MJPG in AVI, MPEG-4 part 2 in MP4), folders hold real PNG/JPEG files.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -54,3 +55,17 @@ def nearest(frame: np.ndarray, originals: list[np.ndarray]) -> int:
     """Index of the original a decoded (lossy) frame came from."""
     errors = [np.abs(frame.astype(np.int16) - o.astype(np.int16)).mean() for o in originals]
     return int(np.argmin(errors))
+
+
+class LoopingCamera:
+    """A live camera (a real encoded clip, looped) that can be unplugged and plugged back in."""
+
+    def __init__(self, clip: Path, missing: Path):
+        from edge.sources import CaptureSource
+
+        self.plugged = threading.Event()
+        self.plugged.set()
+        self.source = CaptureSource(
+            "camera 3", lambda: cv2.VideoCapture(str(clip if self.plugged.is_set() else missing)),
+            live=True, camera_id="cam3", backoff=(0.01, 0.05),
+        )  # fmt: skip

@@ -35,7 +35,7 @@ DEFAULT_HA_PREFIX = "homeassistant"
 QOS_CONFIG = 1
 BIRTH_DELAY_MAX_S = 1.0  # Home Assistant asks for a random delay after its birth message, to spread the load
 # The lifecycle topic `<prefix>/<camera>/events` carries the defect's worst score so far here.
-ANOMALY_SCORE_TEMPLATE = "{{ value_json.score }}"
+ANOMALY_SCORE_TEMPLATE = "{{ value_json.worst.score }}"
 _NOT_IN_NODE_ID = re.compile(r"[^a-zA-Z0-9_-]+")  # Home Assistant allows only these in node_id and object_id
 SLUG_CHARACTERS = 32
 RETAINED_QUIET_S = 0.5  # `remove`: no retained config for this long after the SUBACK means all have arrived

@@ -44,6 +44,7 @@ def run_station(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     ha_prefix: str | None = None,
+    commands: bool = False,
 ) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -51,6 +52,8 @@ def run_station(
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     broker_url = broker_url or config.broker
     triggered = [c.camera_id or c.source for c in config.cameras if c.mode == "triggered"]
+    if commands and not broker_url:
+        return fail("--commands needs a broker (--broker or broker: in the config): commands arrive over MQTT", EXIT_BAD_INPUT)
     if triggered and not broker_url:
         return fail(f"triggered camera(s) {', '.join(triggered)} need a broker to receive triggers (--broker or broker: in the config)", EXIT_BAD_INPUT)
     monitor = None
@@ -61,7 +64,7 @@ def run_station(
                 raise ValueError("Home Assistant discovery needs a broker (--broker or broker: in the config)")
             check_ha_prefix(ha_prefix)
         monitor = _monitor(config)  # before the models load: a port in use fails at once
-        station = Station(config, broker, ha_prefix=ha_prefix).__enter__()
+        station = Station(config, broker, ha_prefix=ha_prefix, commands=commands).__enter__()
     except (ManifestError, BackendError, BrokerError, SpoolError, ValueError, OSError) as exc:
         if monitor is not None:
             monitor.close()
@@ -72,7 +75,8 @@ def run_station(
             print(f"camera {camera.camera_id}: {camera.mode}, {state}, model {camera.model.name}")
         for shared in station.backends.values():
             print(f"backend: {shared.name}, model {shared.manifest.model_id}, up to {shared.max_frames} frame(s) per batch")
-        print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..." if broker else "mqtt: off (no broker); verdicts and defects are printed here")
+        commands_state = "on" if commands else "off (--commands)"
+        print(f"mqtt: {broker.url}, topics {config.topic_prefix}/<camera>/..., commands {commands_state}" if broker else "mqtt: off (no broker); verdicts and defects are printed here")
         if len(config.cameras) == 1:
             set_camera(config.cameras[0].camera_id or "cam")  # the `camera` of JSON log lines
         if monitor is not None:

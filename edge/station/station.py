@@ -20,6 +20,8 @@ from edge.monitoring.camera import WatchedCamera
 from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, default_spool_path
 from edge.sinks.ha_discovery import ha_hooks
+from edge.sinks.commands import CommandListener, camera_controls
+from edge.sinks.lifecycle import VERDICT
 from edge.sources import SourceError, open_source
 from edge.station.batching import SharedBackend
 from edge.station.config import CameraConfig, StationConfig
@@ -35,11 +37,13 @@ class Station:
     then `run()` until `stop()`, or until every free-running camera's source has ended
     when no camera is triggered."""
 
-    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True, ha_prefix: str | None = None):
+    def __init__(self, config: StationConfig, broker: BrokerConfig | None = None, console: bool = True, ha_prefix: str | None = None,
+                 commands: bool = False):
         self.config = config
         self.broker = broker
         self.ha_prefix = ha_prefix  # announce every camera to Home Assistant under this prefix; None: off
         self.console = console
+        self.commands_enabled = commands
         self.backends: dict[Path, SharedBackend] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.triggered: dict[str, TriggeredCamera] = {}
@@ -47,6 +51,8 @@ class Station:
         self.failed: dict[str, str] = {}  # camera id -> why its inspection stopped
         self.triggers: TriggerSubscriber | None = None
         self.publishers: dict = {}  # camera id -> MqttPublisher
+        self.controls: dict = {}  # camera id -> CameraControls: its defect lifecycle, snapshot, what commands change
+        self.commands: CommandListener | None = None  # of every camera, with a broker
         self._stop = threading.Event()
         self._stack = ExitStack()
 
@@ -60,6 +66,8 @@ class Station:
             if self.broker is not None and self.triggered:
                 topics = {f"{self.config.topic_prefix}/{cid}/trigger": cam.submit for cid, cam in self.triggered.items()}
                 self.triggers = TriggerSubscriber(self.broker, topics, trigger_client_id(self.config.topic_prefix, list(self.triggered)))
+            if self.broker is not None and self.controls:
+                self.commands = CommandListener(self.broker, self.config.topic_prefix, self.controls, self.commands_enabled)
         except BaseException:
             self.close()
             raise
@@ -110,13 +118,17 @@ class Station:
             self.triggered[camera_id] = cam
             if self.broker is not None:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                cam.sinks.append(self._publisher(camera_id, camera, backend, stats))
+                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, tracker=None)
+                cam.sinks += [controls.lifecycle, controls.snapshot]
+                cam.part_done = lambda: controls.lifecycle.end(VERDICT)  # a part's defect ends with its verdict
         elif source is not None:
             pipeline = Pipeline(source, backend, sinks, judge=judge)
             self.pipelines[camera_id] = pipeline
             if self.broker is not None:
                 stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                pipeline.add_sink(self._publisher(camera_id, camera, backend, stats))
+                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, pipeline.defects)
+                pipeline.add_sink(controls.snapshot)
+                pipeline.add_sink(controls.lifecycle)
 
     def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
         from edge.mqtt import MqttPublisher
@@ -126,10 +138,18 @@ class Station:
         assert self.broker is not None
         publisher = MqttPublisher(
             self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats,
-            connect_hooks=ha_hooks(self.config.topic_prefix, camera_id, self.ha_prefix, backend.manifest.model_id),
+            connect_hooks=ha_hooks(self.config.topic_prefix, camera_id, self.ha_prefix, backend.manifest.model_id, commands_enabled=self.commands_enabled),
         )
         self.publishers[camera_id] = publisher
         return publisher
+
+    def _controls(self, camera_id: str, publisher, judge: FrameJudge, tracker):
+        """The defect lifecycle and snapshot sinks around the camera's publisher (edge/sinks), for commands.
+
+        `tracker` None: a triggered camera, which groups each part's frames itself.
+        """
+        controls = self.controls[camera_id] = camera_controls(publisher, judge, tracker, triggered=tracker is None)
+        return controls
 
     def _verdict_sink(self, camera_id: str, model_id: str):
         def publish(verdict: Verdict) -> None:
@@ -193,8 +213,13 @@ class Station:
         if self.triggers is not None:
             self.triggers.close()
             self.triggers = None
+        if self.commands is not None:
+            self.commands.close()
+            self.commands = None
         for cam in self.triggered.values():
             cam.stop()
+        for controls in self.controls.values():
+            controls.lifecycle.close()  # a free camera's pipeline has closed it already; a triggered camera's has not
         for publisher in self.publishers.values():
             publisher.close()
         self.publishers.clear()

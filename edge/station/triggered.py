@@ -144,7 +144,10 @@ class TriggeredCamera:
         self.stats = VerdictStats()
         self.triggers_received = 0
         self._recent_parts: deque[str | None] = deque(maxlen=RECENT_PARTS)
-        self.frame_stats = PipelineStats(source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize)
+        self.part_done: Callable[[], None] | None = None  # after each part's verdict (the station ends its defect's lifecycle)
+        self.frame_stats = PipelineStats(
+            source_counters=source.counters if source is not None else None, queue_depth=self._triggers.qsize, detecting=lambda: judge.enabled
+        )
         self.source = source
         self._grabber = FrameGrabber(source, self.frame_stats) if source is not None else None
 
@@ -177,6 +180,8 @@ class TriggeredCamera:
             except queue.Empty:
                 continue
             self._serve(trigger)
+            if self.part_done is not None:
+                self.part_done()
         while True:
             try:
                 self._error(self._triggers.get_nowait(), "the station stopped before inspecting it")
@@ -195,6 +200,9 @@ class TriggeredCamera:
         deadline = trigger.received_at + (trigger.deadline_s or self.deadline_s)
         if time.monotonic() > deadline:
             self._error(trigger, f"deadline passed: waited {self._age_ms(trigger):.0f} ms for the camera")
+            return
+        if not self.judge.enabled:  # a PLC must not take an unjudged part for a good one
+            self._error(trigger, "detection is OFF (paused by a detect/set command)")
             return
         results: list[FrameResult] = []
         tracker = DefectTracker()  # one part, one defect_id
