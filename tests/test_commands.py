@@ -147,10 +147,12 @@ def test_snapshot_publishes_the_next_frame_with_its_anomaly_map_retained(broker,
     consumer = subscribe(broker, [RESPONSE])
     answer = ask(broker, consumer, "snapshot", "PRESS")
     assert answer["ok"] and answer["reason"] == f"the frame judged next goes to {BASE}/snapshot"
-    later = subscribe(broker, [f"{BASE}/snapshot"])
+    live = subscribe(broker, [f"{BASE}/snapshot"])
+    assert live.wait_for(lambda: live.messages)  # live, or retained if it went out before this subscription
+    later = subscribe(broker, [f"{BASE}/snapshot"])  # a dashboard that starts afterwards still gets it
     assert later.wait_for(lambda: later.messages)
     topic, jpeg, retained = later.messages[0]
-    assert retained
+    assert retained and jpeg == live.messages[-1][1]
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == inspector.results[-1].frame.shape
 
