@@ -32,6 +32,7 @@ from edge.sinks.ha_discovery import (
 )
 from edge.topics import TopicError
 
+REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = Path(__file__).parent / "ha_schemas"
 SCHEMAS = {p.name.removesuffix(".schema.json"): json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.schema.json")}
 REGISTRY = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in SCHEMAS.values())
@@ -298,3 +299,52 @@ def test_remove_with_a_bad_name_or_no_broker_is_a_one_line_error(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: camera id 'line#1' cannot be part of an MQTT topic")
     result = riad_edge("ha-discovery", "remove", "--broker", "mqtt://127.0.0.1:1", "--camera-id", "line1")
     assert result.returncode == 2 and result.stderr.startswith("error: cannot reach broker") and "Traceback" not in result.stderr
+
+
+# --- the entities read what a real run publishes ------------------------------------------
+
+
+def render(template: str, payload: bytes) -> str:
+    """A value_template as Home Assistant renders it: Jinja2 with the payload parsed as `value_json`."""
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(value_json=json.loads(payload))
+
+
+def test_every_entity_reads_a_value_from_what_a_real_run_publishes(broker, bottle_dir, tmp_path, subscribe):
+    """The templates and payload values of the configs against the lifecycle, stats and state topics of a run."""
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for i, name in enumerate(["good/000.png", "broken_large/000.png", "contamination/000.png", "good/001.png"]):
+        (folder / f"{i}.png").write_bytes((bottle_dir / "test" / name).read_bytes())
+    consumer = subscribe(broker, ["riad/line1/#", "homeassistant/#"])
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--source", str(folder), "--model", str(REPO / "engines" / "bottle-cpu.onnx"),
+         "--broker", broker.url, "--camera-id", "line1", "--spool", str(tmp_path / "spool"), "--ha-discovery", "--commands"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert consumer.wait_for(lambda: consumer.on("riad/line1/available")[-1:] == [b"offline"])
+    configs = {t: json.loads(p) for t, p, _ in consumer.messages if t.startswith("homeassistant/") and p}
+    assert len(configs) == 12
+    worst = json.loads(consumer.on("riad/line1/events")[-1])["worst"]["score"]
+    for topic, config in configs.items():
+        component = topic.split("/")[1]
+        if component == "image":
+            assert consumer.on(config["image_topic"]), topic  # the overlay JPEG went out
+        elif component == "button":
+            assert config["command_topic"] == "riad/line1/snapshot/set"
+        else:
+            published = consumer.on(config["state_topic"])
+            assert published, f"{topic}: nothing on {config['state_topic']}"
+            if "value_template" in config:
+                value = render(config["value_template"], published[-1])
+                float(value)  # a sensor's number, or Home Assistant marks it unknown
+                if config["state_topic"].endswith("/events"):
+                    assert float(value) == worst
+            elif component == "binary_sensor":
+                assert {p.decode() for p in published} <= {config["payload_on"], config["payload_off"]}, topic
+            elif component == "switch":
+                assert published[-1].decode() in (config.get("state_on", config.get("payload_on", "ON")), "OFF")
+            elif component == "number":
+                assert config["min"] <= float(published[-1]) <= config["max"]
