@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,23 @@ def fill(folder: Path) -> None:
                 f.write(b"\0" * 4096)
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
+
+
+@pytest.fixture
+def http_camera(bottle_dir, tmp_path):
+    """An IP camera's HTTP stream of a real clip; it loops, as a live camera never ends."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    from media import bottle_frames, write_video
+
+    write_video(tmp_path / "cam.avi", bottle_frames(bottle_dir, 8), "MJPG")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
+    server.shutdown()
+    server.server_close()

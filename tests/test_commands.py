@@ -261,24 +261,6 @@ def test_commands_and_states_come_back_after_the_broker_restarts(broker, inspect
     assert json.loads(later.on(RESPONSE)[0])["ok"] and inspector.pipeline.judge.enabled
 
 
-@pytest.fixture
-def http_camera(bottle_dir, tmp_path):
-    """An IP camera's HTTP stream of a real clip; it loops, as a live camera never ends."""
-    import functools
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    write_video(tmp_path / "cam.avi", bottle_frames(bottle_dir, 8), "MJPG")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.parametrize("enabled", [True, False])
 def test_riad_edge_run_obeys_commands_only_with_the_flag(broker, http_camera, tiny_onnx_model, tmp_path, subscribe, enabled):
     consumer = subscribe(broker, [f"{BASE}/#"])

@@ -426,3 +426,28 @@ def test_the_container_health_check_asks_healthz(tmp_path):
         assert healthy.returncode == 0, healthy.stderr
     gone = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "Connection refused" in gone.stderr
+
+
+def test_a_paused_camera_counts_its_unjudged_frames_and_stays_healthy(broker, http_camera, tmp_path, tiny_onnx_model, subscribe):
+    """detect/set OFF (edge/sinks/commands.py): frames go on arriving, counted as paused; a pause is not a fault."""
+    port = free_port()
+    process = riad_edge("run", "--source", http_camera, "--model", tiny_onnx_model, "--threshold", 0, "--metrics-port", port,
+                        "--broker", broker.url, "--camera-id", "line", "--spool", tmp_path / "spool.db", "--commands")  # fmt: skip
+    responses = subscribe(broker, ["riad/line/command/response"])
+    try:
+        while not process.stdout.readline().startswith("DEFECT"):  # inspecting now (threshold 0)
+            assert process.poll() is None, process.stderr.read()
+        mqtt_publish.single("riad/line/detect/set", "OFF", qos=1, hostname="127.0.0.1", port=broker.port)
+        assert responses.wait_for(lambda: responses.messages)
+        assert json.loads(responses.messages[0][1])["ok"]
+        assert wait_until(lambda: value(scrape(port), "riad_frames_paused_total", camera="line") > 0)
+        judged = value(scrape(port), "riad_frames_processed_total", camera="line")
+        time.sleep(1.0)
+        samples = scrape(port)
+        status, body = healthz(port)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert value(samples, "riad_frames_processed_total", camera="line") == judged  # nothing judged while paused
+    assert value(samples, "riad_mqtt_connected", camera="line") == 1
+    assert status == 200, body
