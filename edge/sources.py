@@ -291,6 +291,8 @@ def _gst_camera_id(pipeline: str) -> str:
 def _gst(uri: str, text: str) -> CaptureSource:
     if not text.strip().rstrip("!").strip():
         raise SourceError(f"{uri}: expected gst://<GStreamer pipeline>, e.g. gst://videotestsrc is-live=true")
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):  # C would cut the text at a NUL
+        raise SourceError(f"{without_passwords(uri)!r}: control character in the pipeline")
     pipeline = with_appsink(text)
     return _gstreamer(
         uri,

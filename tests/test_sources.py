@@ -101,6 +101,7 @@ def written(path: Path, data: bytes) -> str:
         (lambda d: "csi://", "nothing after 'csi://'"),
         (lambda d: "gst://", "nothing after 'gst://'"),
         (lambda d: "gst:// ! ", "expected gst://<GStreamer pipeline>"),
+        (lambda d: "gst://videotestsrc\x00 ! fakesink", "control character"),
         (lambda d: "rtsp://127.0.0.1:9/line", "cannot open stream rtsp://127.0.0.1:9/line"),
         (lambda d: "http://127.0.0.1:9/cam.mjpg", "cannot open stream"),
         (lambda d: "ftp://host/clip.mp4", "unknown source type"),
