@@ -296,7 +296,7 @@ def _gst(uri: str, text: str) -> CaptureSource:
     pipeline = with_appsink(text)
     return _gstreamer(
         uri,
-        f"GStreamer pipeline '{without_passwords(text.strip())}'",
+        f"GStreamer pipeline '{without_passwords(' '.join(text.split()))}'",
         pipeline,
         _gst_camera_id(pipeline),
         "check it with gst-launch-1.0 (fakesink in place of appsink): a missing element or plugin, "
