@@ -263,8 +263,9 @@ def _gstreamer(uri: str, description: str, pipeline: str, camera_id: str, hint: 
     problem = pipeline_problem(pipeline)
     if problem:  # OpenCV would wait forever on a pipeline GStreamer built only in part
         raise SourceError(f"cannot open {description}: {without_passwords(problem)}; {hint}")
-    # No open/read timeouts here: OpenCV's GStreamer backend (4.6) refuses to open with them;
-    # the pipeline's own elements time out (rtspsrc tcp-timeout).
+    # No timeout parameters: OpenCV 4.6 refuses to open a GStreamer pipeline given them, and
+    # 4.7+ (JetPack's 4.8) already times out a stalled read after 30 s. rtspsrc gives up
+    # connecting after its tcp-timeout (20 s).
     return _live(description, lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER), camera_id, hint)
 
 
