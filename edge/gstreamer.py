@@ -4,9 +4,10 @@ check of a pipeline with GStreamer's own parser before OpenCV opens it.
 Why the check: OpenCV's GStreamer backend only asks whether GStreamer built *something*
 from the text. When the first element is missing (nvarguscamerasrc where NVIDIA's plugins
 are not installed, a typo), GStreamer builds the rest, a pipeline with no source, and
-OpenCV then waits for its first frame forever (seen with Debian's OpenCV 4.6; the same
-code is in 4.8). Parsing the text first, with errors fatal, turns that into GStreamer's
-own one-line reason: `no element "nvarguscamerasrc"`.
+OpenCV then waits for its first frame: forever in 4.6 (Debian 12's, tested), 30 s in
+4.7 and later (JetPack's 4.8), with no reason given either way. Parsing the text first,
+with errors fatal, turns that into GStreamer's own one-line reason:
+`no element "nvarguscamerasrc"`.
 
 The parser is called through ctypes on the libgstreamer that OpenCV itself loads, so the
 check needs no Python bindings (PyGObject) and works in a plain venv.
