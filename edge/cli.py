@@ -35,7 +35,7 @@ def main() -> None:
 @app.command("run")
 def run_command(
     camera: Annotated[int | None, typer.Option("--camera", min=0, help="Camera number (V4L2), e.g. 0 for /dev/video0.")] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., file://clip.mp4, a video file, an image folder.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Source URI: /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., gst://<GStreamer pipeline>, file://clip.mp4, a video file, an image folder.")] = None,
     model: Annotated[Path | None, typer.Option("--model", "--engine", help="Model file: .onnx (CPU) or .plan/.engine (TensorRT), its manifest beside it.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Station config (YAML): many cameras in one process, each with its source, model, mode...; see edge/station/config.py.")] = None,
     mode: Annotated[str, typer.Option(help="free: judge every frame, publish defects; triggered: judge the frame(s) after each MQTT trigger, publish a verdict per part.")] = "free",

@@ -4,13 +4,20 @@ Modelled on jetson-inference's videoSource. `open_source(uri)` understands:
 
     0, /dev/video0, v4l2:///dev/video0     a USB/V4L2 camera (index or device node)
     csi://0                                a Jetson CSI camera (GStreamer nvarguscamerasrc)
-    rtsp://..., http(s)://...              a network stream
+    rtsp://..., http(s)://...              a network stream (FFmpeg; RTSP over TCP)
+    gst://<pipeline>                       any GStreamer pipeline, e.g. hardware RTSP decode
     file://clip.mp4, clip.mp4              a video file
     a folder, file://folder                its images in natural order (img2 before img10)
     part.png                               a single image
 
-Live sources (cameras, streams) never end on their own: when the camera drops they
-reconnect with exponential backoff and count each drop. Files and folders end cleanly.
+Live sources (cameras, streams, GStreamer pipelines) never end on their own: when the
+camera drops they reconnect with exponential backoff, count each drop and say whether
+they are connected now (`counters()`, published in the stats). Files and folders end cleanly.
+
+csi:// and gst:// need an OpenCV built with GStreamer (JetPack's, or Debian's
+python3-opencv); the pip wheel has FFmpeg only. This module imports nothing but numpy,
+cv2 and the two edge modules below, so it also runs under the system Python with the
+system OpenCV: that is how the GStreamer tests run it (tests/test_gstreamer.py).
 
 Frames that cannot be decoded: an unreadable image in a folder is logged, counted in
 `frames_corrupt` and skipped, so one bad file does not stop an inspection run. In a
@@ -35,6 +42,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
+from edge.gstreamer import csi_pipeline, opencv_has_gstreamer, pipeline_problem, with_appsink
 from edge.preprocess import IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,7 @@ class VideoSource(ABC):
         self.frames_corrupt = 0
         self.disconnects = 0
         self.reconnects = 0
+        self.connected = True  # False while a live source waits to reconnect
 
     @abstractmethod
     def read(self) -> Frame | None:
@@ -79,11 +88,13 @@ class VideoSource(ABC):
     def close(self) -> None:
         """Stop reading. Safe to call from any thread (a signal handler included), twice."""
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | bool]:
+        """The source's counters and whether it is connected now."""
         return {
             "frames_corrupt": self.frames_corrupt,
             "disconnects": self.disconnects,
             "reconnects": self.reconnects,
+            "connected": self.connected,
         }
 
     def __enter__(self):
@@ -142,6 +153,8 @@ class CaptureSource(VideoSource):
 
     def _reconnect(self) -> None:
         self.disconnects += 1
+        self.connected = False
+        dropped_at = time.monotonic()
         log.warning("%s dropped; reconnecting", self.description)
         self._release()
         delay, longest = self._backoff
@@ -151,11 +164,14 @@ class CaptureSource(VideoSource):
                 with self._lock:
                     self._capture = capture
                 self.reconnects += 1
-                log.warning("%s reconnected", self.description)
+                self.connected = True
+                log.warning("%s reconnected after %.1f s", self.description, time.monotonic() - dropped_at)
                 return
             capture.release()
             delay = min(delay * 2, longest)
-            log.info("%s still unavailable; next try in %.1f s", self.description, delay)
+            log.info(
+                "%s unavailable for %.0f s; next try in %.1f s", self.description, time.monotonic() - dropped_at, delay
+            )
 
     def _release(self, wait: bool = True) -> None:
         if not self._lock.acquire(blocking=wait):
@@ -232,44 +248,70 @@ def _v4l2_device(device: str) -> CaptureSource:
     return _live(f"V4L2 camera {device}", lambda: cv2.VideoCapture(device, cv2.CAP_V4L2), camera_id, CAMERA_HINT)
 
 
-def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
-    """GStreamer pipeline for a Jetson CSI camera, ending in BGR frames for OpenCV."""
-    return (
-        f"nvarguscamerasrc sensor-id={sensor_id} ! "
-        f"video/x-raw(memory:NVMM), width={width}, height={height}, framerate={fps}/1, format=NV12 ! "
-        "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
-        "appsink drop=true max-buffers=1"
-    )
+def without_passwords(text: str) -> str:
+    """`text` as messages show it: passwords in URLs (rtsp://user:***@cam) and rtspsrc's user-pw masked."""
+    text = re.sub(r"(\w+://[^\s:/@]*):\S*@", r"\1:***@", text)
+    return re.sub(r"(user-pw=)(\"[^\"]*\"|\S+)", r"\1***", text)
 
 
-def _has_gstreamer() -> bool:
-    info = cv2.getBuildInformation()
-    return re.search(r"GStreamer:\s+YES", info) is not None
+def _gstreamer(uri: str, description: str, pipeline: str, camera_id: str, hint: str) -> CaptureSource:
+    if not opencv_has_gstreamer():
+        raise SourceError(
+            f"{without_passwords(uri)}: this OpenCV was built without GStreamer, which {uri.partition(':')[0]}:// needs; "
+            "use JetPack's OpenCV or the system's python3-opencv instead of the pip wheel (docs/jetson.md)"
+        )
+    problem = pipeline_problem(pipeline)
+    if problem:  # OpenCV would wait forever on a pipeline GStreamer built only in part
+        raise SourceError(f"cannot open {description}: {without_passwords(problem)}; {hint}")
+    # No timeout parameters: OpenCV 4.6 refuses to open a GStreamer pipeline given them, and
+    # 4.7+ (JetPack's 4.8) already times out a stalled read after 30 s. rtspsrc gives up
+    # connecting after its tcp-timeout (20 s).
+    return _live(description, lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER), camera_id, hint)
 
 
 def _csi(uri: str, sensor: str) -> CaptureSource:
     if not sensor.isdigit():
         raise SourceError(f"{uri}: expected csi://<sensor number>, e.g. csi://0")
-    if not _has_gstreamer():
-        raise SourceError(
-            f"{uri}: this OpenCV was built without GStreamer, which the CSI camera needs; "
-            "use JetPack's OpenCV (apt python3-opencv) instead of the pip wheel"
-        )
-    pipeline = csi_pipeline(int(sensor))
-    return _live(
+    return _gstreamer(
+        uri,
         f"CSI camera {sensor}",
-        lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER),
+        csi_pipeline(int(sensor)),
         f"csi{sensor}",
-        f"is the camera on {uri} connected and nvargus-daemon running?",
+        f"is the camera on {uri} connected, nvargus-daemon running, and NVIDIA's GStreamer plugins "
+        "there (gst-inspect-1.0 nvarguscamerasrc)?",
+    )
+
+
+def _gst_camera_id(pipeline: str) -> str:
+    """The host of the pipeline's stream (as rtsp:// would name it), else its first element."""
+    url = re.search(r"location=\"?(\w+://[^\s\"!]+)", pipeline)
+    host = urlparse(url.group(1)).hostname if url else None
+    return _slug(host or pipeline.split()[0])
+
+
+def _gst(uri: str, text: str) -> CaptureSource:
+    if not text.strip().rstrip("!").strip():
+        raise SourceError(f"{uri}: expected gst://<GStreamer pipeline>, e.g. gst://videotestsrc is-live=true")
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):  # C would cut the text at a NUL
+        raise SourceError(f"{without_passwords(uri)!r}: control character in the pipeline")
+    pipeline = with_appsink(text)
+    return _gstreamer(
+        uri,
+        f"GStreamer pipeline '{without_passwords(' '.join(text.split()))}'",
+        pipeline,
+        _gst_camera_id(pipeline),
+        "check it with gst-launch-1.0 (fakesink in place of appsink): a missing element or plugin, "
+        "an unreachable camera, or caps that do not fit",
     )
 
 
 def _stream(uri: str) -> CaptureSource:
+    # OpenCV asks FFmpeg for RTSP over TCP unless OPENCV_FFMPEG_CAPTURE_OPTIONS says otherwise:
+    # no lost packets (a smeared frame would look like a defect), and a drop shows at once.
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     parsed = urlparse(uri)
-    shown = uri.replace(f"{parsed.password}@", "***@") if parsed.password else uri
     return _live(
-        f"stream {shown}",
+        f"stream {without_passwords(uri)}",
         lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
         _slug(parsed.hostname or "stream"),
         "unreachable, wrong path or credentials, or not a video stream",
@@ -305,18 +347,22 @@ def open_source(uri: str) -> VideoSource:
     uri = uri.strip()
     if uri.isdigit():
         return _camera(int(uri))
-    scheme, _, rest = uri.partition("://")
-    scheme = scheme.lower() if rest else ""
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower() if sep else ""
+    if scheme and not rest.strip():
+        raise SourceError(f"{uri}: nothing after '{scheme}://'")
     if scheme == "v4l2":
         return _v4l2_device(rest)
     if scheme == "csi":
         return _csi(uri, rest)
+    if scheme == "gst":
+        return _gst(uri, rest)
     if scheme in ("rtsp", "rtsps", "http", "https"):
         return _stream(uri)
     if scheme == "file":
         return _path(uri, Path(rest))
     if scheme:
-        raise SourceError(f"{uri}: unknown source type '{scheme}://' (use a camera number, v4l2://, csi://, rtsp://, http(s)://, file:// or a path)")
+        raise SourceError(f"{uri}: unknown source type '{scheme}://' (use a camera number, v4l2://, csi://, rtsp://, http(s)://, gst://, file:// or a path)")
     if uri.startswith("/dev/video"):
         return _v4l2_device(uri)
     return _path(uri, Path(uri))

@@ -30,7 +30,7 @@ class PipelineStats:
         self,
         latency_window: int = 500,
         fps_window_s: float = 5.0,
-        source_counters: Callable[[], dict[str, int]] | None = None,
+        source_counters: Callable[[], dict[str, int | bool]] | None = None,
         queue_depth: Callable[[], int] | None = None,
         detecting: Callable[[], bool] | None = None,
     ):
@@ -112,6 +112,8 @@ class PipelineStats:
                 "queue_depth": self._queue_depth() if self._queue_depth else 0,
                 "reconnects": source.get("reconnects", 0),
                 "disconnects": source.get("disconnects", 0),
+                # False while the camera is gone and the source tries to reconnect.
+                "source_connected": bool(source.get("connected", True)),
                 "uptime_s": round(now - self.started_at, 1),
                 "detecting": self._detecting() if self._detecting else True,
                 "frames_paused": self.frames_paused,

@@ -34,6 +34,10 @@ unset PYTHONWARNINGS
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     pkgs="mosquitto mosquitto-clients"
     [ "$what" = full ] && pkgs="$pkgs chromium"
+    # The GStreamer tests (tests/system_gstreamer.py) run Debian's OpenCV, which has GStreamer
+    # (the pip wheel has not), under /usr/bin/python3, against GStreamer's RTSP server.
+    [ "$what" = full ] && pkgs="$pkgs python3-opencv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+        gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
     missing=""
     for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
     if [ -n "$missing" ]; then

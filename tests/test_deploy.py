@@ -76,6 +76,24 @@ def test_dockerfile_targets_jetpack_tensorrt_without_torch():
     assert "torch" not in dockerfile.replace("torch-free", "").replace("No torch", "")
 
 
+def test_jetson_image_keeps_the_pip_opencv_out_and_checks_gstreamer(tmp_path):
+    """The image must use JetPack's OpenCV (GStreamer): the Dockerfile's own sed, run on our
+    pyproject.toml, leaves no OpenCV requirement and every other one."""
+    import tomllib
+
+    dockerfile = (DEPLOY / "Dockerfile.jetson").read_text()
+    sed = re.search(r"^RUN sed -i '([^']+)' /src/pyproject.toml$", dockerfile, re.MULTILINE)
+    assert sed, "the Dockerfile no longer strips the pip OpenCV from pyproject.toml"
+    pyproject = DEPLOY.parent / "pyproject.toml"
+    copy = shutil.copy(pyproject, tmp_path / "pyproject.toml")
+    subprocess.run(["sed", "-i", sed.group(1), str(copy)], check=True)
+    before = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    after = tomllib.loads(Path(copy).read_text())["project"]["dependencies"]
+    assert [d for d in before if not d.startswith("opencv")] == after and len(after) == len(before) - 1
+    assert "libopencv-python" in dockerfile and "numpy<2" in dockerfile
+    assert "GStreamer:\\s+YES" in dockerfile  # the build fails on an OpenCV without GStreamer
+
+
 # ---- mosquitto with the shipped configuration ------------------------------------------
 
 

@@ -18,7 +18,8 @@ from media import (
     write_video,
 )
 
-from edge.sources import CaptureSource, SourceError, _has_gstreamer, open_source
+from edge.gstreamer import opencv_has_gstreamer
+from edge.sources import CaptureSource, SourceError, open_source
 
 
 def read_all(source) -> list:
@@ -97,6 +98,10 @@ def written(path: Path, data: bytes) -> str:
         (lambda d: "/dev/video97", "no such camera device"),
         (lambda d: "v4l2:///dev/video97", "no such camera device"),
         (lambda d: "csi://front", "csi://<sensor number>"),
+        (lambda d: "csi://", "nothing after 'csi://'"),
+        (lambda d: "gst://", "nothing after 'gst://'"),
+        (lambda d: "gst:// ! ", "expected gst://<GStreamer pipeline>"),
+        (lambda d: "gst://videotestsrc\x00 ! fakesink", "control character"),
         (lambda d: "rtsp://127.0.0.1:9/line", "cannot open stream rtsp://127.0.0.1:9/line"),
         (lambda d: "http://127.0.0.1:9/cam.mjpg", "cannot open stream"),
         (lambda d: "ftp://host/clip.mp4", "unknown source type"),
@@ -116,10 +121,11 @@ def test_stream_errors_never_show_the_password():
     assert "hunter2" not in str(info.value) and "admin" in str(info.value)
 
 
-@pytest.mark.skipif(_has_gstreamer(), reason="this OpenCV has GStreamer")
-def test_csi_camera_without_gstreamer_says_so():
-    with pytest.raises(SourceError, match="without GStreamer"):
-        open_source("csi://0")
+@pytest.mark.skipif(opencv_has_gstreamer(), reason="this OpenCV has GStreamer")
+@pytest.mark.parametrize("uri", ["csi://0", "gst://videotestsrc is-live=true"])
+def test_gstreamer_source_without_gstreamer_says_so(uri):
+    with pytest.raises(SourceError, match="without GStreamer.*JetPack's OpenCV"):
+        open_source(uri)
 
 
 class RecordingOpener:
@@ -147,7 +153,7 @@ def test_live_source_reconnects_with_growing_backoff_when_the_camera_comes_back(
     source.close()
 
     assert frame is not None and frame.index == 3  # numbering goes on across the drop
-    assert source.counters() == {"frames_corrupt": 0, "disconnects": 1, "reconnects": 1}
+    assert source.counters() == {"frames_corrupt": 0, "disconnects": 1, "reconnects": 1, "connected": True}
     gaps = [b - a for a, b in itertools.pairwise(opener.calls[1:])]
     assert opener.calls[-1] - opener.calls[1] >= 0.35  # it kept trying until the camera was back...
     assert min(gaps) >= 0.015 and max(gaps) < 0.3  # ...waiting backoff-sized gaps...
