@@ -35,7 +35,7 @@ from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
 from edge.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
-from edge.sources import SourceError, open_source
+from edge.sources import SourceError, open_source, without_passwords
 from edge.spool import SpoolError
 from edge.topics import TopicError, check_names
 
@@ -207,7 +207,7 @@ def run_inspection(
             print(format_delivery(publisher))
         if not source.is_live and summary["frames_processed"] == 0 and summary["frames_corrupt"] and not signals.received:
             # Zero frames would read as a clean run to a line controller checking the exit code.
-            return fail(f"no readable frame in {source_uri}", EXIT_SOURCE_UNAVAILABLE)
+            return fail(f"no readable frame in {without_passwords(source_uri)}", EXIT_SOURCE_UNAVAILABLE)
         # A line controller checks the exit code: loss, and a batch not yet at the broker, must not read as 0.
         if publisher is not None and publisher.lost:
             return fail(f"{publisher.lost} defect event(s) lost: the spool's disk was full", EXIT_EVENTS_LOST)
