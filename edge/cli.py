@@ -200,8 +200,8 @@ def watch_command(
 
     Exit codes: 0 done; 1 --timeout passed before --count events; 2 broker unreachable or login refused.
     """
-    from edge.broker import BrokerError, parse_broker_url
-    from edge.topics import TopicError
+    from edge.sinks.broker import BrokerError, parse_broker_url
+    from edge.sinks.topics import TopicError
     from edge.watch import watch
 
     configure_logging(log_level, log_format, [password, *url_passwords(broker)])
@@ -330,8 +330,8 @@ def ha_remove_command(
 
 def _ha_broker_call(action, broker, username, password, tls_ca, tls_cert, tls_key, *args, **kwargs):
     """`action(broker config, *args, **kwargs)`; a bad broker or name is a one-line error and exit code 2."""
-    from edge.broker import BrokerError, parse_broker_url
-    from edge.topics import TopicError
+    from edge.sinks.broker import BrokerError, parse_broker_url
+    from edge.sinks.topics import TopicError
 
     try:
         return action(parse_broker_url(broker, username, password, tls_ca, tls_cert, tls_key), *args, **kwargs)

@@ -32,7 +32,7 @@ class Check:
 
 def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np.ndarray | None]:
     """Opens the source and waits for one frame; the frame is returned for the model check."""
-    from edge.sources import SourceError, open_source
+    from edge.sources.cameras import SourceError, open_source
 
     try:
         source = open_source(uri)
@@ -78,7 +78,7 @@ def check_model(model: Path, frame: np.ndarray | None) -> Check:
     from edge.backends import BackendError, open_backend
     from edge.backends.engine_check import EngineMismatchError
     from edge.manifest import ManifestError
-    from edge.preprocess import prepare
+    from edge.method.preprocess import prepare
 
     try:
         backend = open_backend(model)
@@ -106,7 +106,7 @@ def check_model(model: Path, frame: np.ndarray | None) -> Check:
 def check_broker(url: str, username: str | None, password: str | None, tls_ca: Path | None = None,
                  timeout: float = BROKER_TIMEOUT_S) -> Check:
     """Connects and logs in as run would, then disconnects without publishing anything."""
-    from edge.broker import (
+    from edge.sinks.broker import (
         BrokerError,
         BrokerSilent,
         BrokerTlsFailed,

@@ -14,8 +14,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from edge.anomaly_map import MapSpec
-from edge.masks import MaskSpec
+from edge.method.anomaly_map import MapSpec
+from edge.method.masks import MaskSpec
 
 FORMAT_VERSION = 1
 
@@ -67,7 +67,7 @@ class Manifest:
     # compute_capability, precision, source_onnx_sha256, max_batch.
     engine: dict = field(default_factory=dict)
     # Filled by build-engine beside the engine: the CUDA kernels compiled for this GPU
-    # (edge/kernel_binary.py): file, sha256, arch, compiler, source_sha256. Empty before.
+    # (edge/backends/kernel_binary.py): file, sha256, arch, compiler, source_sha256. Empty before.
     kernels: dict = field(default_factory=dict)
     # The crop the model was trained on (riad-trainer train --roi): x, y, width, height,
     # rotate; empty for whole frames. The edge refuses a camera with another ROI.
@@ -76,7 +76,7 @@ class Manifest:
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        """(height, width) of the network input, as edge.preprocess.prepare takes it."""
+        """(height, width) of the network input, as edge.method.preprocess.prepare takes it."""
         return self.input_height, self.input_width
 
     @property

@@ -19,10 +19,10 @@ import threading
 from collections.abc import Sequence
 
 from edge.backends.base import Backend
-from edge.inspection import CorruptFrameError, FrameJudge
+from edge.method.inspection import CorruptFrameError, FrameJudge
 from edge.results import DefectTracker, ResultSink
-from edge.sources import Frame, VideoSource
-from edge.stats import PipelineStats
+from edge.sources.cameras import Frame, VideoSource
+from edge.monitoring.stats import PipelineStats
 
 log = logging.getLogger(__name__)
 

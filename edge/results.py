@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.overlay import encode_jpeg, heatmap_overlay
+from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 
 
 @dataclass(frozen=True)

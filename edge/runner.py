@@ -27,17 +27,17 @@ from typing import Protocol
 import cv2
 
 from edge.backends import BackendError, open_backend
-from edge.broker import BrokerError, parse_broker_url
+from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.logs import set_camera
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
-from edge.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
-from edge.sources import SourceError, open_source, without_passwords
-from edge.spool import SpoolError
-from edge.topics import TopicError, check_names
+from edge.sinks.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
+from edge.sources.cameras import SourceError, open_source, without_passwords
+from edge.sinks.spool import SpoolError
+from edge.sinks.topics import TopicError, check_names
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def run_inspection(
                 return fail(f"cannot use snapshot folder {save_dir}: {getattr(exc, 'strerror', None) or exc}", EXIT_BAD_INPUT)
             sinks.append(saver)
         if view is not None:
-            from edge.liveview import LiveView, LiveViewError
+            from edge.sinks.liveview import LiveView, LiveViewError
 
             try:
                 live = LiveView(*view, password=view_password)
@@ -255,7 +255,7 @@ def _one_line(exc: Exception) -> str:
 
 
 def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix=None, commands=False):
-    from edge.mqtt import MqttPublisher
+    from edge.sinks.mqtt import MqttPublisher
 
     spool = spool or default_spool_path(camera_id)
     try:

@@ -11,9 +11,9 @@ from typing import TextIO
 
 import paho.mqtt.client as paho
 
-from edge.broker import BrokerConfig, connect_client
-from edge.mqtt import iso_utc
-from edge.topics import check_names
+from edge.sinks.broker import BrokerConfig, connect_client
+from edge.sinks.mqtt import iso_utc
+from edge.sinks.topics import check_names
 
 RECENT_IDS = 10_000  # delivery is at-least-once: remember this many event ids to drop repeats
 

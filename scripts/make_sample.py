@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.preprocess import read_image
+from edge.method.preprocess import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mvtec" / "bottle"

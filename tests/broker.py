@@ -158,8 +158,8 @@ def frame_result(bottle_dir: Path, index: int = 0, defect: bool = True):
     """
     import numpy as np
 
-    from edge.preprocess import read_image
-    from edge.regions import defect_boxes
+    from edge.method.preprocess import read_image
+    from edge.method.regions import defect_boxes
     from edge.results import FrameResult
 
     folder = bottle_dir / "test" / ("broken_large" if defect else "good")

@@ -40,7 +40,7 @@ def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) ->
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge.anomaly_map import default_sigma
+    from edge.method.anomaly_map import default_sigma
     from edge.manifest import Manifest, file_sha256, manifest_path
 
     rng = np.random.default_rng(0)

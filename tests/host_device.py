@@ -1,4 +1,4 @@
-"""A kernel device for edge.gpu_map that runs the CUDA kernels on the host.
+"""A kernel device for edge.backends.gpu_map that runs the CUDA kernels on the host.
 
 tests/kernel_host_launch.cpp compiles edge/kernels/riad_kernels.cu with g++ and launches
 a kernel the way cuLaunchKernel does. `HostDevice` gives it the interface of gpu_map's
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.gpu_map import KERNEL_SIGNATURES, THREADS, blocks_for
-from edge.kernel_binary import KERNELS_DIR
+from edge.backends.gpu_map import KERNEL_SIGNATURES, THREADS, blocks_for
+from edge.backends.kernel_binary import KERNELS_DIR
 
 LAUNCHER = Path(__file__).with_name("kernel_host_launch.cpp")
 C_TYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "f": ctypes.c_float}

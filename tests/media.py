@@ -61,7 +61,7 @@ class LoopingCamera:
     """A live camera (a real encoded clip, looped) that can be unplugged and plugged back in."""
 
     def __init__(self, clip: Path, missing: Path):
-        from edge.sources import CaptureSource
+        from edge.sources.cameras import CaptureSource
 
         self.plugged = threading.Event()
         self.plugged.set()

@@ -1,4 +1,4 @@
-"""Reads a source through edge.sources and prints one JSON line per frame, for tests.
+"""Reads a source through edge.sources.cameras and prints one JSON line per frame, for tests.
 
     PYTHONPATH=<repo> /usr/bin/python3 tests/read_source.py URI [FRAMES]
 
@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from edge.sources import SourceError, open_source
+from edge.sources.cameras import SourceError, open_source
 
 
 def main() -> int:

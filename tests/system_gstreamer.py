@@ -2,7 +2,7 @@
 
 The venv's OpenCV (the pip wheel) has no GStreamer and PyGObject is a system package, so
 both run under the system Python (/usr/bin/python3, with Debian's python3-opencv and
-numpy) in subprocesses: tests/read_source.py reads a source through edge.sources and
+numpy) in subprocesses: tests/read_source.py reads a source through edge.sources.cameras and
 prints its frames, tests/rtsp_server.py serves a camera. scripts/setup.sh installs the
 packages (as root, with apt); where they are missing, the tests skip and say what to install.
 """

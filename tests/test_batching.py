@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.preprocess import prepare, read_image
+from edge.method.preprocess import prepare, read_image
 from edge.station.batching import SharedBackend
 
 

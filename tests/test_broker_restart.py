@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from edge.broker import parse_broker_url
-from edge.mqtt import MqttPublisher
+from edge.sinks.broker import parse_broker_url
+from edge.sinks.mqtt import MqttPublisher
 
 
 DEFECT = "riad/line1/defect"

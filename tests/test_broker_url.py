@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from edge.broker import BrokerError, parse_broker_url
+from edge.sinks.broker import BrokerError, parse_broker_url
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from edge.backends.base import Backend, FrameScore
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest
-from edge.preprocess import prepare, read_image
+from edge.method.preprocess import prepare, read_image
 from trainer.calibrate import DEFAULT_RULE, RATE_RULE, calibrate_threshold, student_t_quantile
 
 

@@ -23,7 +23,7 @@ import pytest
 from conftest import fill
 from media import bottle_frames, write_video
 
-from edge.spool import Spool
+from edge.sinks.spool import Spool
 
 SEED = 11
 FRAMES = 36  # per run; every frame is a defect (threshold 0)

@@ -15,7 +15,7 @@ from media import bottle_frames, write_truncated_png, write_video
 from test_cli_run import finished, riad_edge
 
 from edge.local_broker import free_port
-from edge.spool import Spool
+from edge.sinks.spool import Spool
 from tests.broker import Subscriber
 
 EXIT_UNDELIVERED, EXIT_EVENTS_LOST = 5, 6

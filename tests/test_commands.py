@@ -22,9 +22,9 @@ import pytest
 from media import LoopingCamera, bottle_frames, write_video
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.broker import parse_broker_url
-from edge.inspection import FrameJudge
-from edge.mqtt import MqttPublisher
+from edge.sinks.broker import parse_broker_url
+from edge.method.inspection import FrameJudge
+from edge.sinks.mqtt import MqttPublisher
 from edge.pipeline import Pipeline
 from edge.sinks.commands import BURST, RATE_PER_S, CommandListener, camera_controls, parse_threshold, shown_payload, Refused
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import prepare, read_image
+from edge.method.preprocess import prepare, read_image
 from trainer.data import DataError, GoodImages, find_training_set
 
 

@@ -36,7 +36,7 @@ def test_every_edge_module_imports_without_torch_or_trainer():
     modules = [m.name for m in pkgutil.walk_packages(edge.__path__, "edge.")]
     # The TensorRT backend refuses to import where TensorRT is missing; that is its contract.
     modules = [m for m in modules if m not in ("edge.backends.tensorrt", "edge.__main__")]
-    assert "edge.anomaly_map" in modules and "edge.pipeline" in modules
+    assert "edge.method.anomaly_map" in modules and "edge.pipeline" in modules
     result = run_without_torch(f"import importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('ok')")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest
-from edge.preprocess import prepare, read_image
+from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
 from trainer.evaluate import FALSE_ALARM_RATES, evaluate
 from trainer.plots import Axes

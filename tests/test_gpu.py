@@ -35,8 +35,8 @@ from edge.backends.gpu_available import (
 )
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, file_sha256
-from edge.masks import masked_variants
-from edge.preprocess import prepare, read_image
+from edge.method.masks import masked_variants
+from edge.method.preprocess import prepare, read_image
 from tests.conftest import write_foreign_engine
 
 
@@ -85,7 +85,7 @@ def kernel_device(request, host_kernels):
 
 
 def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir):
-    from edge.gpu_map import GpuAnomalyMap
+    from edge.backends.gpu_map import GpuAnomalyMap
 
     cpu = OnnxCpuBackend(tiny_onnx_model)
     m = cpu.manifest
@@ -133,7 +133,7 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
 @pytest.mark.gpu
 @needs_tensorrt
 def test_kernels_that_do_not_compile_are_a_backend_error(tiny_onnx_model, tmp_path, monkeypatch):
-    from edge import kernel_binary
+    from edge.backends import kernel_binary
     from edge.backends import BackendError, open_backend
     from trainer.engine import build_engine
 
@@ -159,7 +159,7 @@ def built_engine(tmp_path_factory) -> Path:
 
 def no_nvcc(monkeypatch) -> None:
     """This machine as a -runtime image sees it: no nvcc anywhere."""
-    from edge import kernel_binary
+    from edge.backends import kernel_binary
 
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(kernel_binary, "NVCC_LOCATIONS", [])
@@ -169,7 +169,7 @@ def no_nvcc(monkeypatch) -> None:
 @needs_tensorrt
 def test_the_engine_runs_its_cubin_where_there_is_no_nvcc(built_engine, bottle_dir, tmp_path, monkeypatch, caplog):
     from edge.backends.tensorrt import TensorRTBackend
-    from edge.kernel_binary import arch_for
+    from edge.backends.kernel_binary import arch_for
 
     pytest.importorskip("pycuda", reason="CuPy compiles with NVRTC at start; the cubin is pycuda's")
     folder = shutil.copytree(built_engine.parent, tmp_path / "models")
@@ -177,7 +177,7 @@ def test_the_engine_runs_its_cubin_where_there_is_no_nvcc(built_engine, bottle_d
     assert Manifest.for_model(folder / "tiny.plan").kernels["arch"] == arch
     no_nvcc(monkeypatch)
     cpu = OnnxCpuBackend(folder / "tiny.onnx")
-    with caplog.at_level(logging.INFO, logger="edge.kernel_binary"), TensorRTBackend(folder / "tiny.plan") as gpu:
+    with caplog.at_level(logging.INFO, logger="edge.backends.kernel_binary"), TensorRTBackend(folder / "tiny.plan") as gpu:
         for image in bottle_images(bottle_dir, cpu.manifest.input_shape):
             got, expected = gpu.score(image), cpu.score(image)
             np.testing.assert_allclose(got.anomaly_map, expected.anomaly_map, rtol=0, atol=1e-4)
@@ -197,7 +197,7 @@ def test_a_damaged_cubin_is_recompiled_or_refused(built_engine, tmp_path, monkey
     cubin.write_bytes(cubin.read_bytes()[:-1] + b"\x01")
     reason = f"{cubin} does not match the sha256 its manifest recorded"
     if nvcc == "present":
-        with caplog.at_level(logging.WARNING, logger="edge.kernel_binary"), open_backend(folder / "tiny.plan"):
+        with caplog.at_level(logging.WARNING, logger="edge.backends.kernel_binary"), open_backend(folder / "tiny.plan"):
             pass
         assert f"{reason}; compiling the CUDA kernels with nvcc" in caplog.text
     else:
@@ -226,7 +226,7 @@ def test_gpu_status_names_what_is_missing():
 )
 def test_no_kernel_launcher_is_the_gpu_unavailable_that_open_backend_reports():
     # open_backend turns GpuUnavailable into a one-line error; any other class is a traceback.
-    from edge.gpu_map import open_device
+    from edge.backends.gpu_map import open_device
 
     with pytest.raises(GpuUnavailable, match="neither pycuda nor CuPy"):
         open_device()

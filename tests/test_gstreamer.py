@@ -13,8 +13,8 @@ import time
 import pytest
 from system_gstreamer import RtspCamera, SourceReader, rtsp_camera, system_gstreamer, wait_until  # noqa: F401
 
-from edge.sources import open_source
-from edge.stats import PipelineStats
+from edge.sources.cameras import open_source
+from edge.monitoring.stats import PipelineStats
 
 # A live test camera: solid blue (foreground-color is ARGB), 64 x 48.
 BLUE = "videotestsrc is-live=true pattern=solid-color foreground-color=0xff0000ff ! video/x-raw, width=64, height=48, framerate=30/1"
@@ -69,7 +69,7 @@ def test_rtsp_camera_restart_is_a_counted_visible_gap_and_frames_resume(rtsp_cam
             frames.append(frame)
 
     reader = threading.Thread(target=read)
-    with caplog.at_level(logging.INFO, logger="edge.sources"):
+    with caplog.at_level(logging.INFO, logger="edge.sources.cameras"):
         reader.start()
         try:
             wait_until(lambda: len(frames) >= 5, 15, "first frames")

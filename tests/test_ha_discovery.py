@@ -19,8 +19,8 @@ from jsonschema import Draft202012Validator
 from media import bottle_frames, write_video
 from referencing import Registry, Resource
 
-from edge.broker import parse_broker_url
-from edge.mqtt import MqttPublisher
+from edge.sinks.broker import parse_broker_url
+from edge.sinks.mqtt import MqttPublisher
 from edge.sinks.ha_discovery import (
     BIRTH_DELAY_MAX_S,
     HaDiscovery,
@@ -30,7 +30,7 @@ from edge.sinks.ha_discovery import (
     publish_configs,
     remove_configs,
 )
-from edge.topics import TopicError
+from edge.sinks.topics import TopicError
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = Path(__file__).parent / "ha_schemas"

@@ -1,5 +1,5 @@
 """The kernels compiled once, by build-engine, and the start-up check that decides whether
-that cubin still fits (edge/kernel_binary.py).
+that cubin still fits (edge/backends/kernel_binary.py).
 
 Everything here runs without a GPU: nvcc compiles real cubins for Orin (sm_87) and H100
 (sm_90), their ELF headers are read back, and the decision "load the cubin, or compile,
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge import kernel_binary
+from edge.backends import kernel_binary
 from edge.backends.gpu_available import GpuUnavailable, cuda_device
-from edge.gpu_map import KERNEL_SIGNATURES
-from edge.kernel_binary import (
+from edge.backends.gpu_map import KERNEL_SIGNATURES
+from edge.backends.kernel_binary import (
     COMPILE_OPTIONS,
     KERNELS_DIR,
     CompiledKernels,
@@ -240,7 +240,7 @@ def test_an_unreadable_cubin(engine_folder):
 
 def test_find_kernels_loads_the_cubin_without_any_compiler(engine_folder, no_nvcc, caplog):
     recorded, folder = engine_folder
-    with caplog.at_level("INFO", logger="edge.kernel_binary"):
+    with caplog.at_level("INFO", logger="edge.backends.kernel_binary"):
         kernels = find_kernels(recorded, folder, "sm_87")
     assert kernels.cubin == (folder / "bottle.cubin").read_bytes()
     assert [r.levelname for r in caplog.records] == ["INFO"] and "CUDA kernels:" in caplog.text
@@ -248,7 +248,7 @@ def test_find_kernels_loads_the_cubin_without_any_compiler(engine_folder, no_nvc
 
 def test_find_kernels_compiles_when_the_cubin_does_not_fit_and_says_why(engine_folder, nvcc, caplog):
     recorded, folder = engine_folder
-    with caplog.at_level("INFO", logger="edge.kernel_binary"):
+    with caplog.at_level("INFO", logger="edge.backends.kernel_binary"):
         kernels = find_kernels(recorded, folder, "sm_90")  # an engine folder copied to an H100
     assert cubin_arch(kernels.cubin) == "sm_90"
     (warning,) = caplog.records

@@ -1,6 +1,6 @@
 """The CUDA kernels (edge/kernels/riad_kernels.cu), built for the host with g++ and
-driven by edge/gpu_map.py's own GpuAnomalyMap, against the numpy reference
-(edge/masks.py, edge/anomaly_map.py) on real bottle images.
+driven by edge/backends/gpu_map.py's own GpuAnomalyMap, against the numpy reference
+(edge/method/masks.py, edge/method/anomaly_map.py) on real bottle images.
 
 tests/host_device.py runs each launch's grid of threads on the host, so these check the
 kernels' bodies and gpu_map's launches, arguments and buffers, not a copy of them.
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.anomaly_map import (
+from edge.method.anomaly_map import (
     MapSpec,
     anomaly_map,
     average_pool2,
@@ -33,9 +33,9 @@ from edge.anomaly_map import (
     msgms_map,
     smooth,
 )
-from edge.gpu_map import GpuAnomalyMap
-from edge.masks import MaskSpec, fixed_masks, masked_variants, recombine
-from edge.preprocess import prepare, read_image
+from edge.backends.gpu_map import GpuAnomalyMap
+from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
+from edge.method.preprocess import prepare, read_image
 from tests.host_device import HostDevice, build_host_kernels
 
 
@@ -160,9 +160,9 @@ SANITIZED_RUN = """
 import sys
 from pathlib import Path
 import numpy as np
-from edge.anomaly_map import MapSpec, default_sigma
-from edge.gpu_map import GpuAnomalyMap
-from edge.masks import MaskSpec, fixed_masks
+from edge.method.anomaly_map import MapSpec, default_sigma
+from edge.backends.gpu_map import GpuAnomalyMap
+from edge.method.masks import MaskSpec, fixed_masks
 from tests.host_device import HostDevice, build_host_kernels
 library = Path(sys.argv[1])
 for shape in ((48, 48), (80, 80), (48, 80)):

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from edge.gpu_map import KERNEL_SIGNATURES
-from edge.kernel_binary import COMPILE_OPTIONS, KERNELS_DIR
+from edge.backends.gpu_map import KERNEL_SIGNATURES
+from edge.backends.kernel_binary import COMPILE_OPTIONS, KERNELS_DIR
 
 TARGETS = {"sm_72": "Jetson AGX Xavier", "sm_87": "Jetson Orin", "sm_90": "H100"}
 

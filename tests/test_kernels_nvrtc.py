@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.gpu_map import KERNEL_SIGNATURES
-from edge.kernel_binary import COMPILE_OPTIONS, KERNELS_DIR
+from edge.backends.gpu_map import KERNEL_SIGNATURES
+from edge.backends.kernel_binary import COMPILE_OPTIONS, KERNELS_DIR
 
 TARGETS = {"sm_72": "Jetson AGX Xavier", "sm_87": "Jetson Orin", "sm_90": "H100"}
 

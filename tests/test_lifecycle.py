@@ -20,9 +20,9 @@ import pytest
 from media import LoopingCamera, bottle_frames, write_video
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.broker import parse_broker_url
-from edge.inspection import FrameJudge
-from edge.mqtt import MqttPublisher
+from edge.sinks.broker import parse_broker_url
+from edge.method.inspection import FrameJudge
+from edge.sinks.mqtt import MqttPublisher
 from edge.pipeline import Pipeline
 from edge.sinks.lifecycle import DefectLifecycle
 

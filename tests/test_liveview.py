@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.liveview import LiveView, LiveViewError
-from edge.preprocess import read_image
-from edge.regions import defect_boxes
+from edge.sinks.liveview import LiveView, LiveViewError
+from edge.method.preprocess import read_image
+from edge.method.regions import defect_boxes
 from edge.results import DefectTracker, FrameResult
 
 THRESHOLD = 0.5

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge import anomaly_map as reference
-from edge.preprocess import prepare, read_image
+from edge.method import anomaly_map as reference
+from edge.method.preprocess import prepare, read_image
 from trainer.losses import RiadLoss, l2_loss, msgms_loss, msgms_map, ssim, ssim_loss
 
 SIZE = 64

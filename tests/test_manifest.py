@@ -8,7 +8,7 @@ import numpy as np
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
-from edge.preprocess import prepare, read_image
+from edge.method.preprocess import prepare, read_image
 
 
 def test_keys_this_version_does_not_know_are_ignored(tiny_onnx_model, bottle_dir):

@@ -1,11 +1,11 @@
-"""edge.masks: the inpainting masks every model is trained and run with."""
+"""edge.method.masks: the inpainting masks every model is trained and run with."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge.masks import (
+from edge.method.masks import (
     MaskSpec,
     check_input_size,
     fixed_masks,

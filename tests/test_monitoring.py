@@ -22,11 +22,11 @@ from media import bottle_frames, write_image_folder, write_truncated_png, write_
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.inspection import FrameJudge
+from edge.method.inspection import FrameJudge
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.server import MonitoringServer
 from edge.pipeline import Pipeline
-from edge.sources import CaptureSource, open_source
+from edge.sources.cameras import CaptureSource, open_source
 from edge.station.config import ConfigError, load_config
 from edge.station.station import Station
 from edge.station.triggered import TriggeredCamera
@@ -419,7 +419,7 @@ def test_the_container_health_check_asks_healthz(tmp_path):
         down = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
         assert down.returncode == 1 and "camera line1 is not inspecting: camera 0 not connected" in down.stderr
     with MonitoringServer("127.0.0.1", port, grace_s=60) as server:
-        from edge.stats import PipelineStats
+        from edge.monitoring.stats import PipelineStats
 
         server.watch(WatchedCamera("line1", "free", "m", "cpu", PipelineStats()))
         healthy = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)

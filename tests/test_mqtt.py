@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.broker import BrokerError, parse_broker_url
-from edge.mqtt import MqttPublisher, iso_utc
+from edge.sinks.broker import BrokerError, parse_broker_url
+from edge.sinks.mqtt import MqttPublisher, iso_utc
 from edge.local_broker import MOSQUITTO
 from edge.results import DefectTracker
 
@@ -30,8 +30,8 @@ AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", 
 PUBLISHER_PROCESS = """
 import sys, time
 from pathlib import Path
-from edge.broker import parse_broker_url
-from edge.mqtt import MqttPublisher, iso_utc
+from edge.sinks.broker import parse_broker_url
+from edge.sinks.mqtt import MqttPublisher, iso_utc
 from tests.broker import frame_result
 url, spool, bottle, count = sys.argv[1:]
 publisher = MqttPublisher(parse_broker_url(url), "line1", Path(spool), connect_timeout=2)
@@ -176,7 +176,7 @@ def test_a_full_spool_holds_events_in_memory_and_says_so(broker, publisher_facto
     broker.stop()
     # 64 kB: room for a few events but not for their overlays; the same SQLITE_FULL as a full disk.
     publisher = publisher_factory(broker, spool_max_bytes=64 * 1024)
-    with caplog.at_level(logging.ERROR, logger="edge.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
         for i in range(8):
             publisher.handle(make_result(i))
     assert "is full" in caplog.text and "holding events in memory" in caplog.text
@@ -255,7 +255,7 @@ def test_tls_with_the_right_ca_and_a_clear_error_with_the_wrong_one(tls_broker, 
 
 
 def test_a_silent_broker_is_named_again_every_interval_and_remembered_in_the_stats(broker, tmp_path, caplog, subscribe):
-    with socket.create_server(("127.0.0.1", 0)) as silent, caplog.at_level(logging.WARNING, logger="edge.mqtt"):
+    with socket.create_server(("127.0.0.1", 0)) as silent, caplog.at_level(logging.WARNING, logger="edge.sinks.mqtt"):
         url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"  # accepts TCP, never answers CONNECT
         publisher = MqttPublisher(parse_broker_url(url), CAMERA, tmp_path / "spool.db", connect_timeout=0.5, problem_interval=0.5)
         named = "accepted the connection but sent no answer within 0.5 s (no CONNACK)"

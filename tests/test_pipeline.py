@@ -15,8 +15,8 @@ from media import bottle_frames, write_image_folder, write_truncated_png, write_
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.pipeline import QUEUE_SIZE, Pipeline
 from edge.results import DefectTracker, FrameResult
-from edge.sources import CaptureSource, open_source
-from edge.stats import PipelineStats
+from edge.sources.cameras import CaptureSource, open_source
+from edge.monitoring.stats import PipelineStats
 
 
 class CollectingSink:

@@ -13,8 +13,8 @@ import urllib.parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.broker import BrokerError, parse_broker_url, redact
-from edge.topics import TopicError, check_names, topic_problem
+from edge.sinks.broker import BrokerError, parse_broker_url, redact
+from edge.sinks.topics import TopicError, check_names, topic_problem
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.inspection import CorruptFrameError, FrameJudge
+from edge.method.inspection import CorruptFrameError, FrameJudge
 from edge.manifest import Manifest, ManifestError, manifest_path
-from edge.preprocess import read_image
-from edge.roi import IgnoreMask, Roi, RoiError
-from edge.sources import Frame
+from edge.method.preprocess import read_image
+from edge.method.roi import IgnoreMask, Roi, RoiError
+from edge.sources.cameras import Frame
 from edge.station.config import ConfigError, load_config
 
 BOTTLE_MODEL = Path(__file__).resolve().parents[1] / "engines" / "bottle-cpu.onnx"

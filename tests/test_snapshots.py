@@ -11,7 +11,7 @@ import pytest
 from media import bottle_frames
 
 from edge.results import Box, FrameResult
-from edge.snapshots import SnapshotSaver, event_time
+from edge.sinks.snapshots import SnapshotSaver, event_time
 from tests.conftest import fill
 
 
@@ -56,7 +56,7 @@ def test_a_full_disk_is_logged_once_counted_and_survived(bottle_dir, tiny_disk, 
     (broken,) = bottle_frames(bottle_dir, 1)
     saver = SnapshotSaver(tiny_disk / "snaps")
     fill(tiny_disk)
-    with caplog.at_level(logging.WARNING, logger="edge.snapshots"):
+    with caplog.at_level(logging.WARNING, logger="edge.sinks.snapshots"):
         for index in range(3):
             saver.handle(result(broken, index, score=0.9))
         assert saver.failed == 3 and saver.saved == 0
@@ -81,7 +81,7 @@ def test_the_folder_stays_under_its_limit_oldest_deleted_first(bottle_dir, tmp_p
     (folder / "notes.txt").write_text("the operator's own file")
     (folder / "reference.jpg").write_bytes(b"not ours either")
     one_pair = None
-    with caplog.at_level(logging.WARNING, logger="edge.snapshots"):
+    with caplog.at_level(logging.WARNING, logger="edge.sinks.snapshots"):
         saver = SnapshotSaver(folder, limit_mb=0.2)
         start = time.time()
         for index in range(40):

@@ -18,8 +18,8 @@ from media import (
     write_video,
 )
 
-from edge.gstreamer import opencv_has_gstreamer
-from edge.sources import CaptureSource, SourceError, open_source
+from edge.sources.gstreamer import opencv_has_gstreamer
+from edge.sources.cameras import CaptureSource, SourceError, open_source
 
 
 def read_all(source) -> list:
@@ -65,7 +65,7 @@ def test_corrupt_image_in_folder_is_skipped_counted_and_logged(bottle_dir, tmp_p
     folder = write_image_folder(tmp_path / "parts", originals, ["a1.png", "a2.png", "a4.png", "a5.png"])
     write_truncated_png(folder / "a3.png", originals[0])
 
-    with caplog.at_level(logging.WARNING, logger="edge.sources"), open_source(str(folder)) as source:
+    with caplog.at_level(logging.WARNING, logger="edge.sources.cameras"), open_source(str(folder)) as source:
         frames = read_all(source)
         assert source.frames_corrupt == 1
         assert source.counters()["frames_corrupt"] == 1

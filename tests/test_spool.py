@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edge.spool import Spool, SpoolError, SpoolFullError
+from edge.sinks.spool import Spool, SpoolError, SpoolFullError
 
 
 def test_pending_in_insertion_order_until_acked(tmp_path):
@@ -27,7 +27,7 @@ def test_a_killed_process_leaves_its_messages_for_the_next(tmp_path):
     path = tmp_path / "s.db"
     writer = (
         "import os, signal, sys\n"
-        "from edge.spool import Spool\n"
+        "from edge.sinks.spool import Spool\n"
         "s = Spool(sys.argv[1])\n"
         "for i in range(3): s.put('riad/cam/defect', b'event %d' % i, 1, False)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"  # no close(), no clean shutdown

@@ -13,7 +13,7 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 from conftest import write_tiny_onnx
 
-from edge.broker import parse_broker_url
+from edge.sinks.broker import parse_broker_url
 from edge.station.config import ConfigError, load_config
 from edge.station.station import Station
 

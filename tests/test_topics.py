@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from edge.broker import parse_broker_url
-from edge.mqtt import MqttPublisher
-from edge.spool import Spool
-from edge.topics import MAX_TOPIC_BYTES, TopicError, check_names, topic_problem
+from edge.sinks.broker import parse_broker_url
+from edge.sinks.mqtt import MqttPublisher
+from edge.sinks.spool import Spool
+from edge.sinks.topics import MAX_TOPIC_BYTES, TopicError, check_names, topic_problem
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_a_spooled_message_the_broker_can_never_take_is_set_aside_and_the_rest_d
     spool.put("riad/li\x00ne1/defect", b"{}", 1, False)
     spool.close()
     sub = subscribe(broker, ["riad/line1/defect"])
-    with caplog.at_level(logging.ERROR, logger="edge.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
         publisher = MqttPublisher(parse_broker_url(broker.url), "line1", tmp_path / "spool.db", stats_interval=0.2)
         publisher.handle(make_result(4))
         assert sub.wait_for(lambda: len(sub.on("riad/line1/defect")) == 2)

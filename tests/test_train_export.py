@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, file_sha256, manifest_path
-from edge.masks import fixed_masks, masked_variants, recombine
-from edge.preprocess import prepare, read_image
+from edge.method.masks import fixed_masks, masked_variants, recombine
+from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
 from trainer.calibrate import DEFAULT_RULE, RATE_RULE, student_t_quantile
 from trainer.data import DataError, find_training_set

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.inspection import FrameJudge
+from edge.method.inspection import FrameJudge
 from edge.manifest import Manifest, ManifestError
-from edge.preprocess import prepare, read_image
-from edge.roi import Roi
+from edge.method.preprocess import prepare, read_image
+from edge.method.roi import Roi
 from trainer.cli import app
 from trainer.data import load_images
 

@@ -17,9 +17,9 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.broker import parse_broker_url
-from edge.inspection import FrameJudge
-from edge.sources import open_source
+from edge.sinks.broker import parse_broker_url
+from edge.method.inspection import FrameJudge
+from edge.sources.cameras import open_source
 from edge.station.config import CameraConfig, StationConfig
 from edge.station.station import Station
 from edge.station.trigger import parse_trigger
@@ -273,7 +273,7 @@ def test_one_camera_triggered_from_the_command_line(broker, bottle_dir, tmp_path
 def test_a_live_camera_answers_with_a_frame_taken_after_the_trigger_and_errors_when_it_drops(bottle_dir, tmp_path):
     from media import bottle_frames, write_video
 
-    from edge.sources import CaptureSource
+    from edge.sources.cameras import CaptureSource
     from edge.station.triggered import FrameGrabber, NoFrameError
 
     clip = write_video(tmp_path / "cam.avi", bottle_frames(bottle_dir, 3), "MJPG")

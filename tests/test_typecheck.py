@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The test files make mypy check that the host kernel device fits gpu_map's KernelDevice.
-CHECKED = ["edge/backends/tensorrt.py", "trainer/engine.py", "edge/gpu_map.py", "edge/kernel_binary.py",
+CHECKED = ["edge/backends/tensorrt.py", "trainer/engine.py", "edge/backends/gpu_map.py", "edge/backends/kernel_binary.py",
            "tests/host_device.py", "tests/test_kernels_host.py"]  # fmt: skip
 
 

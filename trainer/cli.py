@@ -190,7 +190,7 @@ def build_kernels(
 ):
     """Compile the CUDA kernels for build-engine to use where it finds no nvcc (a runtime image; docs/gpu.md)."""
     from edge.backends.gpu_available import GpuUnavailable, cuda_device
-    from edge.kernel_binary import (
+    from edge.backends.kernel_binary import (
         PREBUILT_DIR_VARIABLE,
         KernelCompileError,
         arch_for,

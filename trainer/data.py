@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
-from edge.roi import Roi
+from edge.method.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
+from edge.method.roi import Roi
 
 HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold

@@ -4,7 +4,7 @@ An engine is specific to its TensorRT version and GPU, so a Jetson builds its ow
 (`riad-trainer build-engine` runs there with JetPack's TensorRT). The engine takes
 batches from one frame's variants (K*n) up to `max_batch`, tuned for one frame; its
 manifest is the ONNX model's, plus what it was built with and for. The CUDA kernels are
-compiled here too, into a cubin beside the engine (edge/kernel_binary.py), so the
+compiled here too, into a cubin beside the engine (edge/backends/kernel_binary.py), so the
 device that runs them needs no compiler.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.backends.gpu_available import cuda_device, import_tensorrt
-from edge.kernel_binary import CompiledKernels, KernelCompileError, NvccNotFound, arch_for, kernels_for_engine
+from edge.backends.kernel_binary import CompiledKernels, KernelCompileError, NvccNotFound, arch_for, kernels_for_engine
 from edge.manifest import Manifest, file_sha256, manifest_path
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Measure an exported model on an MVTec AD test set, exactly as the edge box would run it.
 
-The ONNX file goes through the edge's own code (edge.preprocess, OnnxCpuBackend, the
+The ONNX file goes through the edge's own code (edge.method.preprocess, OnnxCpuBackend, the
 manifest's threshold), so the numbers describe what runs by the line, not the torch
 model before export.
 
@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
-from edge.overlay import encode_jpeg, heatmap_overlay
-from edge.preprocess import prepare, read_image
-from edge.roi import Roi
-from edge.regions import defect_boxes
+from edge.sinks.overlay import encode_jpeg, heatmap_overlay
+from edge.method.preprocess import prepare, read_image
+from edge.method.roi import Roi
+from edge.method.regions import defect_boxes
 from trainer.metrics import (
     image_auroc,
     pixel_auroc,

@@ -19,11 +19,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge.anomaly_map import default_sigma
+from edge.method.anomaly_map import default_sigma
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, file_sha256, manifest_path
-from edge.masks import fixed_masks, masked_variants
-from edge.roi import Roi
+from edge.method.masks import fixed_masks, masked_variants
+from edge.method.roi import Roi
 from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8

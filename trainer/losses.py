@@ -1,6 +1,6 @@
 """RIAD training loss: L = w_l2 * L2 + w_gms * L_MSGMS + w_ssim * L_SSIM (paper: all weights 1).
 
-The MSGMS here is the torch twin of edge.anomaly_map.msgms_map, written with the same
+The MSGMS here is the torch twin of edge.method.anomaly_map.msgms_map, written with the same
 conventions (channel mean, Prewitt / 3 with zero padding, c = 0.0026, 2x2 average
 pyramid, half-pixel bilinear upsampling), so the net is trained on the very similarity
 the edge box scores with; tests/test_losses.py holds the two to 1e-5.
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.anomaly_map import GMS_C, PYRAMID_LEVELS
+from edge.method.anomaly_map import GMS_C, PYRAMID_LEVELS
 
 # Prewitt kernels / 3 as cross-correlation weights: gx = left - right, gy = top - bottom,
-# the signs of edge.anomaly_map.prewitt_magnitude (a magnitude ignores them anyway).
+# the signs of edge.method.anomaly_map.prewitt_magnitude (a magnitude ignores them anyway).
 _PREWITT_X = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
 _PREWITT = torch.stack([_PREWITT_X, _PREWITT_X.T])[:, None]  # (2, 1, 3, 3)
 # sqrt has an infinite slope at 0 (flat image regions); this keeps gradients finite

@@ -22,7 +22,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from edge.masks import masked_variants
+from edge.method.masks import masked_variants
 
 # Enough good images for stable activation ranges; more only slows export.
 CALIBRATION_IMAGES = 16

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import list_images, read_image
+from edge.method.preprocess import list_images, read_image
 from trainer.data import GOOD_FOLDERS, DataError
 
 GOOD = "good"

@@ -4,7 +4,7 @@ The network input keeps the training images' aspect ratio (trainer.data.input_sh
 Each step takes a random crop of every image (the net is fully convolutional, so it
 learns at the full input resolution for the price of a smaller image), picks a cell
 size k at random, hides the cells of one of n disjoint sets in n copies of every crop
-(edge.masks draws them, fresh every step), runs the net on all copies, and takes every
+(edge.method.masks draws them, fresh every step), runs the net on all copies, and takes every
 pixel back from the copy in which it was hidden. The loss compares that recombined
 image with the original. The learning rate follows a cosine from `lr` down to 0. Progress is checkpointed every
 epoch to `<out>/last.pt`, which `--resume` continues and `export` turns into a model.
@@ -25,14 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from edge.masks import (
+from edge.method.masks import (
     DEFAULT_CELL_SIZES,
     DEFAULT_NUM_SETS,
     MaskSpec,
     check_input_size,
     make_masks,
 )
-from edge.roi import Roi
+from edge.method.roi import Roi
 from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, input_shape, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     holdout_fraction: float = HOLDOUT_FRACTION
-    roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/roi.py); "" for whole images
+    roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/method/roi.py); "" for whole images
 
     @property
     def mask_spec(self) -> MaskSpec:
@@ -107,7 +107,7 @@ def recipe(name: str, **overrides) -> TrainConfig:
 def masked_inputs(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(len(K)*n*B, C, H, W): every image of a (B, C, H, W) batch with each set hidden.
 
-    The batch version of edge.masks.masked_variants, in its order (cell size, then set),
+    The batch version of edge.method.masks.masked_variants, in its order (cell size, then set),
     with the batch index innermost.
     """
     keep = 1.0 - masks.reshape(-1, 1, 1, *masks.shape[-2:])
@@ -117,7 +117,7 @@ def masked_inputs(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def recombine(outputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(len(K), ..., C, H, W): each pixel from the variant that hid it.
 
-    The torch twin of edge.masks.recombine; `outputs` is (len(K)*n, ..., C, H, W), where
+    The torch twin of edge.method.masks.recombine; `outputs` is (len(K)*n, ..., C, H, W), where
     `...` may hold a batch axis.
     """
     num_sizes, num_sets = masks.shape[:2]

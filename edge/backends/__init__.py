@@ -63,7 +63,7 @@ def _tensorrt(model_path: Path) -> Backend:
     if not model_path.is_file():
         raise ManifestError(f"model file {model_path} does not exist")
     from edge.backends.gpu_available import GpuUnavailable
-    from edge.kernel_binary import KernelCompileError, NvccNotFound
+    from edge.backends.kernel_binary import KernelCompileError, NvccNotFound
 
     try:
         from edge.backends.tensorrt import TensorRTBackend

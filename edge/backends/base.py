@@ -30,7 +30,7 @@ class Backend(ABC):
 
     @abstractmethod
     def score(self, image: np.ndarray) -> FrameScore:
-        """Score one (3, H, W) float32 RGB image in [0, 1] (see edge.preprocess.prepare)."""
+        """Score one (3, H, W) float32 RGB image in [0, 1] (see edge.method.preprocess.prepare)."""
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
         """Score several frames; a backend that runs them as one network batch overrides this."""

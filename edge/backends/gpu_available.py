@@ -87,7 +87,7 @@ def import_tensorrt() -> Any:
 
 
 def kernel_launcher() -> str:
-    """'pycuda' or 'cupy': what edge.gpu_map will launch its kernels with."""
+    """'pycuda' or 'cupy': what edge.backends.gpu_map will launch its kernels with."""
     for module in ("pycuda", "cupy"):
         if importlib.util.find_spec(module) is not None:
             return module

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge.anomaly_map import anomaly_map, image_score
+from edge.method.anomaly_map import anomaly_map, image_score
 from edge.backends import BackendError
 from edge.backends.base import Backend, FrameScore
 from edge.manifest import Manifest
-from edge.masks import fixed_masks, masked_variants, recombine
+from edge.method.masks import fixed_masks, masked_variants, recombine
 
 
 class OnnxCpuBackend(Backend):

@@ -17,7 +17,7 @@ import numpy as np
 from edge.backends.base import Backend, FrameScore
 from edge.backends.engine_check import EngineMismatchError, check_engine
 from edge.backends.gpu_available import GpuUnavailable, cuda_device, import_tensorrt
-from edge.gpu_map import GpuAnomalyMap
+from edge.backends.gpu_map import GpuAnomalyMap
 from edge.manifest import Manifest
 
 try:

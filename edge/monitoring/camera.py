@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge.mqtt import MqttPublisher
+    from edge.sinks.mqtt import MqttPublisher
     from edge.station.triggered import VerdictStats
-    from edge.stats import PipelineStats
+    from edge.monitoring.stats import PipelineStats
 
 
 def _inspecting() -> str | None:

@@ -3,8 +3,8 @@
 stdout is the program's output (DEFECT and VERDICT lines, the start-up report, the
 summary) and stays text whatever the log format: scripts read it. stderr is the log:
 
-    text   WARNING edge.sources: camera 0 dropped; reconnecting
-    json   {"time": "2025-01-30T07:12:03.114Z", "level": "warning", "logger": "edge.sources",
+    text   WARNING edge.sources.cameras: camera 0 dropped; reconnecting
+    json   {"time": "2025-01-30T07:12:03.114Z", "level": "warning", "logger": "edge.sources.cameras",
             "message": "camera 0 dropped; reconnecting", "camera": "cam0"}
 
 `camera` is the camera the process watches (a single-camera run), or the one a log call
@@ -103,7 +103,7 @@ def url_passwords(url: str | None) -> list[str]:
     """The password inside a URL (mqtt://user:pw@host, rtsp://user:pw@cam/...), as written and decoded."""
     if not url or "://" not in url:
         return []
-    # As edge.broker.redact reads it: the password runs from the login's first ':' to the last '@'.
+    # As edge.sinks.broker.redact reads it: the password runs from the login's first ':' to the last '@'.
     login, at, _ = url.split("://", 1)[1].rpartition("@")
     password = login.partition(":")[2] if at else ""
     return [password, unquote(password)] if password else []

@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.health import camera_problems
-from edge.stats import LATENCY_BUCKETS_S
+from edge.monitoring.stats import LATENCY_BUCKETS_S
 
 VERDICT_KINDS = (("OK", "ok"), ("NOK", "nok"), ("error", "error"))  # label value, VerdictStats key
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig
-from edge.inspection import FrameJudge
-from edge.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
+from edge.sinks.broker import BrokerConfig
+from edge.method.inspection import FrameJudge
+from edge.sinks.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
 from edge.results import FrameResult
 from edge.sinks.lifecycle import PAUSED, DefectLifecycle
 

@@ -26,8 +26,8 @@ import time
 
 import paho.mqtt.client as paho
 
-from edge.broker import BrokerConfig, BrokerError, connect_client
-from edge.topics import TopicError, check_names, shown, topic_problem
+from edge.sinks.broker import BrokerConfig, BrokerError, connect_client
+from edge.sinks.topics import TopicError, check_names, shown, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def node_id(topic_prefix: str, camera_id: str) -> str:
 
 
 def check_ha_prefix(ha_prefix: str) -> None:
-    """Raises TopicError unless `ha_prefix` can start our discovery topics (as edge/topics.py checks ours)."""
+    """Raises TopicError unless `ha_prefix` can start our discovery topics (as edge/sinks/topics.py checks ours)."""
     if not ha_prefix:
         raise TopicError("the Home Assistant discovery prefix is empty; its default is 'homeassistant'")
     problem = topic_problem(ha_prefix)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
+from edge.sinks.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
 from edge.results import DefectTracker, FrameResult
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from edge.roi import IgnoreMask, Roi, RoiError
+from edge.method.roi import IgnoreMask, Roi, RoiError
 from edge.station.triggered import DEFAULT_DEADLINE_S
 
 MODES = ("free", "triggered")

@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 
 from edge.backends import BackendError
-from edge.broker import BrokerError, parse_broker_url
+from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.monitoring.logs import set_camera
 from edge.runner import EXIT_BAD_INPUT, EXIT_INSPECTION_FAILED, EXIT_OK, EXIT_SOURCE_UNAVAILABLE, _stop_on_signals, fail
 from edge.sinks.ha_discovery import check_ha_prefix
-from edge.spool import SpoolError
+from edge.sinks.spool import SpoolError
 from edge.station.config import StationConfig
 from edge.station.station import Station
 

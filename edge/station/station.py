@@ -14,15 +14,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from edge.backends import open_backend
-from edge.broker import BrokerConfig
-from edge.inspection import FrameJudge
+from edge.sinks.broker import BrokerConfig
+from edge.method.inspection import FrameJudge
 from edge.monitoring.camera import WatchedCamera
 from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, default_spool_path
 from edge.sinks.ha_discovery import ha_hooks
 from edge.sinks.commands import CommandListener, camera_controls
 from edge.sinks.lifecycle import VERDICT
-from edge.sources import SourceError, open_source
+from edge.sources.cameras import SourceError, open_source
 from edge.station.batching import SharedBackend
 from edge.station.config import CameraConfig, StationConfig
 from edge.station.trigger import TriggerSubscriber, trigger_client_id
@@ -131,7 +131,7 @@ class Station:
                 pipeline.add_sink(controls.lifecycle)
 
     def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
-        from edge.mqtt import MqttPublisher
+        from edge.sinks.mqtt import MqttPublisher
 
         spool = camera.spool or default_spool_path(camera_id)
         spool.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig
+from edge.sinks.broker import BrokerConfig
 
 log = logging.getLogger(__name__)
 

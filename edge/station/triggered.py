@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from edge.inspection import CorruptFrameError, FrameJudge
+from edge.method.inspection import CorruptFrameError, FrameJudge
 from edge.results import DefectTracker, FrameResult, ResultSink
-from edge.sources import Frame, VideoSource
+from edge.sources.cameras import Frame, VideoSource
 from edge.station.trigger import Trigger
 from edge.station.verdict import ERROR, Verdict
-from edge.stats import PipelineStats
+from edge.monitoring.stats import PipelineStats
 
 log = logging.getLogger(__name__)
 

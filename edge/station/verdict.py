@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from edge.mqtt import SCHEMA_VERSION, iso_utc
+from edge.sinks.mqtt import SCHEMA_VERSION, iso_utc
 from edge.results import Box, FrameResult
 
 OK, NOK, ERROR = "OK", "NOK", "error"

@@ -12,11 +12,11 @@ import time
 
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
-from edge.preprocess import prepare
-from edge.regions import defect_boxes
+from edge.method.preprocess import prepare
+from edge.method.regions import defect_boxes
 from edge.results import FrameResult
-from edge.roi import IgnoreMask, Roi
-from edge.sources import Frame
+from edge.method.roi import IgnoreMask, Roi
+from edge.sources.cameras import Frame
 
 
 class CorruptFrameError(ValueError):

@@ -1,7 +1,7 @@
 """Where to look in a frame: a crop rectangle (the part, not the conveyor), optionally rotated,
 and an ignore mask (fixtures, labels, reflections that must never raise an alarm).
 
-The crop is its own step before edge.preprocess.prepare: the network sees only the
+The crop is its own step before edge.method.preprocess.prepare: the network sees only the
 rotated crop, as it did in training (`riad-trainer train --roi`, recorded in the
 manifest). Its anomaly map is then put back in frame geometry, zero outside the
 crop, so boxes, overlays and the ignore mask all work in full-frame pixels.
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import read_image
+from edge.method.preprocess import read_image
 
 ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 UNDO = {0: None, 90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}

@@ -24,7 +24,7 @@ def heatmap_overlay(
     Colours are scaled so that the threshold sits at the middle of the colour map:
     anything drawn warm is above it, whatever the model's score range.
     """
-    from edge.preprocess import to_rgb8
+    from edge.method.preprocess import to_rgb8
 
     bgr = cv2.cvtColor(to_rgb8(frame), cv2.COLOR_RGB2BGR)
     h, w = bgr.shape[:2]

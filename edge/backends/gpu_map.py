@@ -2,12 +2,12 @@
 and only the anomaly map and its score back down.
 
 `GpuAnomalyMap` loads edge/kernels/riad_kernels.cu as build-engine compiled it for this
-GPU (edge/kernel_binary.py) and owns every device buffer for one input size, allocated once. Per frame it uploads the image
+GPU (edge/backends/kernel_binary.py) and owns every device buffer for one input size, allocated once. Per frame it uploads the image
 through a pinned buffer, expands the variants into the network's input buffer and,
 once the network has written its output buffer, runs recombination, the multi-scale
 GMS map, the Gaussian and the max on the same stream. The kernels share their
 arithmetic with the host build that tests them (tests/test_kernels_host.py), and that
-arithmetic mirrors edge/anomaly_map.py, the reference.
+arithmetic mirrors edge/method/anomaly_map.py, the reference.
 
 It launches through pycuda (what JetPack offers) or, where only CuPy is installed,
 through cupy.RawModule, which compiles with NVRTC at start (CuPy brings it; no toolkit
@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.anomaly_map import MapSpec, gaussian_kernel
-from edge import kernel_binary
+from edge.method.anomaly_map import MapSpec, gaussian_kernel
+from edge.backends import kernel_binary
 from edge.backends.gpu_available import GpuUnavailable
-from edge.kernel_binary import COMPILE_OPTIONS, KernelCompileError, compile_failure
+from edge.backends.kernel_binary import COMPILE_OPTIONS, KernelCompileError, compile_failure
 from edge.manifest import Manifest
-from edge.masks import fixed_masks
+from edge.method.masks import fixed_masks
 
 THREADS = (
     256  # threads per block; max_value's shared array in riad_kernels.cu has this size

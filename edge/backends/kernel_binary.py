@@ -34,7 +34,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"  # edge/kernels
 KERNEL_SOURCE = "riad_kernels.cu"
 # Contraction into FMA would round once where numpy rounds twice.
 COMPILE_OPTIONS = ["--fmad=false"]

@@ -1,6 +1,6 @@
 """The live view: a small web page by the line showing what the inspector sees.
 
-    /              the page (edge/web/)
+    /              the page (edge/sinks/web/)
     /stream.mjpg   MJPEG of the latest frame with its heatmap overlay
     /events        server-sent events: `state` once, then `frame` per frame, `defect` per defect
     /api/state     JSON: recent scores, the threshold, the last defects
@@ -38,7 +38,7 @@ from importlib import resources
 
 import cv2
 
-from edge.overlay import encode_jpeg, heatmap_overlay
+from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 from edge.results import FrameResult
 
 DEFECTS_KEPT = 12
@@ -216,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._ask_for_password()
             elif path in WEB_FILES:
                 name, content_type = WEB_FILES[path]
-                self._send(resources.files("edge").joinpath("web", name).read_bytes(), content_type)
+                self._send(resources.files("edge.sinks").joinpath("web", name).read_bytes(), content_type)
             elif path == "/api/state":
                 self._send(json.dumps(state.snapshot()).encode(), "application/json")
             elif path == "/stream.mjpg":

@@ -27,10 +27,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import BrokerConfig, BrokerError, BrokerTlsFailed, connect_client, connection_failed, refused, silent
+from edge.sinks.broker import BrokerConfig, BrokerError, BrokerTlsFailed, connect_client, connection_failed, refused, silent
 from edge.results import FrameResult
-from edge.spool import Spool, SpoolError
-from edge.topics import check_names, topic_problem
+from edge.sinks.spool import Spool, SpoolError
+from edge.sinks.topics import check_names, topic_problem
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from edge.gstreamer import csi_pipeline, opencv_has_gstreamer, pipeline_problem, with_appsink
-from edge.preprocess import IMAGE_SUFFIXES, list_images, read_image
+from edge.sources.gstreamer import csi_pipeline, opencv_has_gstreamer, pipeline_problem, with_appsink
+from edge.method.preprocess import IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger(__name__)
 

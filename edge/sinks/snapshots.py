@@ -25,8 +25,8 @@ from pathlib import Path
 
 import cv2
 
-from edge.overlay import encode_jpeg
-from edge.preprocess import to_rgb8
+from edge.sinks.overlay import encode_jpeg
+from edge.method.preprocess import to_rgb8
 from edge.results import FrameResult
 
 log = logging.getLogger(__name__)
