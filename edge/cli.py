@@ -18,6 +18,9 @@ Password = Annotated[
 TlsCa = Annotated[Path | None, typer.Option(help="CA certificate for mqtts:// (default: the system's).")]
 TlsCert = Annotated[Path | None, typer.Option(help="Client certificate for mqtts://.")]
 TlsKey = Annotated[Path | None, typer.Option(help="Client certificate key for mqtts://.")]
+BrokerUrl = Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")]
+RunCameraId = Annotated[str, typer.Option(help="The camera's name in MQTT topics, as given to run.")]
+RunTopicPrefix = Annotated[str, typer.Option(help="First MQTT topic level, as given to run.")]
 HaPrefix = Annotated[str | None, typer.Option(help="Home Assistant's MQTT discovery prefix (default homeassistant).")]
 # The log (stderr) of every command; stdout keeps the results as text (edge/monitoring/logs.py).
 LogLevel_ = Annotated[LogLevel, typer.Option("--log-level", envvar="RIAD_LOG_LEVEL", help="Log messages from this level up.")]
@@ -279,9 +282,9 @@ app.add_typer(ha_app, name="ha-discovery")
 
 @ha_app.command("publish")
 def ha_publish_command(
-    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
-    camera_id: Annotated[str, typer.Option(help="The camera's name in MQTT topics, as given to run.")],
-    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level, as given to run.")] = "riad",
+    broker: BrokerUrl,
+    camera_id: RunCameraId,
+    topic_prefix: RunTopicPrefix = "riad",
     ha_prefix: HaPrefix = None,
     commands: Annotated[bool, typer.Option("--commands", help="Also the controls (inspection switch, threshold, snapshot button) of run --commands.")] = False,
     username: Username = None,
@@ -305,9 +308,9 @@ def ha_publish_command(
 
 @ha_app.command("remove")
 def ha_remove_command(
-    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
-    camera_id: Annotated[str, typer.Option(help="The camera's name in MQTT topics, as given to run.")],
-    topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level, as given to run.")] = "riad",
+    broker: BrokerUrl,
+    camera_id: RunCameraId,
+    topic_prefix: RunTopicPrefix = "riad",
     ha_prefix: HaPrefix = None,
     username: Username = None,
     password: Password = None,
