@@ -8,11 +8,17 @@ the hash its manifest recorded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from edge.method.anomaly_map import MapSpec
 from edge.method.masks import MaskSpec
@@ -72,6 +78,10 @@ class Manifest:
     # The crop the model was trained on (riad-trainer train --roi): x, y, width, height,
     # rotate; empty for whole frames. The edge refuses a camera with another ROI.
     roi: dict = field(default_factory=dict)
+    # What a defect-free part's anomaly map looks like (edge.method.anomaly_map.excess_over_reference),
+    # measured at export: height, width, float16_base64, at 1/REFERENCE_SCALE of the input
+    # (it is a smoothed map). Empty in manifests from before it: the paper's plain map.
+    reference_map: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -86,6 +96,11 @@ class Manifest:
     @property
     def map_spec(self) -> MapSpec:
         return MapSpec(self.map_levels, self.map_c, self.map_sigma)
+
+    @cached_property
+    def reference(self) -> np.ndarray | None:
+        """The reference map at the input size, (H, W) float32, or None; CPU and GPU subtract this same array."""
+        return decode_reference(self.reference_map, self.input_shape)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -125,9 +140,13 @@ class Manifest:
             raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
         try:
             # Unknown keys are skipped: older exports wrote mean/std, which were always 0 and 1.
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
+            manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
+            return manifest
         except TypeError as exc:
             raise ManifestError(f"manifest {path} is malformed: {exc}") from None
+        except ValueError as exc:
+            raise ManifestError(f"manifest {path}: {exc}; re-export the model") from None
 
     @classmethod
     def for_model(cls, model_path: str | Path) -> Manifest:
@@ -143,3 +162,28 @@ class Manifest:
                 f"{manifest.model_sha256[:12]}...); re-export or rebuild the model with its manifest"
             )
         return manifest
+
+
+REFERENCE_SCALE = 4  # the reference is a smoothed map (sigma >= 4 px at 256 px): 1/4 of the size keeps it
+
+
+def encode_reference(reference: np.ndarray) -> dict:
+    """The manifest's `reference_map` for an (H, W) map: float16 at 1/REFERENCE_SCALE of the size."""
+    height, width = reference.shape
+    small = cv2.resize(reference.astype(np.float32), (max(1, width // REFERENCE_SCALE), max(1, height // REFERENCE_SCALE)),
+                       interpolation=cv2.INTER_AREA).astype(np.float16)  # fmt: skip
+    return {"height": small.shape[0], "width": small.shape[1], "float16_base64": base64.b64encode(small.tobytes()).decode("ascii")}
+
+
+def decode_reference(stored: dict, shape: tuple[int, int]) -> np.ndarray | None:
+    """`stored` (encode_reference's) back at `shape` (H, W), bilinear; None when there is none."""
+    if not stored:
+        return None
+    try:
+        height, width = int(stored["height"]), int(stored["width"])
+        small = np.frombuffer(base64.b64decode(stored["float16_base64"], validate=True), np.float16)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ValueError(f"reference_map is damaged ({exc})") from None
+    if height < 1 or width < 1 or small.size != height * width or not np.isfinite(small).all():
+        raise ValueError(f"reference_map is damaged ({small.size} values for {height} x {width})")
+    return cv2.resize(small.reshape(height, width).astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)

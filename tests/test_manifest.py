@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest, manifest_path
+from edge.manifest import Manifest, ManifestError, decode_reference, encode_reference, manifest_path
 from edge.method.preprocess import prepare, read_image
 
 
@@ -37,3 +40,35 @@ def test_a_square_model_from_before_non_square_inputs_still_loads(tiny_onnx_mode
     del data["input_width"]
     manifest_path(tiny_onnx_model).write_text(json.dumps(data))
     assert Manifest.for_model(tiny_onnx_model).input_shape == (64, 64)
+
+
+def test_the_reference_map_survives_its_storage_and_an_old_manifest_has_none(tiny_onnx_model, bottle_dir):
+    assert Manifest.for_model(tiny_onnx_model).reference is None  # the paper's map, unchanged
+    reference = np.linspace(0.0, 0.2, 64 * 48, dtype=np.float32).reshape(64, 48)  # smooth, as a smoothed map is
+    stored = encode_reference(reference)
+    assert (stored["height"], stored["width"]) == (16, 12)
+    np.testing.assert_allclose(decode_reference(stored, (64, 48)), reference, atol=0.01)
+
+    data = json.loads(manifest_path(tiny_onnx_model).read_text())
+    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"reference_map": encode_reference(np.full((64, 64), 0.05, np.float32))}))
+    manifest = Manifest.for_model(tiny_onnx_model)
+    np.testing.assert_allclose(manifest.reference, 0.05, atol=1e-4)
+    image = prepare(read_image(min((bottle_dir / "train" / "good").glob("*.png"))), (64, 64))
+    with OnnxCpuBackend(tiny_onnx_model, manifest=replace(manifest, reference_map={})) as backend:
+        plain = backend.score(image).anomaly_map
+    with OnnxCpuBackend(tiny_onnx_model) as backend:
+        np.testing.assert_array_equal(backend.score(image).anomaly_map, np.maximum(plain - manifest.reference, 0))
+
+
+@pytest.mark.parametrize("damage", [
+    {"height": 16},  # no data
+    {"height": 16, "width": 16, "float16_base64": "not base64!"},
+    {"height": 16, "width": 15, "float16_base64": base64.b64encode(np.zeros(256, np.float16).tobytes()).decode()},
+    {"height": 1, "width": 1, "float16_base64": base64.b64encode(np.array([np.nan], np.float16).tobytes()).decode()},
+    {"height": "x", "width": 1, "float16_base64": ""},
+])  # fmt: skip
+def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage):
+    data = json.loads(manifest_path(tiny_onnx_model).read_text())
+    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"reference_map": damage}))
+    with pytest.raises(ManifestError, match="reference_map is damaged.*re-export the model"):
+        Manifest.for_model(tiny_onnx_model)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest, ManifestError, file_sha256, manifest_path
+from edge.manifest import Manifest, ManifestError, encode_reference, file_sha256, manifest_path
 from edge.method.masks import fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
@@ -256,6 +257,24 @@ def test_manifest_describes_the_model(exported, trained):
             assert backend.score(prepare(read_image(path), (32, 32))).score <= manifest.threshold
 
 
+def test_the_reference_map_is_what_the_training_images_score_and_the_edge_subtracts_it(exported, trained):
+    out, manifest = exported
+    state = load_checkpoint(trained)
+    train_images = [prepare(read_image(p), (32, 32)) for p in state["train_images"]]
+    plain = replace(manifest, reference_map={})  # the paper's map: no reference
+    with OnnxCpuBackend(out, manifest=plain) as backend:
+        plain_maps = [backend.score(image).anomaly_map for image in train_images]
+    assert manifest.metrics["reference_images"] == len(train_images) == 2
+    assert manifest.reference_map == encode_reference(np.mean(plain_maps, axis=0, dtype=np.float64).astype(np.float32))
+    assert (manifest.reference_map["height"], manifest.reference_map["width"]) == (8, 8)  # a quarter of 32 px
+    assert manifest.reference.shape == (32, 32) and manifest.reference.max() > 0
+    with OnnxCpuBackend(out) as backend:
+        for image, plain_map in zip(train_images, plain_maps):
+            scored = backend.score(image)
+            np.testing.assert_array_equal(scored.anomaly_map, np.maximum(plain_map - manifest.reference, 0))
+            assert scored.score == scored.anomaly_map.max() < plain_map.max()
+
+
 def test_export_for_a_false_alarm_rate_records_its_rule(trained, tmp_path):
     out = tmp_path / "bottle-mini.onnx"
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(out), "--false-alarm-rate", "0.2"])
@@ -313,7 +332,11 @@ def test_export_errors(trained, tmp_path):
         export_onnx(untrained, tmp_path / "m.onnx")
     moved = tmp_path / "moved.pt"
     torch.save(load_checkpoint(trained) | {"held_out_images": ["/nowhere/000.png"]}, moved)
-    with pytest.raises(ExportError, match="held-out images .* are gone"):
+    with pytest.raises(ExportError, match="images that set the threshold and the reference map are gone"):
+        export_onnx(moved, tmp_path / "m.onnx")
+    moved = tmp_path / "moved-train.pt"
+    torch.save(load_checkpoint(trained) | {"train_images": ["/nowhere/001.png"]}, moved)
+    with pytest.raises(ExportError, match="/nowhere/001.png"):
         export_onnx(moved, tmp_path / "m.onnx")
 
     # Held-out images are decoded before any file is written, so a damaged one is named first.

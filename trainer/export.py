@@ -20,8 +20,9 @@ import onnxruntime as ort
 import torch
 
 from edge.method.anomaly_map import default_sigma
+from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import fixed_masks, masked_variants
 from edge.method.roi import Roi
 from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
@@ -101,6 +102,23 @@ def check_against_torch(model: torch.nn.Module, onnx_path: Path, variants: np.nd
     return diff
 
 
+REFERENCE_IMAGES = 64  # training images averaged into the reference map: its noise is already small at 40
+
+
+def spread(paths: list[str], count: int) -> list[Path]:
+    """At most `count` of `paths`, evenly spaced, so every part of a sorted folder is in it."""
+    step = max(1, len(paths) / count) if paths else 1
+    return [Path(paths[int(i * step)]) for i in range(min(count, len(paths)))]
+
+
+def mean_anomaly_map(backend: Backend, images: np.ndarray) -> np.ndarray:
+    """(H, W) float32: the mean of the images' anomaly maps, as the backend's manifest has them (no reference)."""
+    total = np.zeros(backend.manifest.input_shape, np.float64)
+    for image in images:
+        total += backend.score(image).anomaly_map
+    return (total / max(1, len(images))).astype(np.float32)
+
+
 def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None
 ) -> Manifest:
@@ -126,10 +144,10 @@ def export_onnx(
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
     held_out = [Path(p) for p in state["held_out_images"]]
-    missing = [str(p) for p in held_out if not p.is_file()]
+    missing = [str(p) for p in [*held_out, *spread(state["train_images"], REFERENCE_IMAGES)] if not Path(p).is_file()]
     if missing:
         raise ExportError(
-            f"the held-out images that set the threshold are gone ({', '.join(missing[:3])}"
+            f"the images that set the threshold and the reference map are gone ({', '.join(missing[:3])}"
             f"{', ...' if len(missing) > 3 else ''}); restore {state['data_root']} to export"
         )
 
@@ -176,11 +194,18 @@ def export_onnx(
         training_fingerprint=state["fingerprint"],
         recipe=config.to_dict(),
     )
+    reference_paths = spread(state["train_images"], REFERENCE_IMAGES)
     with OnnxCpuBackend(out_path, manifest=manifest) as backend:
+        # The reference comes from training images and the threshold from the held-out
+        # ones, so the held-out scores are those of parts the reference has not seen.
+        reference = mean_anomaly_map(backend, load_images(reference_paths, (height, width), config.roi))
+        manifest = replace(manifest, reference_map=encode_reference(reference))
+        backend.manifest = manifest
         calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
     metrics = {
         "calibration": calibration,
+        "reference_images": len(reference_paths),
         "epochs_trained": state["epoch"],
         "final_train_loss": state["losses"][-1],
         "onnx_max_abs_diff": diff,

@@ -59,7 +59,7 @@ class OnnxCpuBackend(Backend):
         return recombine(outputs, self.masks)
 
     def score(self, image: np.ndarray) -> FrameScore:
-        amap = anomaly_map(image, self.reconstruct(image), self.manifest.map_spec)
+        amap = anomaly_map(image, self.reconstruct(image), self.manifest.map_spec, self.manifest.reference)
         return FrameScore(amap, image_score(amap))
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
@@ -68,6 +68,6 @@ class OnnxCpuBackend(Backend):
         (outputs,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})
         scores = []
         for image, per_frame in zip(images, np.split(outputs, len(images))):
-            amap = anomaly_map(image, recombine(per_frame, self.masks), self.manifest.map_spec)
+            amap = anomaly_map(image, recombine(per_frame, self.masks), self.manifest.map_spec, self.manifest.reference)
             scores.append(FrameScore(amap, image_score(amap)))
         return scores

@@ -118,9 +118,24 @@ def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: Map
     return np.mean(per_k, axis=0).astype(np.float32)
 
 
-def anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
+def excess_over_reference(amap: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """How far the map rises above a defect-free part's, never below 0.
+
+    `reference` is the mean smoothed map of defect-free training images, measured at export
+    (trainer/export.py): edges, highlights and textures that the net always inpaints
+    imperfectly score high on every part, good or bad, and would hide a real defect's peak
+    among them. Subtracting what a good part scores there leaves what is new. None: the map
+    as the paper defines it (manifests from before the reference).
+    """
+    if reference is None:
+        return amap
+    return np.maximum(amap - reference, np.float32(0)).astype(np.float32)
+
+
+def anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec(),
+                reference: np.ndarray | None = None) -> np.ndarray:
     """(H, W) anomaly map of one image from its per-k reconstructions (len(K), C, H, W)."""
-    return smooth(raw_anomaly_map(original, reconstructions, spec), spec.sigma)
+    return excess_over_reference(smooth(raw_anomaly_map(original, reconstructions, spec), spec.sigma), reference)
 
 
 def image_score(amap: np.ndarray) -> float:
