@@ -1,6 +1,6 @@
 // The CUDA kernels of edge/kernels/riad_kernels.cu, compiled for the host and launched
 // like cuLaunchKernel does: a grid of blocks, a block of threads, an array of pointers
-// to the arguments. tests/host_device.py drives edge/gpu_map.py through this, so the
+// to the arguments. tests/host_device.py drives edge/backends/gpu_map.py through this, so the
 // kernels' own bodies, gpu_map's launches and its buffers run in CI without a GPU.
 //
 // Threads of a block run one after another, except in a kernel that synchronizes its
@@ -80,6 +80,7 @@ extern "C" int host_launch(const char* name, unsigned grid, unsigned block, void
     else if (kernel == "gms_level") run_grid(gms_level, false, params);
     else if (kernel == "raw_anomaly") run_grid(raw_anomaly, false, params);
     else if (kernel == "gaussian_pass") run_grid(gaussian_pass, false, params);
+    else if (kernel == "subtract_reference") run_grid(subtract_reference, false, params);
     else if (kernel == "max_value") run_grid(max_value, true, params);
     else return 1;
     return 0;

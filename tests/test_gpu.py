@@ -5,10 +5,10 @@ backend). The device-map comparison also runs, unmarked, with the kernels built 
 host (tests/host_device.py). The others check, on any machine, what a user without a GPU meets: a clear
 reason, a refused foreign engine, build-engine exiting 2 with directions.
 
-Tolerances against OnnxCpuBackend (float32): variants bit-exact; map and score with
-the same network outputs, max abs 1e-5 (the Gaussian's summation order, as in
-test_kernels_host.py); through an FP32 TensorRT engine (TF32 off), max abs 1e-4, as
-TensorRT's convolutions sum in their own order.
+Tolerances against OnnxCpuBackend (float32), with and without a reference map in the
+manifest: variants bit-exact; map and score with the same network outputs, max abs 1e-5
+(the Gaussian's summation order, as in test_kernels_host.py); through an FP32 TensorRT
+engine (TF32 off), max abs 1e-4, as TensorRT's convolutions sum in their own order.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from edge.backends.gpu_available import (
     import_tensorrt,
 )
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest, file_sha256
+from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import masked_variants
 from edge.method.preprocess import prepare, read_image
 from tests.conftest import write_foreign_engine
@@ -72,6 +72,19 @@ def bottle_images(bottle_dir: Path, shape: tuple[int, int]) -> list[np.ndarray]:
     return [prepare(read_image(p), shape) for p in paths]
 
 
+def add_reference(model: Path, bottle_dir: Path) -> None:
+    """Give the model's manifest a reference map, as export does.
+
+    The mean map of the two bottle images the tests compare, so each image's map rises
+    above it in places and stays below it in others.
+    """
+    with OnnxCpuBackend(model) as cpu:
+        maps = [cpu.score(image).anomaly_map for image in bottle_images(bottle_dir, cpu.manifest.input_shape)]
+    manifest = Manifest.read(manifest_path(model))
+    manifest.reference_map = encode_reference(np.mean(maps, axis=0))
+    manifest.save(manifest_path(model))
+
+
 @pytest.fixture(
     params=["host", pytest.param("gpu", marks=[pytest.mark.gpu, needs_gpu])]
 )
@@ -84,11 +97,15 @@ def kernel_device(request, host_kernels):
     return HostDevice(host_kernels)
 
 
-def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir):
+@pytest.mark.parametrize("reference", ["none", "measured"])
+def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir, reference):
     from edge.backends.gpu_map import GpuAnomalyMap
 
+    if reference == "measured":
+        add_reference(tiny_onnx_model, bottle_dir)
     cpu = OnnxCpuBackend(tiny_onnx_model)
     m = cpu.manifest
+    assert (m.reference is None) == (reference == "none")
     gpu = GpuAnomalyMap.for_manifest(m, kernel_device)
     try:
         for image in bottle_images(bottle_dir, m.input_shape):
@@ -98,9 +115,11 @@ def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_
             (outputs,) = cpu.session.run([m.output_name], {m.input_name: variants})
             gpu.upload(outputs, gpu.outputs_address)
             amap, score = gpu.score()
-            reference = cpu.score(image)
-            np.testing.assert_allclose(amap, reference.anomaly_map, rtol=0, atol=1e-5)
-            assert score == pytest.approx(reference.score, abs=1e-5)
+            expected = cpu.score(image)
+            np.testing.assert_allclose(amap, expected.anomaly_map, rtol=0, atol=1e-5)
+            assert score == pytest.approx(expected.score, abs=1e-5)
+            if m.reference is not None:  # the subtraction zeroed part of the map, not all of it
+                assert 0 < (amap == 0).mean() < 1
     finally:
         gpu.close()
 
@@ -111,6 +130,7 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
     from edge.backends.tensorrt import TensorRTBackend
     from trainer.engine import build_engine
 
+    add_reference(tiny_onnx_model, bottle_dir)  # build-engine carries it into the engine's manifest
     engine_path = tmp_path / "tiny.plan"
     built = build_engine(
         tiny_onnx_model,
@@ -121,6 +141,7 @@ def test_tensorrt_backend_matches_cpu_backend(tiny_onnx_model, bottle_dir, tmp_p
     assert built.engine["source_onnx_sha256"] == file_sha256(tiny_onnx_model)
     assert (tmp_path / "timing.cache").stat().st_size > 0
     cpu = OnnxCpuBackend(tiny_onnx_model)
+    assert cpu.manifest.reference is not None and built.reference_map == cpu.manifest.reference_map
     with TensorRTBackend(engine_path) as gpu:
         for image in bottle_images(bottle_dir, cpu.manifest.input_shape):
             got, expected = gpu.score(image), cpu.score(image)

@@ -8,7 +8,9 @@ Device memory starts as NaN, so a value nothing wrote shows. Tolerances (float32
 - variants, gray pyramids (recombination, channel mean, pooling): bit-exact (same
   operations, no contraction);
 - unsmoothed map (1 - MSGMS averaged over k): max abs 1e-6;
-- smoothed map and score: max abs 1e-5 (OpenCV sums the Gaussian's taps in its own order).
+- smoothed map and score: max abs 1e-5 (OpenCV sums the Gaussian's taps in its own order),
+  with the manifest's reference map subtracted or not;
+- excess over the reference, per pixel: bit-exact.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ from edge.method.anomaly_map import (
     average_pool2,
     channel_mean,
     default_sigma,
+    excess_over_reference,
     image_score,
     msgms_map,
     smooth,
 )
-from edge.backends.gpu_map import GpuAnomalyMap
+from edge.backends.gpu_map import KERNEL_SIGNATURES, GpuAnomalyMap
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from tests.host_device import HostDevice, build_host_kernels
 
 
-def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec) -> GpuAnomalyMap:
-    return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library))
+def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec,
+             reference: np.ndarray | None = None) -> GpuAnomalyMap:
+    return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library), reference=reference)
 
 
 def bottle_pair(bottle_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +142,84 @@ def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, 
     assert raw[inside].mean() > 2 * raw[~inside].mean()
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (160, 64)])
+def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_dir, shape):
+    """The manifest's reference map subtracted after the Gaussian, as the CPU backend does."""
+    original, defect = bottle_pair(bottle_dir, shape)
+    mask_spec, map_spec = MaskSpec(), MapSpec(sigma=default_sigma(*shape))
+    masks = fixed_masks(*shape, mask_spec, seed=7)
+    k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
+    outputs = altered_outputs(original, defect, k * n, seed=shape[0] * 3 + shape[1])
+    reconstructions = recombine(outputs, masks)
+    plain = anomaly_map(original, reconstructions, map_spec)
+    # Positive everywhere, above the map in some places and below it in others, and a
+    # band above all of it: every branch of the subtraction is taken.
+    rng = np.random.default_rng(shape[0])
+    reference = (plain * rng.uniform(0.5, 1.5, shape) + 1e-4).astype(np.float32)
+    reference[: shape[0] // 8] = plain.max() + 0.1
+
+    gpu = host_map(host_kernels, shape, masks, map_spec, reference)
+    gpu.variants(original)
+    gpu.upload(outputs, gpu.outputs_address)
+    amap, score = gpu.score()
+    gpu.close()
+
+    expected = anomaly_map(original, reconstructions, map_spec, reference)
+    np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)
+    assert score == pytest.approx(image_score(expected), abs=1e-5)
+    # The reference must have changed the map and its score, or this would prove little.
+    clipped = amap == 0
+    assert 0.2 < clipped.mean() < 0.8 and clipped[: shape[0] // 8].all()
+    assert score < image_score(plain) - 1e-3
+
+
+def test_excess_over_reference_is_numpys_bit_for_bit(host_kernels):
+    """subtract_reference per pixel, ties, signed zeros, subnormals and NaN included."""
+    rng = np.random.default_rng(11)
+    count = 1000  # no multiple of the block size: the last block's guard runs too
+    values = rng.uniform(0, 0.3, count).astype(np.float32)
+    references = rng.uniform(0, 0.3, count).astype(np.float32)
+    tiny = np.float32(1e-40)  # subnormal
+    cases = [
+        (0.2, 0.2),  # a tie: +0
+        (-0.0, 0.0),  # -0 - 0 is -0; numpy's maximum gives +0
+        (0.0, -0.0),
+        (np.nextafter(np.float32(0.1), np.float32(1)), 0.1),  # one ulp above
+        (tiny, 0.0),
+        (0.0, tiny),
+        (2 * tiny, tiny),
+        (-1e-7, 0.0),  # a map's rounding-level negative
+        (np.nan, 0.1),  # a value nothing wrote stays NaN
+        (0.5, np.inf),
+    ]
+    for index, (value, reference) in enumerate(cases):
+        values[index], references[index] = value, reference
+    device = HostDevice(host_kernels)
+    map_address, reference_address = device.alloc(4 * count), device.alloc(4 * count)
+    device.to_device(map_address, values)
+    device.to_device(reference_address, references)
+    device.launch("subtract_reference", count, map_address, reference_address, count)
+    result = np.empty(count, np.float32)
+    device.to_host(result, map_address)
+    expected = excess_over_reference(values, references)
+    np.testing.assert_array_equal(result.view(np.uint32), expected.view(np.uint32))
+    assert (result > 0).any() and (result == 0).any()
+
+
+def test_a_reference_of_another_size_is_refused(host_kernels):
+    masks = fixed_masks(64, 64, MaskSpec(), seed=1)
+    with pytest.raises(ValueError, match=r"the reference map is \(32, 32\), the input is 64x64"):
+        host_map(host_kernels, (64, 64), masks, MapSpec(), np.zeros((32, 32), np.float32))
+
+
+def test_the_host_launcher_knows_every_kernel_gpu_map_launches(host_kernels):
+    """A kernel added to riad_kernels.cu and gpu_map.py but not to kernel_host_launch.cpp
+    would fail only where it is launched; a grid of no blocks runs nothing."""
+    device = HostDevice(host_kernels)
+    for name in KERNEL_SIGNATURES:
+        assert device.lib.host_launch(name.encode(), 0, 256, None) == 0, name
+
+
 @pytest.mark.parametrize("count", [1, 255, 256, 257, 128 * 128 + 3])
 def test_max_value_finds_the_maximum_wherever_it_is(host_kernels, count):
     """The score kernel's block reduction, with counts around its block size."""
@@ -167,8 +249,10 @@ from tests.host_device import HostDevice, build_host_kernels
 library = Path(sys.argv[1])
 for shape in ((48, 48), (80, 80), (48, 80)):
     masks = fixed_masks(*shape, MaskSpec(), seed=shape[1])
-    gpu = GpuAnomalyMap(shape, masks, MapSpec(sigma=default_sigma(*shape)), device=HostDevice(library))
     rng = np.random.default_rng(shape[1])
+    reference = rng.uniform(0, 0.05, shape).astype(np.float32) if shape[0] != shape[1] else None
+    gpu = GpuAnomalyMap(shape, masks, MapSpec(sigma=default_sigma(*shape)), device=HostDevice(library),
+                        reference=reference)
     gpu.variants(rng.random((3, *shape), dtype=np.float32))
     gpu.upload(rng.random((12, 3, *shape), dtype=np.float32), gpu.outputs_address)
     amap, score = gpu.score()

@@ -5,7 +5,8 @@ and only the anomaly map and its score back down.
 GPU (edge/backends/kernel_binary.py) and owns every device buffer for one input size, allocated once. Per frame it uploads the image
 through a pinned buffer, expands the variants into the network's input buffer and,
 once the network has written its output buffer, runs recombination, the multi-scale
-GMS map, the Gaussian and the max on the same stream. The kernels share their
+GMS map, the Gaussian, the subtraction of the manifest's reference map (where it has one)
+and the max on the same stream. The kernels share their
 arithmetic with the host build that tests them (tests/test_kernels_host.py), and that
 arithmetic mirrors edge/method/anomaly_map.py, the reference.
 
@@ -42,6 +43,7 @@ KERNEL_SIGNATURES = {
     "gms_level": "PiiiiifP",
     "raw_anomaly": "PiiiiiP",
     "gaussian_pass": "PPiiiiP",
+    "subtract_reference": "PPi",
     "max_value": "PiP",
 }
 
@@ -271,9 +273,13 @@ class GpuAnomalyMap:
         masks: np.ndarray,
         map_spec: MapSpec,
         device: KernelDevice | None = None,
+        reference: np.ndarray | None = None,
     ):
         """`device`: where the kernels run; by default GPU 0 through pycuda or CuPy
-        (tests pass one that runs them on the host)."""
+        (tests pass one that runs them on the host). `reference`: the manifest's (H, W)
+        reference map, subtracted after the Gaussian as excess_over_reference does; None
+        leaves the map as it is (no launch at all: max(map - 0, 0) would turn a map's
+        rounding-level negatives into 0, which the CPU's map keeps)."""
         num_sizes, num_sets, height, width = masks.shape
         if (height, width) != tuple(input_shape):
             raise ValueError(
@@ -282,6 +288,10 @@ class GpuAnomalyMap:
         if height % (1 << (map_spec.levels - 1)) or width % (1 << (map_spec.levels - 1)):
             raise ValueError(
                 f"input {height}x{width} cannot be halved {map_spec.levels - 1} times"
+            )
+        if reference is not None and reference.shape != (height, width):
+            raise ValueError(
+                f"the reference map is {reference.shape}, the input is {height}x{width}"
             )
         self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
@@ -321,6 +331,10 @@ class GpuAnomalyMap:
             # Constants, uploaded once (each upload waits for its copy).
             self._upload_constant(pixel_sets(masks), self.pixel_set_address)
             self._upload_constant(taps, self.taps_address)
+            self.reference_address: int | None = None
+            if reference is not None:
+                self.reference_address = self.device.alloc(plane * f32)
+                self._upload_constant(np.ascontiguousarray(reference, np.float32), self.reference_address)
         finally:
             self.device.pop()
 
@@ -333,7 +347,7 @@ class GpuAnomalyMap:
         masks = fixed_masks(height, width, manifest.mask_spec, manifest.mask_seed)
         if device is None:
             device = open_device(manifest.kernels, folder)
-        return cls((height, width), masks, manifest.map_spec, device)
+        return cls((height, width), masks, manifest.map_spec, device, manifest.reference)
 
     @property
     def stream_handle(self) -> int:
@@ -411,6 +425,8 @@ class GpuAnomalyMap:
                      self.scratch_address)  # fmt: skip
             d.launch("gaussian_pass", plane, self.scratch_address, self.taps_address, self.radius, h, w, 1,
                      self.map_address)  # fmt: skip
+            if self.reference_address is not None:
+                d.launch("subtract_reference", plane, self.map_address, self.reference_address, plane)
             # One block: max_value reduces the whole map itself.
             d.launch("max_value", 1, self.map_address, plane, self.score_address)
             d.to_host(self.map_host, self.map_address)

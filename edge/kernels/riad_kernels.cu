@@ -1,10 +1,10 @@
 // RIAD on the device: masked variants in, anomaly map and score out.
 // Each kernel computes one element per thread with the shared arithmetic of
-// riad_math.cuh; edge/gpu_map.py launches them in this file's order, one stream.
+// riad_math.cuh; edge/backends/gpu_map.py launches them in this file's order, one stream.
 // Buffers (float32 unless noted), for an H x W input, K cell sizes, n sets, L levels:
 //   frame (3,H,W) RGB in [0, 1]; pixel_set uint8 (K,H,W);
 //   variants and outputs (K*n,3,H,W); gray: 1+K pyramids (the original's first);
-//   gms: K pyramids; map, scratch (H,W); score: 1 float.
+//   gms: K pyramids; map, scratch, reference (H,W); score: 1 float.
 #include "riad_math.cuh"
 
 __device__ inline int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
@@ -83,6 +83,14 @@ extern "C" __global__ void gaussian_pass(const float* image, const float* taps, 
     const int i = thread_index();
     if (i >= height * width) return;
     out[i] = riad::gaussian_at(image, taps, radius, i / width, i % width, height, width, vertical);
+}
+
+// The map above a defect-free part's (the manifest's reference map), in place, after the
+// Gaussian; gpu_map.py skips it for a manifest without a reference.
+extern "C" __global__ void subtract_reference(float* map, const float* reference, int count) {
+    const int i = thread_index();
+    if (i >= count) return;
+    map[i] = riad::excess_over_reference(map[i], reference[i]);
 }
 
 #define MAX_THREADS 256

@@ -1,8 +1,8 @@
 // RIAD per-pixel arithmetic, shared by the CUDA kernels (riad_kernels.cu) and the host
 // build that tests them against the numpy reference (tests/kernel_host_launch.cpp).
 //
-// Every function computes one output element and mirrors edge/anomaly_map.py and
-// edge/masks.py operation by operation, in the same float32 order of evaluation, so the
+// Every function computes one output element and mirrors edge/method/anomaly_map.py and
+// edge/method/masks.py operation by operation, in the same float32 order of evaluation, so the
 // device map equals the reference up to the Gaussian's summation order (OpenCV's).
 // Compile without contraction (nvcc --fmad=false, g++ -ffp-contract=off): an FMA
 // rounds once where numpy rounds twice.
@@ -21,7 +21,7 @@
 
 namespace riad {
 
-// ---- masks (edge/masks.py) ----------------------------------------------------------
+// ---- masks (edge/method/masks.py) ---------------------------------------------------
 
 // One element of the network input: variant v = k_index * num_sets + set hides the
 // pixels whose set (for that cell size) is `set`; the net takes them as they are.
@@ -49,7 +49,7 @@ RIAD_FN float recombined_value_at(int index, const float* outputs, const unsigne
     return outputs[(variant * 3 + channel) * plane + pixel];
 }
 
-// ---- anomaly map (edge/anomaly_map.py) ----------------------------------------------
+// ---- anomaly map (edge/method/anomaly_map.py) ---------------------------------------
 
 // channel_mean: numpy sums the 3 channels in order, then divides by the count.
 RIAD_FN float channel_mean3(float r, float g, float b) { return ((r + g) + b) / 3.0f; }
@@ -164,6 +164,15 @@ RIAD_FN float gaussian_at(const float* image, const float* taps, int radius, int
         sum += taps[t + radius] * image[yy * width + xx];
     }
     return sum;
+}
+
+// excess_over_reference: how far the smoothed map rises above a defect-free part's, as
+// numpy's max(map - reference, 0) gives it, bit for bit: one float32 subtraction, then
+// +0 for anything not above zero (-0 included) and NaN kept (so a value nothing wrote
+// still shows).
+RIAD_FN float excess_over_reference(float value, float reference) {
+    const float excess = value - reference;
+    return excess <= 0.0f ? 0.0f : excess;
 }
 
 }  // namespace riad
