@@ -362,7 +362,16 @@ def test_cli_train_then_export(parts, tmp_path):
     result = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(tmp_path / "engines" / "mini.onnx")])
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
+    assert "reference: the mean anomaly map of 2 training images" in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
+    # Parts that lie anywhere in the view: the paper's plain map, and the training images may be gone.
+    moved = tmp_path / "moved.pt"
+    torch.save(load_checkpoint(run / "last.pt") | {"train_images": ["/nowhere/001.png"]}, moved)
+    result = runner.invoke(app, ["export", str(moved), "--out", str(tmp_path / "plain.onnx"), "--no-reference-map"])
+    assert result.exit_code == 0, result.output
+    assert "reference: none (the plain map)" in result.output
+    plain = Manifest.for_model(tmp_path / "plain.onnx")
+    assert plain.reference_map == {} and plain.reference is None and plain.metrics["reference_images"] == 0
 
 
 @pytest.mark.parametrize("tiny_disk", ["8m"], indirect=True)

@@ -78,6 +78,13 @@ def export(
             "max(mean + 3 std, max) of the held-out good scores)"
         ),
     ] = None,
+    reference_map: Annotated[
+        bool,
+        typer.Option(
+            help="score how far a frame rises above a good part's anomaly map (the mean over training "
+            "images); --no-reference-map: the paper's plain map, e.g. for parts that lie anywhere in the view"
+        ),
+    ] = True,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -86,7 +93,7 @@ def export(
     from trainer.train import TrainError
 
     try:
-        manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate)
+        manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -99,9 +106,12 @@ def export(
             f"for {100 * calibration['false_alarm_rate']:g} % false alarms, a normal fit to {held_out}; "
             f"{calibration['held_out_above_threshold']} of them score above it"
         )
+    images = manifest.metrics.get("reference_images")
+    reference = f"the mean anomaly map of {images} training images" if manifest.reference_map else "none (the plain map)"
     typer.echo(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
+        f"reference: {reference}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
 

@@ -120,7 +120,8 @@ def mean_anomaly_map(backend: Backend, images: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(
-    checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None
+    checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
+    reference_map: bool = True,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -128,6 +129,8 @@ def export_onnx(
     checked against torch like the float one and calibrated on its own scores.
     With `false_alarm_rate` the threshold targets that rate (trainer/calibrate.py);
     the manifest's metrics["calibration"] records the rule used either way.
+    With `reference_map` (the default) the manifest carries the mean anomaly map of up to
+    REFERENCE_IMAGES training images, which the edge subtracts (edge.method.anomaly_map.excess_over_reference).
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -144,7 +147,8 @@ def export_onnx(
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
     held_out = [Path(p) for p in state["held_out_images"]]
-    missing = [str(p) for p in [*held_out, *spread(state["train_images"], REFERENCE_IMAGES)] if not Path(p).is_file()]
+    needed = [*held_out, *(spread(state["train_images"], REFERENCE_IMAGES) if reference_map else [])]
+    missing = [str(p) for p in needed if not Path(p).is_file()]
     if missing:
         raise ExportError(
             f"the images that set the threshold and the reference map are gone ({', '.join(missing[:3])}"
@@ -194,13 +198,14 @@ def export_onnx(
         training_fingerprint=state["fingerprint"],
         recipe=config.to_dict(),
     )
-    reference_paths = spread(state["train_images"], REFERENCE_IMAGES)
+    reference_paths = spread(state["train_images"], REFERENCE_IMAGES) if reference_map else []
     with OnnxCpuBackend(out_path, manifest=manifest) as backend:
         # The reference comes from training images and the threshold from the held-out
         # ones, so the held-out scores are those of parts the reference has not seen.
-        reference = mean_anomaly_map(backend, load_images(reference_paths, (height, width), config.roi))
-        manifest = replace(manifest, reference_map=encode_reference(reference))
-        backend.manifest = manifest
+        if reference_paths:
+            reference = mean_anomaly_map(backend, load_images(reference_paths, (height, width), config.roi))
+            manifest = replace(manifest, reference_map=encode_reference(reference))
+            backend.manifest = manifest
         calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
     metrics = {
