@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge.sinks.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
+from edge.sinks.mqtt import SCHEMA_VERSION, MqttPublisher, frame_fields, iso_utc
 from edge.results import DefectTracker, FrameResult
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ class DefectLifecycle:
 
     def _message(self, kind: str, end_reason: str | None = None, end_time: float | None = None) -> bytes:
         assert self._open is not None
-        d, worst = self._open, self._open.worst
-        height, width = worst.frame.shape[:2]
+        d = self._open
         return json.dumps(
             {
                 "schema_version": SCHEMA_VERSION,
@@ -163,18 +162,7 @@ class DefectLifecycle:
                 "end_epoch": end_time,
                 "end_reason": end_reason,
                 "frames": d.frames,
-                "worst": {
-                    "event_id": d.worst_event_id,
-                    "frame_index": worst.frame_index,
-                    "timestamp": iso_utc(worst.timestamp),
-                    "epoch": worst.timestamp,
-                    "score": float(worst.score),
-                    "threshold": float(worst.threshold),
-                    "frame_width": width,
-                    "frame_height": height,
-                    "boxes": [b.as_dict() for b in worst.boxes],
-                    "overlay_topic": f"{self.publisher.base_topic}/defect/{d.worst_event_id}/overlay",
-                },
+                "worst": {"event_id": d.worst_event_id, **frame_fields(d.worst, self.publisher.overlay_topic(d.worst_event_id))},
             }
         ).encode()
 

@@ -48,6 +48,22 @@ def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def frame_fields(result: FrameResult, overlay_topic: str) -> dict:
+    """One judged frame as a `defect` event and a lifecycle's `worst` describe it (docs/mqtt.md)."""
+    height, width = result.frame.shape[:2]
+    return {
+        "frame_index": result.frame_index,
+        "timestamp": iso_utc(result.timestamp),
+        "epoch": result.timestamp,
+        "score": float(result.score),
+        "threshold": float(result.threshold),
+        "frame_width": width,
+        "frame_height": height,
+        "boxes": [b.as_dict() for b in result.boxes],
+        "overlay_topic": overlay_topic,
+    }
+
+
 class MqttPublisher:
     """A ResultSink that publishes each defective frame as an event and its heatmap overlay.
 
@@ -214,22 +230,20 @@ class MqttPublisher:
         if not result.is_defect:
             return None
         event_id = str(uuid.uuid4())
-        overlay_topic = f"{self.base_topic}/defect/{event_id}/overlay"
+        overlay_topic = self.overlay_topic(event_id)
         event = self._event(result, event_id, overlay_topic)
         overlay = result.overlay_jpeg()
         with self._lock:
             if self._closing:
                 raise RuntimeError("MqttPublisher.handle() after close()")
             self._spool_or_hold(f"{self.base_topic}/defect", event, f"defect event {event_id}")
-            if not self._memory_queue:  # an overlay is only worth its disk space next to its event
-                try:
-                    self.spool.put(overlay_topic, overlay, QOS_EVENTS, False)
-                except SpoolError as e:
-                    log.error("overlay of event %s not kept: %s", event_id, e)
-            else:
-                log.error("overlay of event %s dropped: the spool is full", event_id)
+            self._spool_image(overlay_topic, overlay, f"overlay of event {event_id}", retain=False)
         self._kick.set()
         return event_id
+
+    def overlay_topic(self, event_id: str) -> str:
+        """Where the overlay of the defect event `event_id` goes (docs/mqtt.md)."""
+        return f"{self.base_topic}/defect/{event_id}/overlay"
 
     def send(self, subtopic: str, payload: bytes, label: str, retain: bool = False) -> None:
         """Another durable message under this camera's topic (a station's verdict), in order with the events.
@@ -250,15 +264,19 @@ class MqttPublisher:
             if self._closing:
                 raise RuntimeError("MqttPublisher.send_image() after close()")
             self._drain_memory_queue()
-            if self._memory_queue:
-                log.error("%s dropped: the spool is full", label)
-                return
-            try:
-                self.spool.put(f"{self.base_topic}/{subtopic}", jpeg, QOS_EVENTS, retain)
-            except SpoolError as e:
-                log.error("%s not kept: %s", label, e)
-                return
+            self._spool_image(f"{self.base_topic}/{subtopic}", jpeg, label, retain)
         self._kick.set()
+
+    def _spool_image(self, topic: str, jpeg: bytes, label: str, retain: bool) -> None:
+        """An image into the spool, never into memory: held events come first, and an image is
+        only worth its space next to them. Dropped (logged) when the spool cannot take it."""
+        if self._memory_queue:
+            log.error("%s dropped: the spool is full", label)
+            return
+        try:
+            self.spool.put(topic, jpeg, QOS_EVENTS, retain)
+        except SpoolError as e:
+            log.error("%s not kept: %s", label, e)
 
     def _spool_or_hold(self, topic: str, event: bytes, label: str, retain: bool = False) -> None:
         """The event into the spool; into the bounded memory queue when the spool is full."""
@@ -285,22 +303,13 @@ class MqttPublisher:
             self._memory_queue.popleft()
 
     def _event(self, result: FrameResult, event_id: str, overlay_topic: str) -> bytes:
-        height, width = result.frame.shape[:2]
         return json.dumps(
             {
                 "schema_version": SCHEMA_VERSION,
                 "event_id": event_id,
                 "camera_id": self.camera_id,
                 "model_id": self.model_id,
-                "frame_index": result.frame_index,
-                "timestamp": iso_utc(result.timestamp),
-                "epoch": result.timestamp,
-                "score": float(result.score),
-                "threshold": float(result.threshold),
-                "frame_width": width,
-                "frame_height": height,
-                "boxes": [b.as_dict() for b in result.boxes],
-                "overlay_topic": overlay_topic,
+                **frame_fields(result, overlay_topic),
                 "defect_id": result.defect_id,
                 "defect_frame": result.defect_frame,
             }
