@@ -178,7 +178,7 @@ def run_inspection(
         publisher = None
         if broker is not None:
             try:
-                publisher = _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix, commands)
+                publisher = open_publisher(broker, camera_id, topic_prefix, spool, backend.manifest, pipeline.stats.snapshot, ha_prefix, commands)
             except (BrokerError, SpoolError, ValueError, OSError) as exc:
                 return fail(str(exc), EXIT_BAD_INPUT)
             _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, commands)
@@ -254,7 +254,8 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_prefix=None, commands=False):
+def open_publisher(broker, camera_id, topic_prefix, spool, manifest, stats_source, ha_prefix=None, commands=False):
+    """A camera's MqttPublisher on its spool (default: default_spool_path), announced to Home Assistant with `ha_prefix`."""
     from edge.sinks.mqtt import MqttPublisher
 
     spool = spool or default_spool_path(camera_id)
@@ -267,19 +268,17 @@ def _publisher(broker, camera_id, topic_prefix, spool, backend, pipeline, ha_pre
         camera_id,
         spool,
         topic_prefix=topic_prefix,
-        model_id=backend.manifest.model_id,
-        stats_source=pipeline.stats.snapshot,
-        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, backend.manifest.model_id, commands_enabled=commands),
+        model_id=manifest.model_id,
+        stats_source=stats_source,
+        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, manifest.model_id, commands_enabled=commands),
     )
 
 
 def _listen_for_commands(stack, broker, topic_prefix, camera_id, publisher, pipeline, enabled) -> None:
     """The defect lifecycle and snapshots in place of the bare publisher, and the command topics (edge/sinks)."""
-    from edge.sinks.commands import CommandListener, camera_controls
+    from edge.sinks.commands import CommandListener, attach_controls
 
-    controls = camera_controls(publisher, pipeline.judge, pipeline.defects)
-    pipeline.add_sink(controls.snapshot)
-    pipeline.add_sink(controls.lifecycle)  # first: the events go out before any other sink reports the defect
+    controls = attach_controls(pipeline, publisher)
     stack.callback(CommandListener(broker, topic_prefix, {camera_id: controls}, enabled).close)
 
 

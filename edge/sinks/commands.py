@@ -289,3 +289,11 @@ def camera_controls(publisher: MqttPublisher, judge: FrameJudge, tracker=None, t
     """The lifecycle and snapshot sinks around a camera's publisher (sinks in place of it), and what commands change."""
     lifecycle = DefectLifecycle(publisher, tracker, detecting=lambda: judge.enabled)
     return CameraControls(judge, lifecycle, SnapshotOnRequest(publisher), triggered)
+
+
+def attach_controls(pipeline, publisher: MqttPublisher) -> CameraControls:
+    """A free-running camera's controls, their lifecycle and snapshot sinks in the pipeline in place of the bare publisher."""
+    controls = camera_controls(publisher, pipeline.judge, pipeline.defects)
+    pipeline.add_sink(controls.snapshot)
+    pipeline.add_sink(controls.lifecycle)  # added last, so first: the events go out before any other sink reports the defect
+    return controls

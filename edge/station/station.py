@@ -18,9 +18,8 @@ from edge.sinks.broker import BrokerConfig
 from edge.method.inspection import FrameJudge
 from edge.monitoring.camera import WatchedCamera
 from edge.pipeline import Pipeline
-from edge.runner import ConsoleSink, default_spool_path
-from edge.sinks.ha_discovery import ha_hooks
-from edge.sinks.commands import CommandListener, camera_controls
+from edge.runner import ConsoleSink, open_publisher
+from edge.sinks.commands import CommandListener, attach_controls, camera_controls
 from edge.sinks.lifecycle import VERDICT
 from edge.sources.cameras import SourceError, open_source
 from edge.station.batching import SharedBackend
@@ -118,7 +117,8 @@ class Station:
             self.triggered[camera_id] = cam
             if self.broker is not None:
                 stats = lambda: {**cam.frame_stats.snapshot(), "verdicts": cam.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, tracker=None)
+                publisher = self._publisher(camera_id, camera, backend, stats)
+                controls = self.controls[camera_id] = camera_controls(publisher, judge, triggered=True)  # it groups each part's frames itself
                 cam.sinks += [controls.lifecycle, controls.snapshot]
                 cam.part_done = lambda: controls.lifecycle.end(VERDICT)  # a part's defect ends with its verdict
         elif source is not None:
@@ -126,30 +126,14 @@ class Station:
             self.pipelines[camera_id] = pipeline
             if self.broker is not None:
                 stats = lambda: {**pipeline.stats.snapshot(), "batching": backend.counters()}  # noqa: E731
-                controls = self._controls(camera_id, self._publisher(camera_id, camera, backend, stats), judge, pipeline.defects)
-                pipeline.add_sink(controls.snapshot)
-                pipeline.add_sink(controls.lifecycle)
+                self.controls[camera_id] = attach_controls(pipeline, self._publisher(camera_id, camera, backend, stats))
 
     def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
-        from edge.sinks.mqtt import MqttPublisher
-
-        spool = camera.spool or default_spool_path(camera_id)
-        spool.parent.mkdir(parents=True, exist_ok=True)
         assert self.broker is not None
-        publisher = MqttPublisher(
-            self.broker, camera_id, spool, topic_prefix=self.config.topic_prefix, model_id=backend.manifest.model_id, stats_source=stats,
-            connect_hooks=ha_hooks(self.config.topic_prefix, camera_id, self.ha_prefix, backend.manifest.model_id, commands_enabled=self.commands_enabled),
-        )
+        publisher = open_publisher(self.broker, camera_id, self.config.topic_prefix, camera.spool, backend.manifest, stats,
+                                   self.ha_prefix, self.commands_enabled)  # fmt: skip
         self.publishers[camera_id] = publisher
         return publisher
-
-    def _controls(self, camera_id: str, publisher, judge: FrameJudge, tracker):
-        """The defect lifecycle and snapshot sinks around the camera's publisher (edge/sinks), for commands.
-
-        `tracker` None: a triggered camera, which groups each part's frames itself.
-        """
-        controls = self.controls[camera_id] = camera_controls(publisher, judge, tracker, triggered=tracker is None)
-        return controls
 
     def _verdict_sink(self, camera_id: str, model_id: str):
         def publish(verdict: Verdict) -> None:
