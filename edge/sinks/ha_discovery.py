@@ -27,6 +27,7 @@ import time
 import paho.mqtt.client as paho
 
 from edge.sinks.broker import BrokerConfig, BrokerError, connect_client
+from edge.sinks.lifecycle import ACTIVE, EVENTS, OVERLAY
 from edge.sinks.topics import TopicError, check_names, shown, topic_problem
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _entities(base: str, commands_enabled: bool) -> list[tuple[str, str, dict]]:
     stats = f"{base}/stats"
     sensors: list[tuple[str, str, dict]] = [
         ("sensor", "anomaly_score", {
-            "name": "Anomaly score", "state_topic": f"{base}/events", "value_template": ANOMALY_SCORE_TEMPLATE,
+            "name": "Anomaly score", "state_topic": f"{base}/{EVENTS}", "value_template": ANOMALY_SCORE_TEMPLATE,
             "state_class": "measurement", "suggested_display_precision": 3, "qos": 1,
         }),
         ("sensor", "fps", {
@@ -121,7 +122,7 @@ def _entities(base: str, commands_enabled: bool) -> list[tuple[str, str, dict]]:
     ]  # fmt: skip
     return [
         ("binary_sensor", "defect", {
-            "name": "Defect", "device_class": "problem", "state_topic": f"{base}/defect/active",
+            "name": "Defect", "device_class": "problem", "state_topic": f"{base}/{ACTIVE}",
             "payload_on": "ON", "payload_off": "OFF", "qos": 1,
         }),
         # Not tied to availability: it shows the inspector disconnected instead of turning unavailable.
@@ -130,7 +131,7 @@ def _entities(base: str, commands_enabled: bool) -> list[tuple[str, str, dict]]:
             "payload_on": "online", "payload_off": "offline", "entity_category": "diagnostic", "qos": 1,
         }),
         *sensors,
-        ("image", "overlay", {"name": "Defect overlay", "image_topic": f"{base}/overlay", "content_type": "image/jpeg"}),
+        ("image", "overlay", {"name": "Defect overlay", "image_topic": f"{base}/{OVERLAY}", "content_type": "image/jpeg"}),
         *(commands if commands_enabled else [(component, key, {}) for component, key, _ in commands]),
     ]  # fmt: skip
 
