@@ -147,8 +147,8 @@ def export_onnx(
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
     held_out = [Path(p) for p in state["held_out_images"]]
-    needed = [*held_out, *(spread(state["train_images"], REFERENCE_IMAGES) if reference_map else [])]
-    missing = [str(p) for p in needed if not Path(p).is_file()]
+    reference_paths = spread(state["train_images"], REFERENCE_IMAGES) if reference_map else []
+    missing = [str(p) for p in [*held_out, *reference_paths] if not p.is_file()]
     if missing:
         raise ExportError(
             f"the images that set the threshold and the reference map are gone ({', '.join(missing[:3])}"
@@ -198,7 +198,6 @@ def export_onnx(
         training_fingerprint=state["fingerprint"],
         recipe=config.to_dict(),
     )
-    reference_paths = spread(state["train_images"], REFERENCE_IMAGES) if reference_map else []
     with OnnxCpuBackend(out_path, manifest=manifest) as backend:
         # The reference comes from training images and the threshold from the held-out
         # ones, so the held-out scores are those of parts the reference has not seen.
