@@ -12,16 +12,15 @@ the health of the line, never images; bind it to the plant network on purpose
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import socket
-import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client.exposition import choose_encoder
 
+from edge.http_serving import BackgroundHTTPServer, bind, serve_in_background
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.health import DEFAULT_GRACE_S, check
 from edge.monitoring.metrics import InspectorCollector, registry_for
@@ -69,19 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a scrape every 15 s is not worth a log line
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(BackgroundHTTPServer):
     def __init__(self, address: tuple[str, int], collector: InspectorCollector):
         if ":" in address[0]:  # an IPv6 address such as :: or ::1
             self.address_family = socket.AF_INET6
         self.collector = collector
         self.registry = registry_for(collector)
         super().__init__(address, _Handler)
-
-    def finish_request(self, request, client_address) -> None:
-        request.settimeout(30)  # a client that stops reading holds only its own thread, and only this long
-        super().finish_request(request, client_address)
 
 
 class MonitoringServer:
@@ -96,18 +89,9 @@ class MonitoringServer:
         if not grace_s > 0:
             raise MonitoringError(f"the health grace period must be more than 0 seconds, not {grace_s}")
         self.collector = InspectorCollector(grace_s)
-        try:
-            self._server = _Server((host, port), self.collector)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise MonitoringError(
-                    f"cannot serve metrics on {host}:{port}: the port is already in use; "
-                    "stop whatever uses it or choose another --metrics-port"
-                ) from None
-            raise MonitoringError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self._server = bind(lambda: _Server((host, port), self.collector), f"metrics on {host}:{port}", "--metrics-port", MonitoringError)
         self.host, self.port = host, port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="monitoring", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server, "monitoring")
 
     def watch(self, camera: WatchedCamera) -> None:
         self.collector.watch(camera)

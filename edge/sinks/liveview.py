@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hmac
 import json
 import socket
@@ -33,11 +32,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 
 import cv2
 
+from edge.http_serving import BackgroundHTTPServer, bind, serve_in_background
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 from edge.results import FrameResult
 
@@ -309,17 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a page polled by operators all day is not worth a log line per request
 
 
-class _LiveServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _LiveServer(BackgroundHTTPServer):
     def __init__(self, address: tuple[str, int], state: _LiveState, password: str | None):
         self.state, self.password = state, password
         super().__init__(address, _Handler)
-
-    def finish_request(self, request, client_address) -> None:
-        # A client that stops reading blocks only its own thread, and only this long.
-        request.settimeout(30)
-        super().finish_request(request, client_address)
 
 
 class LiveView:
@@ -330,18 +323,9 @@ class LiveView:
         if password == "":
             raise LiveViewError("the live view password is empty; give one, or none for an open view")
         self._state = _LiveState(history)
-        try:
-            self._server = _LiveServer((host, port), self._state, password)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise LiveViewError(
-                    f"cannot serve the live view on {host}:{port}: the port is already in use; "
-                    "stop whatever uses it or choose another port"
-                ) from None
-            raise LiveViewError(f"cannot serve the live view on {host}:{port}: {exc.strerror or exc}") from None
+        self._server = bind(lambda: _LiveServer((host, port), self._state, password), f"the live view on {host}:{port}", "port", LiveViewError)
         self.host, self.port = host, self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="liveview", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server, "liveview")
 
     @property
     def url(self) -> str:
