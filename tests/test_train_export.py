@@ -440,3 +440,52 @@ def test_training_crops_come_from_the_images_and_the_learning_rate_falls_to_zero
     assert crop_shape((304, 128), 128) == (128, 128) and crop_shape((304, 128), 0) == (304, 128)
     assert crop_shape((64, 48), 128) == (64, 48)  # never larger than the input
     assert cosine_lr(1e-3, 0.0) == 1e-3 and cosine_lr(1e-3, 0.5) == pytest.approx(5e-4) and cosine_lr(1e-3, 1.0) == 0.0
+
+
+def test_a_time_budget_ends_training_and_spans_the_learning_rate(parts, tmp_path, monkeypatch):
+    """--minutes alone: training stops at the first epoch end past the budget, whatever the
+    epoch cap, and the learning rate's cosine has run its course by then."""
+    from trainer import train as training
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock["now"])
+    rates = []
+    real_cosine = training.cosine_lr
+
+    def cosine(base, progress):
+        clock["now"] += 20.0  # every step takes 20 s of the 1-minute budget
+        rates.append(real_cosine(base, progress))
+        return rates[-1]
+
+    monkeypatch.setattr(training, "cosine_lr", cosine)
+    result = CliRunner().invoke(
+        app, ["train", str(parts), "--out", str(tmp_path / "run"), "--input-size", "32", "--width", "4", "--batch-size", "1", "--minutes", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    # 2 training images, 1 a step: 40 s an epoch, so the budget ends in the second epoch.
+    assert state["epoch"] == 2 and len(rates) == 4
+    assert state["config"]["minutes"] == 1 and state["config"]["epochs"] == training.UNLIMITED_EPOCHS
+    assert state["train_seconds"] == pytest.approx(80.0)
+    # Each step's rate follows the time spent before it: 0, 20, 40 and 60 s of 60.
+    assert rates == pytest.approx([real_cosine(1e-3, p) for p in (0, 1 / 3, 2 / 3, 1)])
+    assert rates[-1] == 0.0
+    assert "epoch 2 of 1 min" in result.output
+
+    # Resumed with a longer budget, it counts the minutes it already trained.
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path / "run"), "--resume", "--minutes", "2"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 3 and state["train_seconds"] == pytest.approx(120.0)
+
+
+def test_an_epoch_cap_ends_a_budgeted_run_first(parts, tmp_path):
+    state = load_checkpoint(train(parts, tmp_path, recipe("cpu", **TINY | {"epochs": 2, "minutes": 60.0})))
+    assert state["epoch"] == 2 and 0 < state["train_seconds"] < 60 * 60
+
+
+@pytest.mark.parametrize("minutes", ["-1", "nan"])
+def test_a_bad_time_budget_is_refused(parts, tmp_path, minutes):
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path / "run"), "--minutes", minutes])
+    assert result.exit_code == 2
+    assert "minutes must be 0 (no time budget) or a positive number" in result.output

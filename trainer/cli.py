@@ -24,6 +24,11 @@ def train(
         str | None, typer.Option(help="cpu: 16-wide net, 192x192 px, under an hour on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="train this many epochs in all (may grow on --resume)")] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help="a time budget: stop after the first epoch past this many minutes of training (the learning rate's "
+                     "schedule spans them); without --epochs, time alone ends the run"),
+    ] = None,
     input_size: Annotated[
         int | None, typer.Option(help="the input has about SIZE x SIZE pixels, in the images' aspect ratio; a multiple of 16")
     ] = None,
@@ -37,12 +42,14 @@ def train(
 ):
     """Learn what a good part looks like from defect-free images."""
     from trainer.data import DataError
-    from trainer.train import TrainError, checkpoint_path, resolve_device, resume_config
+    from trainer.train import UNLIMITED_EPOCHS, TrainError, checkpoint_path, resolve_device, resume_config
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
     options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "crop_size": crop_size, "base_width": width}
-    options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi}
+    options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi, "minutes": minutes}
+    if minutes and epochs is None:
+        options["epochs"] = UNLIMITED_EPOCHS
     try:
         if resume:
             config = resume_config(out, recipe=recipe, **options)
