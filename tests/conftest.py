@@ -21,7 +21,10 @@ pytest_plugins = ["tests.broker"]
 # through exec, and the Ctrl-C would then never arrive: restore Python's own handler here.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec" / "bottle"
+# The shared data sets beside the checkout; RIAD_DATA points elsewhere (a GPU machine
+# gets a copy made by bench/pack_for_device).
+DATA = Path(os.environ.get("RIAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+BOTTLE = DATA / "mvtec" / "bottle"
 
 
 @pytest.fixture(scope="session")
