@@ -86,9 +86,12 @@ def run_command(
     _check_monitoring(metrics_host, health_grace)
     ha = _ha_prefix(ha_discovery, ha_prefix, broker, config)
     if config is not None or mode != "free":
-        raise typer.Exit(_run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                                      broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port,
-                                      (metrics_port, metrics_host, health_grace), ha, commands))
+        raise typer.Exit(_run_station(
+            config, camera=camera, source=source, model=model, mode=mode, deadline_ms=deadline_ms, threshold=threshold,
+            camera_id=camera_id, spool=spool, topic_prefix=topic_prefix, broker=broker, username=username, password=password,
+            tls=(tls_ca, tls_cert, tls_key), single_camera_only=(max_frames, save_dir, view_port),
+            monitoring=(metrics_port, metrics_host, health_grace), ha=ha, commands=commands,
+        ))
     if model is None:
         raise typer.BadParameter("give --model (or --config for a station)")
     if (camera is None) == (source is None):
@@ -146,15 +149,20 @@ def _check_monitoring(host: str | None, grace: float | None) -> None:
         raise typer.BadParameter(f"--health-grace must be a positive number of seconds, not {grace}")
 
 
-def _run_station(config, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
-                 broker, username, password, tls_ca, tls_cert, tls_key, max_frames, save_dir, view_port, monitoring, ha=None, commands=False) -> int:
-    """--config, or one camera's flags with --mode triggered: the station runs it (edge/station)."""
+def _run_station(config, *, camera, source, model, mode, deadline_ms, threshold, camera_id, spool, topic_prefix,
+                 broker, username, password, tls, single_camera_only, monitoring, ha=None, commands=False) -> int:
+    """--config, or one camera's flags with --mode triggered: the station runs it (edge/station).
+
+    `tls` is (ca, cert, key); `single_camera_only` the options a station refuses,
+    (max_frames, save_dir, view_port); `monitoring` is (metrics_port, metrics_host, health_grace).
+    """
     from edge.runner import fail
     from edge.station.config import MODES, CameraConfig, ConfigError, StationConfig, load_config
     from edge.station.run import run_station
 
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    max_frames, save_dir, view_port = single_camera_only
     if max_frames is not None or save_dir is not None or view_port:
         raise typer.BadParameter("--max-frames, --save-dir and --view-port work with one free-running camera only, not with --config or --mode triggered")
     if config is not None:
@@ -179,6 +187,7 @@ def _run_station(config, camera, source, model, mode, deadline_ms, threshold, ca
     station.health_grace_s = health_grace or station.health_grace_s
     if station.metrics_host is not None and station.metrics_port is None:
         raise typer.BadParameter("--metrics-host needs --metrics-port (or metrics_port in the config)")
+    tls_ca, tls_cert, tls_key = tls
     return run_station(station, broker_url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, ha_prefix=ha,
                        commands=commands)
 
