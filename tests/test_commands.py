@@ -278,6 +278,8 @@ def test_riad_edge_run_obeys_commands_only_with_the_flag(broker, http_camera, ti
         answer = answers(consumer)[0]
         assert answer["ok"] is enabled
         assert consumer.wait_for(lambda: latest(consumer, f"{BASE}/detect/state") == (b"OFF" if enabled else b"ON"))
+        if enabled:  # stop only once a frame has met the pause (the stats say so every 10 s)
+            assert consumer.wait_for(lambda: any(json.loads(m)["pipeline"]["frames_paused"] > 0 for m in consumer.on(f"{BASE}/stats")), timeout=30)
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
