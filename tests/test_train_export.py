@@ -478,6 +478,10 @@ def test_a_time_budget_ends_training_and_spans_the_learning_rate(parts, tmp_path
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 3 and state["train_seconds"] == pytest.approx(120.0)
 
+    # Resumed with the budget taken away and no epoch count, it would never end: refused.
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path / "run"), "--resume", "--minutes", "0"])
+    assert result.exit_code == 2 and "would never end; give --minutes or --epochs" in result.output
+
 
 def test_an_epoch_cap_ends_a_budgeted_run_first(parts, tmp_path):
     state = load_checkpoint(train(parts, tmp_path, recipe("cpu", **TINY | {"epochs": 2, "minutes": 60.0})))

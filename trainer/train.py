@@ -10,8 +10,8 @@ image with the original. The learning rate follows a cosine from `lr` down to 0 
 epochs, or over `minutes` of training where a time budget is set, whichever ends first.
 Progress is checkpointed every epoch to `<out>/last.pt`, which `--resume` continues and
 `export` turns into a model. On a CUDA GPU the network runs in bfloat16 autocast with
-channels-last weights (the loss stays float32): the paper's net trains several times
-faster so, and the exported model is float32 as always.
+channels-last weights, the form its tensor cores take (the loss stays float32, and the
+exported model is float32 as always).
 """
 
 from __future__ import annotations
@@ -261,6 +261,8 @@ def check_config(config: TrainConfig) -> None:
             raise TrainError(f"{name} must be at least 1, not {getattr(config, name)}")
     if not (config.minutes >= 0 and math.isfinite(config.minutes)):
         raise TrainError(f"minutes must be 0 (no time budget) or a positive number, not {config.minutes}")
+    if config.minutes == 0 and config.epochs >= UNLIMITED_EPOCHS:
+        raise TrainError("this run has neither a time budget nor an epoch count and would never end; give --minutes or --epochs")
 
 
 class Schedule:
