@@ -17,6 +17,7 @@ Upsampling the map to the image size would only interpolate it, at many times th
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from trainer.testset import MASK_LAYOUTS, TestItem, load_test_set, read_mask
 MAX_FPR = 0.3
 # The false-alarm rates a line is offered a threshold for, from none to one part in five.
 FALSE_ALARM_RATES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+# The trade-off a line can live with (issue 10): the benchmarks' "best recall" flags at most this share of good parts.
+LINE_FALSE_ALARM_RATE = 0.05
 PLOTS = {"roc": "roc.png", "histogram": "scores.png"}
 GROUND_TRUTH_COLOUR = (0, 255, 0)  # BGR green, beside the overlay's red boxes
 
@@ -270,3 +273,23 @@ def _number(value: float | None) -> str:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def recall_at_false_alarms(report: dict, max_rate: float = LINE_FALSE_ALARM_RATE) -> tuple[float, float]:
+    """The best recall on the test set with at most `max_rate` of its good images flagged,
+    and the false-alarm rate it comes with: the threshold a line could pick (the report's
+    own threshold table, which has a row for each of FALSE_ALARM_RATES)."""
+    (row,) = [r for r in report["threshold_choices"] if r["target_false_alarm_rate"] == max_rate]
+    return row["recall"], row["false_alarm_rate"]
+
+
+def edge_frames_per_second(model: Path, data: Path, frames: int = 24) -> float:
+    """Frames/s of the CPU edge on a test set's first images, decode to score, after one warm-up frame."""
+    paths = [item.image_path for item in load_test_set(data)][:frames]
+    with OnnxCpuBackend(model) as backend:
+        shape = backend.manifest.input_shape
+        backend.score(prepare(read_image(paths[0]), shape))
+        start = time.perf_counter()
+        for path in paths:
+            backend.score(prepare(read_image(path), shape))
+        return len(paths) / (time.perf_counter() - start)
