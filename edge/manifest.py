@@ -24,6 +24,7 @@ from edge.method.anomaly_map import MapSpec
 from edge.method.masks import MaskSpec
 
 FORMAT_VERSION = 1
+MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
 class ManifestError(Exception):
@@ -62,6 +63,9 @@ class Manifest:
     map_levels: int = 4
     map_c: float = 0.0026
     map_sigma: float = 4.0
+    # What the map's gradients are taken on (MapSpec.per_channel): "grey", the channel mean
+    # as in the paper (manifests from before the field), or "rgb", each channel, averaged.
+    map_channels: str = "grey"
     # fp32, or int8 (quantised for ONNX Runtime on a CPU; see trainer/quantize.py).
     precision: str = "fp32"
     input_name: str = "images"
@@ -95,7 +99,7 @@ class Manifest:
 
     @property
     def map_spec(self) -> MapSpec:
-        return MapSpec(self.map_levels, self.map_c, self.map_sigma)
+        return MapSpec(self.map_levels, self.map_c, self.map_sigma, per_channel=self.map_channels == "rgb")
 
     @cached_property
     def reference(self) -> np.ndarray | None:
@@ -134,6 +138,11 @@ class Manifest:
         missing = [name for name in required if name not in data]
         if missing:
             raise ManifestError(f"manifest {path} lacks {', '.join(missing)}")
+        if data.get("map_channels", "grey") not in MAP_CHANNELS:
+            raise ManifestError(
+                f"manifest {path}: map_channels {data['map_channels']!r} is none of {', '.join(MAP_CHANNELS)}; "
+                "it comes from a newer riad-trainer than this riad-edge, or was edited"
+            )
         threshold = data["threshold"]
         # NaN is never exceeded: a model with it would run and never raise an alert.
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):

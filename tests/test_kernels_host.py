@@ -5,9 +5,9 @@ driven by edge/backends/gpu_map.py's own GpuAnomalyMap, against the numpy refere
 tests/host_device.py runs each launch's grid of threads on the host, so these check the
 kernels' bodies and gpu_map's launches, arguments and buffers, not a copy of them.
 Device memory starts as NaN, so a value nothing wrote shows. Tolerances (float32):
-- variants, gray pyramids (recombination, channel mean, pooling): bit-exact (same
-  operations, no contraction);
-- unsmoothed map (1 - MSGMS averaged over k): max abs 1e-6;
+- variants, gray pyramids (recombination, channel mean or each channel, pooling):
+  bit-exact (same operations, no contraction);
+- unsmoothed map (1 - MSGMS averaged over k, and over R, G, B per channel): max abs 1e-6;
 - smoothed map and score: max abs 1e-5 (OpenCV sums the Gaussian's taps in its own order),
   with the manifest's reference map subtracted or not;
 - excess over the reference, per pixel: bit-exact.
@@ -30,6 +30,7 @@ from edge.method.anomaly_map import (
     anomaly_map,
     average_pool2,
     channel_mean,
+    compared_planes,
     default_sigma,
     excess_over_reference,
     image_score,
@@ -74,10 +75,11 @@ def altered_outputs(
     return np.clip(blurred[None] + noise, 0, 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (128, 128), (80, 48)])
-def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape):
+@pytest.mark.parametrize(("shape", "per_channel"), [((64, 64), False), ((128, 128), False), ((80, 48), False),
+                                                   ((64, 64), True), ((80, 48), True)])
+def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape, per_channel):
     original, defect = bottle_pair(bottle_dir, shape)
-    spec, map_spec = MaskSpec(), MapSpec()
+    spec, map_spec = MaskSpec(), MapSpec(per_channel=per_channel)
     masks = fixed_masks(*shape, spec, seed=3)
     k, n = len(spec.cell_sizes), spec.num_sets
     gpu = host_map(host_kernels, shape, masks, map_spec)
@@ -88,9 +90,12 @@ def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape):
     outputs = altered_outputs(original, defect, k * n, seed=shape[0] + shape[1])
     gpu.upload(outputs, gpu.outputs_address)
     gpu.score()
-    # Pyramid 0 is the original's, pyramid 1 + k the cell size k's recombination.
-    pyramids = gpu.download(gpu.gray_address, (1 + k, gpu.pyramid_size))
-    for index, image in enumerate([original, *recombine(outputs, masks)]):
+    # The original's planes first (its grey mean, or R, G, B), then each cell size k's
+    # recombination's, as compared_planes lists them.
+    planes = [p for image in [original, *recombine(outputs, masks)] for p in compared_planes(image, map_spec)]
+    assert len(planes) == (1 + k) * (3 if per_channel else 1)
+    pyramids = gpu.download(gpu.gray_address, (len(planes), gpu.pyramid_size))
+    for index, image in enumerate(planes):
         gray, offset = channel_mean(image), 0
         for _ in range(map_spec.levels):
             np.testing.assert_array_equal(pyramids[index, offset : offset + gray.size], gray.ravel())
@@ -100,20 +105,23 @@ def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape):
 
 
 @pytest.mark.parametrize(
-    "shape, levels, sigma",
+    "shape, levels, sigma, per_channel",
     [
-        ((48, 48), 4, default_sigma(48, 48)),  # pyramid levels whose size is no multiple of a block
-        ((64, 64), 4, default_sigma(64, 64)),
-        ((128, 128), 4, default_sigma(128, 128)),
-        ((128, 128), 2, 0.0),
-        ((64, 64), 1, 3.0),
-        ((160, 64), 4, default_sigma(160, 64)),  # a tall part's input
-        ((48, 112), 4, default_sigma(48, 112)),  # a wide one
+        ((48, 48), 4, default_sigma(48, 48), False),  # pyramid levels whose size is no multiple of a block
+        ((64, 64), 4, default_sigma(64, 64), False),
+        ((128, 128), 4, default_sigma(128, 128), False),
+        ((128, 128), 2, 0.0, False),
+        ((64, 64), 1, 3.0, False),
+        ((160, 64), 4, default_sigma(160, 64), False),  # a tall part's input
+        ((48, 112), 4, default_sigma(48, 112), False),  # a wide one
+        ((64, 64), 4, default_sigma(64, 64), True),  # each colour channel's GMS
+        ((160, 64), 4, default_sigma(160, 64), True),
+        ((64, 64), 2, 0.0, True),
     ],
 )
-def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, sigma):
+def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, sigma, per_channel):
     original, defect = bottle_pair(bottle_dir, shape)
-    mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, sigma=sigma)
+    mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, sigma=sigma, per_channel=per_channel)
     masks = fixed_masks(*shape, mask_spec, seed=5)
     k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
     outputs = altered_outputs(original, defect, k * n, seed=shape[0] + shape[1] + levels)
@@ -126,7 +134,9 @@ def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, 
 
     reconstructions = recombine(outputs, masks)
     expected_raw = np.mean(
-        [1.0 - msgms_map(original, r, map_spec) for r in reconstructions], axis=0
+        [1.0 - msgms_map(a, b, map_spec)
+         for r in reconstructions for a, b in zip(compared_planes(original, map_spec), compared_planes(r, map_spec))],
+        axis=0,
     )
     expected_map = anomaly_map(original, reconstructions, map_spec)
     np.testing.assert_allclose(raw, expected_raw, rtol=0, atol=1e-6)
@@ -142,11 +152,11 @@ def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, 
     assert raw[inside].mean() > 2 * raw[~inside].mean()
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (160, 64)])
-def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_dir, shape):
+@pytest.mark.parametrize(("shape", "per_channel"), [((64, 64), False), ((160, 64), False), ((64, 64), True)])
+def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_dir, shape, per_channel):
     """The manifest's reference map subtracted after the Gaussian, as the CPU backend does."""
     original, defect = bottle_pair(bottle_dir, shape)
-    mask_spec, map_spec = MaskSpec(), MapSpec(sigma=default_sigma(*shape))
+    mask_spec, map_spec = MaskSpec(), MapSpec(sigma=default_sigma(*shape), per_channel=per_channel)
     masks = fixed_masks(*shape, mask_spec, seed=7)
     k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
     outputs = altered_outputs(original, defect, k * n, seed=shape[0] * 3 + shape[1])
@@ -251,8 +261,9 @@ for shape in ((48, 48), (80, 80), (48, 80)):
     masks = fixed_masks(*shape, MaskSpec(), seed=shape[1])
     rng = np.random.default_rng(shape[1])
     reference = rng.uniform(0, 0.05, shape).astype(np.float32) if shape[0] != shape[1] else None
-    gpu = GpuAnomalyMap(shape, masks, MapSpec(sigma=default_sigma(*shape)), device=HostDevice(library),
-                        reference=reference)
+    per_channel = shape[0] < shape[1]  # one shape with each colour channel's pyramids
+    gpu = GpuAnomalyMap(shape, masks, MapSpec(sigma=default_sigma(*shape), per_channel=per_channel),
+                        device=HostDevice(library), reference=reference)
     gpu.variants(rng.random((3, *shape), dtype=np.float32))
     gpu.upload(rng.random((12, 3, *shape), dtype=np.float32), gpu.outputs_address)
     amap, score = gpu.score()

@@ -119,6 +119,15 @@ def mean_anomaly_map(backend: Backend, images: np.ndarray) -> np.ndarray:
     return (total / max(1, len(images))).astype(np.float32)
 
 
+def map_channels_for(images: np.ndarray) -> str:
+    """The manifest's map_channels for a part seen in these (N, 3, H, W) images: "rgb" when
+    any has colour, so a defect that differs from the part only in hue still shows;
+    "grey" when every pixel's channels are equal (a grey camera, grey files), where the
+    per-channel map would measure the same thing at three times the work."""
+    colour = any(not (np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])) for image in images)
+    return "rgb" if colour else "grey"
+
+
 def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True,
@@ -192,6 +201,7 @@ def export_onnx(
         num_sets=config.num_sets,
         mask_seed=config.seed,
         map_sigma=default_sigma(height, width),
+        map_channels=map_channels_for(held_out_images),
         roi=Roi.parse(config.roi).as_dict() if config.roi else {},
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,

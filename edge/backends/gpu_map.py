@@ -37,10 +37,10 @@ THREADS = (
 # Kernel name -> argument types (P pointer, i int32, f float32), as riad_kernels.cu declares them.
 KERNEL_SIGNATURES = {
     "expand_variants": "PPiiiiP",
-    "frame_gray": "PiiP",
-    "recombined_gray": "PPiiiiiP",
+    "frame_gray": "PiiiiP",
+    "recombined_gray": "PPiiiiiiP",
     "pool_level": "Piiiii",
-    "gms_level": "PiiiiifP",
+    "gms_level": "PiiiiiifP",
     "raw_anomaly": "PiiiiiP",
     "gaussian_pass": "PPiiiiP",
     "subtract_reference": "PPi",
@@ -296,6 +296,8 @@ class GpuAnomalyMap:
         self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
         self.num_variants = num_sizes * num_sets
+        # Planes compared per image: the grey mean, or R, G and B (MapSpec.per_channel).
+        self.planes = 3 if map_spec.per_channel else 1
         plane = height * width
         self.pyramid_size = sum(
             plane >> (2 * level) for level in range(map_spec.levels)
@@ -317,9 +319,9 @@ class GpuAnomalyMap:
             self.pixel_set_address = self.device.alloc(num_sizes * plane)
             self.taps_address = self.device.alloc(len(taps) * f32)
             self.gray_address = self.device.alloc(
-                (1 + num_sizes) * self.pyramid_size * f32
+                (1 + num_sizes) * self.planes * self.pyramid_size * f32
             )
-            self.gms_address = self.device.alloc(num_sizes * self.pyramid_size * f32)
+            self.gms_address = self.device.alloc(num_sizes * self.planes * self.pyramid_size * f32)
             self.raw_map_address = self.device.alloc(plane * f32)
             self.scratch_address = self.device.alloc(plane * f32)
             self.map_address = self.device.alloc(plane * f32)
@@ -380,7 +382,7 @@ class GpuAnomalyMap:
                 self.num_sizes, self.num_sets, h, w, self.variants_address,
             )  # fmt: skip
             self.device.launch(
-                "frame_gray", plane, self.frame_address, h, w, self.gray_address
+                "frame_gray", plane, self.frame_address, self.planes, h, w, self.pyramid_size, self.gray_address
             )
         finally:
             self.device.pop()
@@ -400,26 +402,22 @@ class GpuAnomalyMap:
             d.launch(
                 "recombined_gray", self.num_sizes * plane,
                 self.outputs_address, self.pixel_set_address,
-                self.num_sizes, self.num_sets, h, w, self.pyramid_size, self.gray_address,
+                self.num_sizes, self.num_sets, self.planes, h, w, self.pyramid_size, self.gray_address,
             )  # fmt: skip
+            pyramids = (1 + self.num_sizes) * self.planes
+            pairs = self.num_sizes * self.planes
             for level in range(1, levels):
-                count = (1 + self.num_sizes) * (plane >> (2 * level))
                 d.launch(
-                    "pool_level",
-                    count,
-                    self.gray_address,
-                    1 + self.num_sizes,
-                    self.pyramid_size,
-                    level,
-                    h,
-                    w,
-                )
+                    "pool_level", pyramids * (plane >> (2 * level)),
+                    self.gray_address, pyramids, self.pyramid_size, level, h, w,
+                )  # fmt: skip
             for level in range(levels):
                 d.launch(
-                    "gms_level", self.num_sizes * (plane >> (2 * level)),
-                    self.gray_address, self.num_sizes, self.pyramid_size, level, h, w, self.spec.c, self.gms_address,
+                    "gms_level", pairs * (plane >> (2 * level)),
+                    self.gray_address, pairs, self.planes, self.pyramid_size, level, h, w, self.spec.c,
+                    self.gms_address,
                 )  # fmt: skip
-            d.launch("raw_anomaly", plane, self.gms_address, self.num_sizes, self.pyramid_size, levels, h, w,
+            d.launch("raw_anomaly", plane, self.gms_address, pairs, self.pyramid_size, levels, h, w,
                      self.raw_map_address)  # fmt: skip
             d.launch("gaussian_pass", plane, self.raw_map_address, self.taps_address, self.radius, h, w, 0,
                      self.scratch_address)  # fmt: skip

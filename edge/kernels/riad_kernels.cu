@@ -3,8 +3,10 @@
 // riad_math.cuh; edge/backends/gpu_map.py launches them in this file's order, one stream.
 // Buffers (float32 unless noted), for an H x W input, K cell sizes, n sets, L levels:
 //   frame (3,H,W) RGB in [0, 1]; pixel_set uint8 (K,H,W);
-//   variants and outputs (K*n,3,H,W); gray: 1+K pyramids (the original's first);
-//   gms: K pyramids; map, scratch, reference (H,W); score: 1 float.
+//   variants and outputs (K*n,3,H,W); gray: (1+K)*P pyramids, P planes compared per image
+//   (1: the channel mean; 3: R, G, B each, MapSpec.per_channel): the original's P first,
+//   then each cell size's P; gms: K*P pyramids, one per (k, plane) pair, k-major;
+//   map, scratch, reference (H,W); score: 1 float.
 #include "riad_math.cuh"
 
 __device__ inline int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
@@ -15,17 +17,28 @@ extern "C" __global__ void expand_variants(const float* frame, const unsigned ch
     variants[i] = riad::variant_value_at(i, frame, pixel_set, num_sets, height, width);
 }
 
-// Level 0 of the original's gray pyramid.
-extern "C" __global__ void frame_gray(const float* frame, int height, int width, float* gray) {
+// Level 0 of the planes compared (1: the channel mean; 3: each channel) into `first`'s pyramids.
+__device__ inline void write_planes(const float rgb[3], int planes, int pixel, int pyramid_size, float* first) {
+    if (planes == 1) {
+        first[pixel] = riad::channel_mean3(rgb[0], rgb[1], rgb[2]);
+        return;
+    }
+    for (int channel = 0; channel < 3; ++channel) first[channel * pyramid_size + pixel] = rgb[channel];
+}
+
+// Level 0 of the original's pyramids.
+extern "C" __global__ void frame_gray(const float* frame, int planes, int height, int width, int pyramid_size,
+                                      float* gray_pyramids) {
     const int i = thread_index();
     const int plane = height * width;
     if (i >= plane) return;
-    gray[i] = riad::channel_mean3(frame[i], frame[plane + i], frame[2 * plane + i]);
+    const float rgb[3] = {frame[i], frame[plane + i], frame[2 * plane + i]};
+    write_planes(rgb, planes, i, pyramid_size, gray_pyramids);
 }
 
-// Level 0 of each cell size's reconstruction pyramid: recombine, then channel mean.
+// Level 0 of each cell size's reconstruction pyramids: recombine, then its planes.
 extern "C" __global__ void recombined_gray(const float* outputs, const unsigned char* pixel_set, int num_sizes,
-                                           int num_sets, int height, int width, int pyramid_size,
+                                           int num_sets, int planes, int height, int width, int pyramid_size,
                                            float* gray_pyramids) {
     const int i = thread_index();
     const int plane = height * width;
@@ -37,7 +50,7 @@ extern "C" __global__ void recombined_gray(const float* outputs, const unsigned 
         rgb[channel] = riad::recombined_value_at((k_index * 3 + channel) * plane + pixel, outputs, pixel_set,
                                                  num_sets, height, width);
     }
-    gray_pyramids[(1 + k_index) * pyramid_size + pixel] = riad::channel_mean3(rgb[0], rgb[1], rgb[2]);
+    write_planes(rgb, planes, pixel, pyramid_size, gray_pyramids + (1 + k_index) * planes * pyramid_size);
 }
 
 // Level `level` (>= 1) of `count` gray pyramids from the level above.
@@ -53,22 +66,24 @@ extern "C" __global__ void pool_level(float* pyramids, int count, int pyramid_si
         riad::average_pool2_at(above, pixel / w, pixel % w, width >> (level - 1));
 }
 
-// GMS between the original and each cell size's reconstruction at one level.
-extern "C" __global__ void gms_level(const float* gray_pyramids, int num_sizes, int pyramid_size, int level,
-                                     int height, int width, float c, float* gms_pyramids) {
+// GMS at one level for each of the num_pairs = K * planes (cell size, plane) pairs:
+// pair p compares the original's plane p % planes with pyramid planes + p.
+extern "C" __global__ void gms_level(const float* gray_pyramids, int num_pairs, int planes, int pyramid_size,
+                                     int level, int height, int width, float c, float* gms_pyramids) {
     const int i = thread_index();
     const int h = height >> level, w = width >> level;
-    if (i >= num_sizes * h * w) return;
-    const int k_index = i / (h * w);
+    if (i >= num_pairs * h * w) return;
+    const int pair = i / (h * w);
     const int pixel = i % (h * w);
     const int offset = riad::pyramid_offset(level, height, width);
-    const float* original = gray_pyramids + offset;
-    const float* reconstruction = gray_pyramids + (1 + k_index) * pyramid_size + offset;
-    gms_pyramids[k_index * pyramid_size + offset + pixel] =
+    const float* original = gray_pyramids + (pair % planes) * pyramid_size + offset;
+    const float* reconstruction = gray_pyramids + (planes + pair) * pyramid_size + offset;
+    gms_pyramids[pair * pyramid_size + offset + pixel] =
         riad::gms_at(original, reconstruction, pixel / w, pixel % w, h, w, c);
 }
 
-// Unsmoothed map: 1 - multi-scale GMS, averaged over cell sizes.
+// Unsmoothed map: 1 - multi-scale GMS, averaged over the (cell size, plane) pairs
+// (launched with num_sizes = K * planes).
 extern "C" __global__ void raw_anomaly(const float* gms_pyramids, int num_sizes, int pyramid_size, int levels,
                                        int height, int width, float* amap) {
     const int i = thread_index();

@@ -3,7 +3,9 @@
 //
 // Every function computes one output element and mirrors edge/method/anomaly_map.py and
 // edge/method/masks.py operation by operation, in the same float32 order of evaluation, so the
-// device map equals the reference up to the Gaussian's summation order (OpenCV's).
+// device map equals the reference up to the Gaussian's summation order (OpenCV's) and the
+// order the unsmoothed map averages its (cell size, plane) pairs and levels in (numpy's
+// raw_anomaly_map averages the pairs' GMS before upsampling, here each pair is upsampled).
 // Compile without contraction (nvcc --fmad=false, g++ -ffp-contract=off): an FMA
 // rounds once where numpy rounds twice.
 //
@@ -134,8 +136,9 @@ RIAD_FN float msgms_at(const float* gms_pyramid, int levels, int y, int x, int h
     return total / (float)levels;
 }
 
-// anomaly_map before smoothing: mean over cell sizes of 1 - msgms. `gms_pyramids` holds
-// one pyramid per cell size, `pyramid_size` floats apart.
+// anomaly_map before smoothing: mean over cell sizes (and, per channel, over the planes:
+// then num_sizes counts the pairs) of 1 - msgms. `gms_pyramids` holds one pyramid per
+// cell size or pair, `pyramid_size` floats apart.
 RIAD_FN float raw_anomaly_at(const float* gms_pyramids, int pyramid_size, int num_sizes, int levels, int y, int x,
                              int height, int width) {
     float sum = 0.0f;

@@ -5,7 +5,8 @@ kernels (edge/kernels) and the CPU pipeline are all tested against it, so each s
 is written out plainly rather than left to a library whose border rules may differ.
 
 Conventions (those of the RIAD reference code):
-- images are float32 (C, H, W) in [0, 1]; gradients are taken on the channel mean;
+- images are float32 (C, H, W) in [0, 1]; gradients are taken on the channel mean, or
+  (MapSpec.per_channel) on each colour channel, their GMS maps averaged (see there);
 - Prewitt 3x3 kernels divided by 3, zero padding outside the image;
 - GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c), with c = 0.0026 (GMSD's 170 / 255^2);
 - 4 pyramid levels, each a 2x2 average of the one above, upsampled back bilinearly
@@ -40,6 +41,12 @@ class MapSpec:
     levels: int = PYRAMID_LEVELS
     c: float = GMS_C
     sigma: float = SIGMA_AT_256
+    # False: the paper's GMS of the grey image (the channel mean), where a colour defect of
+    # the part's own brightness (a red patch on a green part) cancels out and scores nothing.
+    # True: the GMS of R, G and B each, the maps averaged, so a change in any channel counts.
+    # Measured neutral on both shared sets (docs/benchmarks.md); export sets it for colour
+    # training images (trainer/export.py), the manifest records it ("map_channels").
+    per_channel: bool = False
 
 
 def channel_mean(image: np.ndarray) -> np.ndarray:
@@ -112,10 +119,37 @@ def smooth(amap: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(amap, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT_101)
 
 
+def compared_planes(image: np.ndarray, spec: MapSpec) -> list[np.ndarray]:
+    """What the map compares, as (C, H, W) images that msgms_map greys: the whole image
+    (its channel mean), or with spec.per_channel each channel alone, in RGB order."""
+    return [image[c : c + 1] for c in range(image.shape[0])] if spec.per_channel else [image]
+
+
 def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
-    """(H, W) 1 - MSGMS averaged over the per-k reconstructions (len(K), C, H, W), before smoothing."""
-    per_k = [1.0 - msgms_map(original, recon, spec) for recon in reconstructions]
-    return np.mean(per_k, axis=0).astype(np.float32)
+    """(H, W) 1 - MSGMS averaged over the per-k reconstructions (len(K), C, H, W), and with
+    spec.per_channel over the channels too, before smoothing.
+
+    It is the mean of 1 - msgms_map over every (k, plane) pair, computed level by level:
+    the original's pyramid and gradients once for all k, and the pairs' GMS averaged before
+    the one upsampling per level (upsampling is linear). The CUDA kernels upsample each
+    pair's GMS, as msgms_map does; the two agree to float32 rounding (tests/test_kernels_host.py).
+    """
+    originals = [channel_mean(plane) for plane in compared_planes(original, spec)]
+    recons = [channel_mean(plane) for recon in reconstructions for plane in compared_planes(recon, spec)]
+    height, width = originals[0].shape
+    total = np.zeros((height, width), np.float32)
+    for level in range(spec.levels):
+        if level:
+            originals = [average_pool2(a) for a in originals]
+            recons = [average_pool2(b) for b in recons]
+        magnitudes = [prewitt_magnitude(a) for a in originals]
+        gms_sum = np.zeros(originals[0].shape, np.float32)
+        for pair, b in enumerate(recons):  # k-major: k0's planes, then k1's
+            ga, gb = magnitudes[pair % len(magnitudes)], prewitt_magnitude(b)
+            gms_sum += (2.0 * ga * gb + spec.c) / (ga * ga + gb * gb + spec.c)
+        mean_gms = gms_sum / np.float32(len(recons))
+        total += mean_gms if level == 0 else upsample_bilinear(mean_gms, height, width)
+    return (1.0 - total / np.float32(spec.levels)).astype(np.float32)
 
 
 def excess_over_reference(amap: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
