@@ -363,7 +363,9 @@ def test_cli_train_then_export(parts, tmp_path):
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
     assert "reference: the mean anomaly map of 2 training images" in result.output
+    assert "map:       gradients of R, G and B each (the training images have colour)" in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
+    assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").map_spec.per_channel
     # Parts that lie anywhere in the view: the paper's plain map, and the training images may be gone.
     moved = tmp_path / "moved.pt"
     torch.save(load_checkpoint(run / "last.pt") | {"train_images": ["/nowhere/001.png"]}, moved)

@@ -7,6 +7,12 @@ from typing import Annotated
 
 import typer
 
+# What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
+MAP_DESCRIPTIONS = {
+    "rgb": "gradients of R, G and B each (the training images have colour)",
+    "grey": "gradients of the grey image (the training images are grey)",
+}
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Learn what a good part looks like, measure it, export it.")
 
 
@@ -119,6 +125,7 @@ def export(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
+        f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
 
