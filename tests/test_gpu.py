@@ -97,15 +97,19 @@ def kernel_device(request, host_kernels):
     return HostDevice(host_kernels)
 
 
-@pytest.mark.parametrize("reference", ["none", "measured"])
-def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir, reference):
+@pytest.mark.parametrize(("reference", "map_channels"), [("none", "grey"), ("measured", "grey"), ("measured", "rgb")])
+def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir, reference, map_channels):
     from edge.backends.gpu_map import GpuAnomalyMap
 
+    manifest = Manifest.read(manifest_path(tiny_onnx_model))
+    manifest.map_channels = map_channels  # a colour part's map: R, G and B each
+    manifest.save(manifest_path(tiny_onnx_model))
     if reference == "measured":
         add_reference(tiny_onnx_model, bottle_dir)
     cpu = OnnxCpuBackend(tiny_onnx_model)
     m = cpu.manifest
     assert (m.reference is None) == (reference == "none")
+    assert m.map_spec.per_channel == (map_channels == "rgb")
     gpu = GpuAnomalyMap.for_manifest(m, kernel_device)
     try:
         for image in bottle_images(bottle_dir, m.input_shape):
