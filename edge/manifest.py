@@ -23,7 +23,12 @@ import numpy as np
 from edge.method.anomaly_map import MapSpec
 from edge.method.masks import MaskSpec
 
-FORMAT_VERSION = 1
+# Version 2: the map may be per channel (map_channels) and has a reference map to subtract
+# (reference_map). A riad-edge of version 1 skips keys it does not know, so it would score
+# such a model differently from the threshold export set; it refuses version 2 instead.
+# Version 1 manifests still load here: without those keys they mean the paper's map.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
@@ -126,9 +131,11 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"manifest {path} is not a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            readable = " and ".join(map(str, READABLE_VERSIONS))
             raise ManifestError(
-                f"manifest {path} has format version {version}; this riad-edge reads version {FORMAT_VERSION}"
+                f"manifest {path} has format version {version}; this riad-edge reads versions {readable}: "
+                "upgrade riad-edge to the riad-trainer's version, or export the model again with this one"
             )
         if "input_size" in data:  # written before inputs could be non-square: a square
             data.setdefault("input_height", data["input_size"])

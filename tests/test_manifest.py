@@ -72,3 +72,22 @@ def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage):
     manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"reference_map": damage}))
     with pytest.raises(ManifestError, match="reference_map is damaged.*re-export the model"):
         Manifest.for_model(tiny_onnx_model)
+
+
+def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_onnx_model):
+    """A version 1 riad-edge skips keys it does not know, so a new manifest's per-channel map
+    and reference map would silently change its scores; new exports say version 2, which
+    it refuses. This edge reads both: version 1 manifests mean the paper's grey map."""
+    path = manifest_path(tiny_onnx_model)
+    data = json.loads(path.read_text())
+    assert data["format_version"] == 2
+    path.write_text(json.dumps(data | {"format_version": 1}))
+    assert Manifest.for_model(tiny_onnx_model).format_version == 1
+    for version in (3, 0, "2", True, None):
+        path.write_text(json.dumps(data | {"format_version": version}))
+        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1 and 2: upgrade"):
+            Manifest.for_model(tiny_onnx_model)
+    del data["format_version"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="format version None"):
+        Manifest.for_model(tiny_onnx_model)
