@@ -65,9 +65,12 @@ def prewitt_magnitude(gray: np.ndarray) -> np.ndarray:
     return np.sqrt(gx * gx + gy * gy).astype(np.float32)
 
 
+def gms_of_magnitudes(ga: np.ndarray, gb: np.ndarray, c: float = GMS_C) -> np.ndarray:
+    return ((2.0 * ga * gb + c) / (ga * ga + gb * gb + c)).astype(np.float32, copy=False)
+
+
 def gms(gray_a: np.ndarray, gray_b: np.ndarray, c: float = GMS_C) -> np.ndarray:
-    ga, gb = prewitt_magnitude(gray_a), prewitt_magnitude(gray_b)
-    return ((2.0 * ga * gb + c) / (ga * ga + gb * gb + c)).astype(np.float32)
+    return gms_of_magnitudes(prewitt_magnitude(gray_a), prewitt_magnitude(gray_b), c)
 
 
 def average_pool2(gray: np.ndarray) -> np.ndarray:
@@ -148,8 +151,7 @@ def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: Map
         magnitudes = [prewitt_magnitude(a) for a in originals]
         gms_sum = np.zeros(originals[0].shape, np.float32)
         for pair, b in enumerate(recons):  # k-major: k0's planes, then k1's
-            ga, gb = magnitudes[pair % len(magnitudes)], prewitt_magnitude(b)
-            gms_sum += (2.0 * ga * gb + spec.c) / (ga * ga + gb * gb + spec.c)
+            gms_sum += gms_of_magnitudes(magnitudes[pair % len(magnitudes)], prewitt_magnitude(b), spec.c)
         mean_gms = gms_sum / np.float32(len(recons))
         total += mean_gms if level == 0 else upsample_bilinear(mean_gms, height, width)
     return (1.0 - total / np.float32(spec.levels)).astype(np.float32)
