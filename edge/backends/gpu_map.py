@@ -296,8 +296,11 @@ class GpuAnomalyMap:
         self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
         self.num_variants = num_sizes * num_sets
-        # Planes compared per image: the grey mean, or R, G and B (MapSpec.per_channel).
+        # Planes compared per image: the grey mean, or R, G and B (MapSpec.per_channel);
+        # a gray pyramid per plane of the original and of each recombination, a GMS pyramid per pair.
         self.planes = 3 if map_spec.per_channel else 1
+        self.pyramids = (1 + num_sizes) * self.planes
+        self.pairs = num_sizes * self.planes
         plane = height * width
         self.pyramid_size = sum(
             plane >> (2 * level) for level in range(map_spec.levels)
@@ -318,10 +321,8 @@ class GpuAnomalyMap:
             )
             self.pixel_set_address = self.device.alloc(num_sizes * plane)
             self.taps_address = self.device.alloc(len(taps) * f32)
-            self.gray_address = self.device.alloc(
-                (1 + num_sizes) * self.planes * self.pyramid_size * f32
-            )
-            self.gms_address = self.device.alloc(num_sizes * self.planes * self.pyramid_size * f32)
+            self.gray_address = self.device.alloc(self.pyramids * self.pyramid_size * f32)
+            self.gms_address = self.device.alloc(self.pairs * self.pyramid_size * f32)
             self.raw_map_address = self.device.alloc(plane * f32)
             self.scratch_address = self.device.alloc(plane * f32)
             self.map_address = self.device.alloc(plane * f32)
@@ -404,20 +405,18 @@ class GpuAnomalyMap:
                 self.outputs_address, self.pixel_set_address,
                 self.num_sizes, self.num_sets, self.planes, h, w, self.pyramid_size, self.gray_address,
             )  # fmt: skip
-            pyramids = (1 + self.num_sizes) * self.planes
-            pairs = self.num_sizes * self.planes
             for level in range(1, levels):
                 d.launch(
-                    "pool_level", pyramids * (plane >> (2 * level)),
-                    self.gray_address, pyramids, self.pyramid_size, level, h, w,
+                    "pool_level", self.pyramids * (plane >> (2 * level)),
+                    self.gray_address, self.pyramids, self.pyramid_size, level, h, w,
                 )  # fmt: skip
             for level in range(levels):
                 d.launch(
-                    "gms_level", pairs * (plane >> (2 * level)),
-                    self.gray_address, pairs, self.planes, self.pyramid_size, level, h, w, self.spec.c,
+                    "gms_level", self.pairs * (plane >> (2 * level)),
+                    self.gray_address, self.pairs, self.planes, self.pyramid_size, level, h, w, self.spec.c,
                     self.gms_address,
                 )  # fmt: skip
-            d.launch("raw_anomaly", plane, self.gms_address, pairs, self.pyramid_size, levels, h, w,
+            d.launch("raw_anomaly", plane, self.gms_address, self.pairs, self.pyramid_size, levels, h, w,
                      self.raw_map_address)  # fmt: skip
             d.launch("gaussian_pass", plane, self.raw_map_address, self.taps_address, self.radius, h, w, 0,
                      self.scratch_address)  # fmt: skip

@@ -131,11 +131,21 @@ def compared_planes(image: np.ndarray, spec: MapSpec) -> list[np.ndarray]:
     return [image[c : c + 1] for c in range(image.shape[0])] if spec.per_channel else [image]
 
 
+def raw_anomaly_map_pair_by_pair(original: np.ndarray, reconstructions: np.ndarray,
+                                 spec: MapSpec = MapSpec()) -> np.ndarray:
+    """The unsmoothed map as the method defines it: the mean of 1 - msgms_map over every
+    (k, plane) pair, k-major. raw_anomaly_map computes the same with shared work; the tests
+    hold it and the CUDA kernels to this."""
+    pairs = [1.0 - msgms_map(a, b, spec)
+             for recon in reconstructions for a, b in zip(compared_planes(original, spec), compared_planes(recon, spec))]
+    return np.mean(pairs, axis=0).astype(np.float32)
+
+
 def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: MapSpec = MapSpec()) -> np.ndarray:
     """(H, W) 1 - MSGMS averaged over the per-k reconstructions (len(K), C, H, W), and with
     spec.per_channel over the channels too, before smoothing.
 
-    It is the mean of 1 - msgms_map over every (k, plane) pair, computed level by level:
+    It is raw_anomaly_map_pair_by_pair, computed level by level:
     the original's pyramid and gradients once for all k, and the pairs' GMS averaged before
     the one upsampling per level (upsampling is linear). The CUDA kernels upsample each
     pair's GMS, as msgms_map does; the two agree to float32 rounding (tests/test_kernels_host.py).
