@@ -84,6 +84,47 @@ def test_recipes():
     assert (cpu.input_size, cpu.crop_size, cpu.base_width) == (192, 128, 16)
     assert (gpu.input_size, gpu.crop_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 0, 64, 300, 1e-4)
     assert recipe("gpu", epochs=5, base_width=None).epochs == 5
+    assert (cpu.epochs, cpu.max_images_seen, gpu.max_images_seen) == (40, 8000, 0)
+
+
+def test_the_cpu_recipe_trains_a_larger_set_fewer_epochs_of_the_same_steps():
+    from trainer.train import planned_epochs
+
+    cpu = recipe("cpu")
+    assert planned_epochs(cpu, 189) == 40  # bottle: the budget does not bind
+    assert planned_epochs(cpu, 400) == 20 and planned_epochs(cpu, 391) == 21  # rounded up to whole epochs
+    assert planned_epochs(cpu, 20_000) == 1
+    assert planned_epochs(recipe("gpu"), 20_000) == 300  # no budget: the epochs it asks for
+
+
+def test_an_image_budget_ends_training_with_the_learning_rate_at_zero(parts, tmp_path, monkeypatch, capsys):
+    from trainer import train as training
+
+    rates = []
+    real_cosine = training.cosine_lr
+    monkeypatch.setattr(training, "cosine_lr", lambda base, progress: rates.append(real_cosine(base, progress)) or rates[-1])
+    # 2 training images, 1 a step; a budget of 3 images seen ends in the second of 5 epochs.
+    state = load_checkpoint(train(parts, tmp_path, recipe("cpu", **TINY | {"epochs": 5, "batch_size": 1, "max_images_seen": 3})))
+    assert state["epoch"] == 2 and len(rates) == 4
+    # The cosine spans the 2 planned epochs, not the 5: 0, 1/4, 2/4 and 3/4 of the way.
+    assert rates == pytest.approx([real_cosine(1e-3, p) for p in (0, 0.25, 0.5, 0.75)])
+    assert "2 training images: 2 epochs, the recipe's budget of 3 images seen" in capsys.readouterr().out
+
+
+def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "last.pt")["config"]["max_images_seen"] == 0
+    # A budgeted run resumed with more epochs trains them all.
+    budgeted = tmp_path / "budgeted"
+    state = load_checkpoint(train(parts, budgeted, recipe("cpu", **TINY | {"epochs": 5, "max_images_seen": 2})))
+    assert state["epoch"] == 1
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(budgeted), "--resume", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(budgeted / "last.pt")
+    assert state["epoch"] == 3 and state["config"]["max_images_seen"] == 0
     with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
         recipe("tpu")
 

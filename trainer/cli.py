@@ -27,9 +27,10 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="defect-free images: an MVTec category (<cat>/train/good) or a folder")],
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
-        str | None, typer.Option(help="cpu: 16-wide net, 192x192 px, under an hour on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px")
+        str | None, typer.Option(help="cpu: 16-wide net, 192x192 px, 40 epochs or 8,000 images seen, whichever ends first: about "
+                    "30 minutes on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="train this many epochs in all (may grow on --resume)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train this many epochs in all, however many images (may grow on --resume)")] = None,
     minutes: Annotated[
         float | None,
         typer.Option(help="a time budget: stop after the first epoch past this many minutes of training (the learning rate's "
@@ -56,6 +57,8 @@ def train(
     options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi, "minutes": minutes}
     if minutes and epochs is None:
         options["epochs"] = UNLIMITED_EPOCHS
+    if epochs is not None or minutes is not None:
+        options["max_images_seen"] = 0  # the user's own count or budget replaces the recipe's
     try:
         if resume:
             config = resume_config(out, recipe=recipe, **options)
