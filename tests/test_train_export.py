@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, encode_reference, file_sha256, manifest_path
+from edge.method.anomaly_map import anomaly_map
 from edge.method.masks import fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
@@ -391,6 +392,43 @@ def test_export_errors(trained, tmp_path):
     with pytest.raises(DataError, match=copies[-1].name):
         export_onnx(damaged, tmp_path / "out" / "m.onnx")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_with_fewer_cell_sizes_masks_with_those_alone(trained, tmp_path):
+    out = tmp_path / "k3.onnx"
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(out), "--cell-sizes", "16, 4,8,4"])
+    assert result.exit_code == 0, result.output
+    assert "variants:  9 a frame (cell sizes 4, 8, 16, 3 sets each)" in result.output
+    manifest = Manifest.for_model(out)
+    assert manifest.cell_sizes == [4, 8, 16] and manifest.mask_spec.num_variants == 9
+    state = load_checkpoint(trained)
+    image = prepare(read_image(state["held_out_images"][0]), (32, 32))
+    with OnnxCpuBackend(out) as backend:
+        assert backend.masks.shape[:2] == (3, 3)
+        reconstructions = backend.reconstruct(image)
+        assert reconstructions.shape == (3, 3, 32, 32)
+        # The map is the method's over those three sizes, minus a reference measured with them.
+        expected = anomaly_map(image, reconstructions, manifest.map_spec, manifest.reference)
+        np.testing.assert_allclose(backend.score(image).anomaly_map, expected, atol=1e-6)
+        for path in state["held_out_images"]:  # the threshold was calibrated on these very scores
+            assert backend.score(prepare(read_image(path), (32, 32))).score <= manifest.threshold
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ("4,32", "cell sizes must be some of those the model was trained with (2, 4, 8, 16), not 32"),
+        ("3", "not 3"),
+        ("four", "--cell-sizes takes whole numbers separated by commas, e.g. 4,8,16, not 'four'"),
+        ("", "not ''"),
+        ("-4", "not '-4'"),
+        ("4,,8", "not '4,,8'"),
+    ],
+)
+def test_export_refuses_cell_sizes_the_model_never_inpainted(trained, tmp_path, sizes, message):
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--cell-sizes", sizes])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_train_then_export(parts, tmp_path):

@@ -101,6 +101,13 @@ def export(
             "images); --no-reference-map: the paper's plain map, e.g. for parts that lie anywhere in the view"
         ),
     ] = True,
+    cell_sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="mask with only these of the trained cell sizes, e.g. 4,8,16: 9 variants a frame instead of 12, "
+            "for speed (default: all of them, as the paper; docs/benchmarks.md measures the cost)"
+        ),
+    ] = None,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -109,7 +116,9 @@ def export(
     from trainer.train import TrainError
 
     try:
-        manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map)
+        sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
+        manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
+                               cell_sizes=sizes)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -129,8 +138,20 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}\n"
+        f"variants:  {manifest.mask_spec.num_variants} a frame (cell sizes {', '.join(map(str, manifest.cell_sizes))}, "
+        f"{manifest.num_sets} sets each)\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
+
+
+def parse_cell_sizes(text: str) -> tuple[int, ...]:
+    """--cell-sizes "4,8,16" as (4, 8, 16); what is not a comma-separated list of numbers is refused."""
+    from trainer.export import ExportError
+
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ExportError(f"--cell-sizes takes whole numbers separated by commas, e.g. 4,8,16, not {text!r}")
+    return tuple(int(part) for part in parts)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from edge.method.anomaly_map import default_sigma
 from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
-from edge.method.masks import fixed_masks, masked_variants
+from edge.method.masks import MaskSpec, fixed_masks, masked_variants
 from edge.method.roi import Roi
 from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
 from trainer.data import load_images
@@ -119,6 +119,22 @@ def mean_anomaly_map(backend: Backend, images: np.ndarray) -> np.ndarray:
     return (total / max(1, len(images))).astype(np.float32)
 
 
+def inference_cell_sizes(config: TrainConfig, chosen: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The cell sizes the edge masks with: all the model was trained with (the method), or
+    `chosen` of them, in ascending order. Dropping the 2 px cells, which a net fills in
+    from their neighbours whatever lies there, cuts a frame from 12 variants to 9
+    (docs/benchmarks.md measures what it costs). A size the net never inpainted is refused."""
+    if chosen is None:
+        return tuple(config.cell_sizes)
+    unknown = sorted(set(chosen) - set(config.cell_sizes))
+    if not chosen or unknown:
+        raise ExportError(
+            f"cell sizes must be some of those the model was trained with ({', '.join(map(str, config.cell_sizes))})"
+            + (f", not {', '.join(map(str, unknown))}" if unknown else "; none were given")
+        )
+    return tuple(sorted(set(chosen)))
+
+
 def map_channels_for(images: np.ndarray) -> str:
     """The manifest's map_channels for a part seen in these (N, 3, H, W) images: "rgb" when
     any has colour, so a defect that differs from the part only in hue still shows;
@@ -130,7 +146,7 @@ def map_channels_for(images: np.ndarray) -> str:
 
 def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
-    reference_map: bool = True,
+    reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -140,6 +156,8 @@ def export_onnx(
     the manifest's metrics["calibration"] records the rule used either way.
     With `reference_map` (the default) the manifest carries the mean anomaly map of up to
     REFERENCE_IMAGES training images, which the edge subtracts (edge.method.anomaly_map.excess_over_reference).
+    With `cell_sizes` (some of those the model was trained with) the edge masks with those
+    alone: fewer variants a frame, for speed (inference_cell_sizes).
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -153,6 +171,7 @@ def export_onnx(
     if state["epoch"] == 0:
         raise ExportError(f"{checkpoint} holds no completed epoch; train longer before exporting")
     config = TrainConfig.from_dict(state["config"])
+    spec = MaskSpec(inference_cell_sizes(config, cell_sizes), config.num_sets)
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
     held_out = [Path(p) for p in state["held_out_images"]]
@@ -172,7 +191,7 @@ def export_onnx(
     # the threshold; the first one's 12 masked variants, the batch the edge really sends,
     # check the file against torch.
     held_out_images = load_images(held_out, (height, width), config.roi)
-    masks = fixed_masks(height, width, config.mask_spec, config.seed)
+    masks = fixed_masks(height, width, spec, config.seed)
     variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
@@ -197,8 +216,8 @@ def export_onnx(
         threshold=float("nan"),  # set below, from this very file's scores
         model_file=out_path.name,
         model_sha256=sha,
-        cell_sizes=list(config.cell_sizes),
-        num_sets=config.num_sets,
+        cell_sizes=list(spec.cell_sizes),
+        num_sets=spec.num_sets,
         mask_seed=config.seed,
         map_sigma=default_sigma(height, width),
         map_channels=map_channels_for(held_out_images),
