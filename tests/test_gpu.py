@@ -99,14 +99,16 @@ def kernel_device(request, host_kernels):
 
 @pytest.mark.parametrize(
     ("reference", "map_channels", "cell_sizes"),
-    [("none", "grey", "2-4-8-16"), ("measured", "grey", "2-4-8-16"), ("measured", "rgb", "2-4-8-16"), ("measured", "rgb", "4-8-16")],
+    [("none", "grey", "2-4-8-16"), ("measured", "grey", "2-4-8-16"), ("measured", "rgb", "2-4-8-16"), ("measured", "rgb", "4-8-16"),
+     ("measured", "grey", "8-16-8-16")],
 )
 def test_device_map_matches_cpu_pipeline(kernel_device, tiny_onnx_model, bottle_dir, reference, map_channels, cell_sizes):
     from edge.backends.gpu_map import GpuAnomalyMap
 
     manifest = Manifest.read(manifest_path(tiny_onnx_model))
     manifest.map_channels = map_channels  # a colour part's map: R, G and B each
-    manifest.cell_sizes = [int(k) for k in cell_sizes.split("-")]  # export --cell-sizes 4,8,16: 9 variants
+    # export --cell-sizes 4,8,16 (9 variants); --cell-sizes 8,16 --mask-draws 2 (each size drawn twice)
+    manifest.cell_sizes = [int(k) for k in cell_sizes.split("-")]
     manifest.save(manifest_path(tiny_onnx_model))
     if reference == "measured":
         add_reference(tiny_onnx_model, bottle_dir)

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, encode_reference, file_sha256, manifest_path
-from edge.method.anomaly_map import anomaly_map
-from edge.method.masks import fixed_masks, masked_variants, recombine
+from edge.method.anomaly_map import anomaly_map, excess_over_reference, raw_anomaly_map, smooth
+from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
 from trainer.calibrate import DEFAULT_RULE, RATE_RULE, student_t_quantile
@@ -412,6 +412,29 @@ def test_export_with_fewer_cell_sizes_masks_with_those_alone(trained, tmp_path):
         np.testing.assert_allclose(backend.score(image).anomaly_map, expected, atol=1e-6)
         for path in state["held_out_images"]:  # the threshold was calibrated on these very scores
             assert backend.score(prepare(read_image(path), (32, 32))).score <= manifest.threshold
+
+
+def test_export_with_two_mask_draws_averages_their_maps(trained, tmp_path):
+    out = tmp_path / "draws.onnx"
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(out), "--mask-draws", "2", "--cell-sizes", "8,16"])
+    assert result.exit_code == 0, result.output
+    assert "variants:  12 a frame (cell sizes 8, 16, 3 sets each, 2 draws)" in result.output
+    manifest = Manifest.for_model(out)
+    assert manifest.cell_sizes == [8, 16, 8, 16]
+    single = fixed_masks(32, 32, MaskSpec((8, 16), 3), manifest.mask_seed)
+    image = prepare(read_image(load_checkpoint(trained)["held_out_images"][0]), (32, 32))
+    with OnnxCpuBackend(out) as backend:
+        # The first draw is the one-draw model's masks; the second hides other cells.
+        np.testing.assert_array_equal(backend.masks[:2], single)
+        assert not np.array_equal(backend.masks[2:], single)
+        reconstructions = backend.reconstruct(image)
+        draw_maps = [raw_anomaly_map(image, reconstructions[i : i + 2], manifest.map_spec) for i in (0, 2)]
+        averaged = smooth(np.mean(draw_maps, axis=0), manifest.map_sigma)
+        np.testing.assert_allclose(backend.score(image).anomaly_map, excess_over_reference(averaged, manifest.reference),
+                                   atol=1e-6)
+    for draws in ("0", "9"):
+        result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--mask-draws", draws])
+        assert result.exit_code == 2 and f"mask draws must be 1 to 8, not {draws}" in result.output
 
 
 @pytest.mark.parametrize(

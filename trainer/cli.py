@@ -108,6 +108,13 @@ def export(
             "for speed (default: all of them, as the paper; docs/benchmarks.md measures the cost)"
         ),
     ] = None,
+    mask_draws: Annotated[
+        int,
+        typer.Option(
+            help="mask every cell size this many times, each a new draw of its cells, and average the maps: "
+            "N times the variants a frame, a score that depends less on one draw (for a GPU edge; 1 to 8)"
+        ),
+    ] = 1,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -118,7 +125,7 @@ def export(
     try:
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
-                               cell_sizes=sizes)
+                               cell_sizes=sizes, mask_draws=mask_draws)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -138,10 +145,16 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}\n"
-        f"variants:  {manifest.mask_spec.num_variants} a frame (cell sizes {', '.join(map(str, manifest.cell_sizes))}, "
-        f"{manifest.num_sets} sets each)\n"
+        f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)})\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
+
+
+def variants_summary(cell_sizes: list[int], num_sets: int) -> str:
+    """What a frame's variants are, e.g. "cell sizes 2, 4, 8, 16, 3 sets each, 2 draws"."""
+    sizes = list(dict.fromkeys(cell_sizes))  # each size once, in order; repeats are further draws
+    draws = len(cell_sizes) // len(sizes)
+    return f"cell sizes {', '.join(map(str, sizes))}, {num_sets} sets each" + (f", {draws} draws" if draws > 1 else "")
 
 
 def parse_cell_sizes(text: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""The RIAD method on the GPU: one frame up, the 12 masked variants made on the device,
+"""The RIAD method on the GPU: one frame up, the masked variants (12 by default) made on the device,
 and only the anomaly map and its score back down.
 
 `GpuAnomalyMap` loads edge/kernels/riad_kernels.cu as build-engine compiled it for this

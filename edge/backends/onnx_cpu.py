@@ -1,4 +1,4 @@
-"""CPU backend: ONNX Runtime runs the 12 masked variants as one batch; numpy does the map."""
+"""CPU backend: ONNX Runtime runs a frame's masked variants (12 by default) as one batch; numpy does the map."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU backend: TensorRT runs the 12 masked variants as one batch; our kernels do the rest.
+"""GPU backend: TensorRT runs a frame's masked variants (12 by default) as one batch; our kernels do the rest.
 
 Per frame: one upload (the frame), the variants expanded on the device straight into
 the engine's input buffer, execute_async_v3 on the same stream, then recombination,
