@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from edge.method.anomaly_map import MapSpec
-from edge.method.masks import MaskSpec
+from edge.method.masks import MaskSpec, check_input_size
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
 # (reference_map). A riad-edge of version 1 skips keys it does not know, so it would score
@@ -154,9 +154,16 @@ class Manifest:
         # NaN is never exceeded: a model with it would run and never raise an alert.
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
+        sizes, sets = data.get("cell_sizes", [2, 4, 8, 16]), data.get("num_sets", 3)
+        if not (isinstance(sizes, list) and sizes and all(_positive_int(k) for k in sizes) and _positive_int(sets)):
+            raise ManifestError(
+                f"manifest {path}: cell_sizes {sizes!r} and num_sets {sets!r} must be whole numbers above 0 "
+                "(cell_sizes a list of them); re-export the model"
+            )
         try:
             # Unknown keys are skipped: older exports wrote mean/std, which were always 0 and 1.
             manifest = cls(**{k: v for k, v in data.items() if k in known})
+            check_input_size(manifest.input_height, manifest.input_width, manifest.mask_spec)
             manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
             return manifest
         except TypeError as exc:
@@ -181,6 +188,10 @@ class Manifest:
 
 
 REFERENCE_SCALE = 4  # the reference is a smoothed map (sigma >= 4 px at 256 px): 1/4 of the size keeps it
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def encode_reference(reference: np.ndarray) -> dict:

@@ -91,3 +91,24 @@ def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="format version None"):
         Manifest.for_model(tiny_onnx_model)
+
+
+@pytest.mark.parametrize(("sizes", "sets"), [([], 3), ([0], 3), (["4"], 3), ([4, True], 3), ([-4], 3), (4, 3), ([4, 8], 0),
+                                             ([4, 8], 2.5)])
+def test_damaged_cell_sizes_are_refused_at_start(tiny_onnx_model, sizes, sets):
+    """export --cell-sizes and --mask-draws write these; a hand edit must not reach the masks."""
+    path = manifest_path(tiny_onnx_model)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data | {"cell_sizes": sizes, "num_sets": sets}))
+    with pytest.raises(ManifestError, match=r"must be whole numbers above 0 .*re-export the model"):
+        Manifest.for_model(tiny_onnx_model)
+
+
+def test_cell_sizes_that_do_not_tile_the_input_are_refused_at_start(tiny_onnx_model):
+    path = manifest_path(tiny_onnx_model)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data | {"cell_sizes": [4, 3]}))
+    with pytest.raises(ManifestError, match=r"not a multiple of the cell sizes' common multiple 12.*re-export the model"):
+        Manifest.for_model(tiny_onnx_model)
+    path.write_text(json.dumps(data | {"cell_sizes": [8, 16, 8, 16]}))  # repeats are further draws: fine
+    assert Manifest.for_model(tiny_onnx_model).mask_spec.num_variants == 12

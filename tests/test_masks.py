@@ -78,5 +78,5 @@ def test_recombination_takes_each_pixel_from_the_variant_that_hid_it(masks):
 
 
 def test_size_must_tile_the_largest_cell():
-    with pytest.raises(ValueError, match="40x40 is not a multiple of the largest cell size 16"):
+    with pytest.raises(ValueError, match="40x40 is not a multiple of the cell sizes' common multiple 16"):
         check_input_size(40, 40, SPEC)

@@ -9,6 +9,7 @@ inference can never disagree about the masks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,11 @@ class MaskSpec:
 
 def check_input_size(height: int, width: int, spec: MaskSpec) -> None:
     """Every grid must tile the image exactly, or some pixels would never be hidden."""
-    largest = max(spec.cell_sizes)
-    if height % largest or width % largest:
+    common = math.lcm(*spec.cell_sizes)  # the largest, for the method's powers of two
+    if height % common or width % common:
         raise ValueError(
-            f"input size {height}x{width} is not a multiple of the largest cell size "
-            f"{largest}; choose a size divisible by {largest} (e.g. 128 or 256)"
+            f"input size {height}x{width} is not a multiple of the cell sizes' common multiple "
+            f"{common}; choose a size divisible by {common} (e.g. 128 or 256)"
         )
 
 
