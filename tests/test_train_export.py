@@ -446,6 +446,7 @@ def test_export_with_two_mask_draws_averages_their_maps(trained, tmp_path):
         ("", "not ''"),
         ("-4", "not '-4'"),
         ("4,,8", "not '4,,8'"),
+        ("4,8²", "not '4,8²'"),
     ],
 )
 def test_export_refuses_cell_sizes_the_model_never_inpainted(trained, tmp_path, sizes, message):

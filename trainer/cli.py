@@ -162,7 +162,7 @@ def parse_cell_sizes(text: str) -> tuple[int, ...]:
     from trainer.export import ExportError
 
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() for part in parts):
+    if not all(part.isdecimal() for part in parts):  # isdigit() would pass "²", which int() refuses
         raise ExportError(f"--cell-sizes takes whole numbers separated by commas, e.g. 4,8,16, not {text!r}")
     return tuple(int(part) for part in parts)
 
