@@ -86,6 +86,8 @@ def test_recipes():
     assert (gpu.input_size, gpu.crop_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 0, 64, 300, 1e-4)
     assert recipe("gpu", epochs=5, base_width=None).epochs == 5
     assert (cpu.epochs, cpu.max_images_seen, gpu.max_images_seen) == (40, 8000, 0)
+    with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
+        recipe("tpu")
 
 
 def test_the_cpu_recipe_trains_a_larger_set_fewer_epochs_of_the_same_steps():
@@ -126,8 +128,6 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     assert result.exit_code == 0, result.output
     state = load_checkpoint(budgeted / "last.pt")
     assert state["epoch"] == 3 and state["config"]["max_images_seen"] == 0
-    with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
-        recipe("tpu")
 
 
 def test_checkpoint_holds_the_run(trained, parts):
