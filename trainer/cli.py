@@ -119,7 +119,7 @@ def export(
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
     from trainer.data import DataError
-    from trainer.export import ExportError, export_onnx
+    from trainer.export import ExportError, export_onnx, parse_cell_sizes
     from trainer.train import TrainError
 
     try:
@@ -155,16 +155,6 @@ def variants_summary(cell_sizes: list[int], num_sets: int) -> str:
     sizes = list(dict.fromkeys(cell_sizes))  # each size once, in order; repeats are further draws
     draws = len(cell_sizes) // len(sizes)
     return f"cell sizes {', '.join(map(str, sizes))}, {num_sets} sets each" + (f", {draws} draws" if draws > 1 else "")
-
-
-def parse_cell_sizes(text: str) -> tuple[int, ...]:
-    """--cell-sizes "4,8,16" as (4, 8, 16); what is not a comma-separated list of numbers is refused."""
-    from trainer.export import ExportError
-
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdecimal() for part in parts):  # isdigit() would pass "²", which int() refuses
-        raise ExportError(f"--cell-sizes takes whole numbers separated by commas, e.g. 4,8,16, not {text!r}")
-    return tuple(int(part) for part in parts)
 
 
 @app.command()

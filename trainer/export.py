@@ -123,6 +123,14 @@ def mean_anomaly_map(backend: Backend, images: np.ndarray) -> np.ndarray:
     return (total / max(1, len(images))).astype(np.float32)
 
 
+def parse_cell_sizes(text: str) -> tuple[int, ...]:
+    """--cell-sizes "4,8,16" as (4, 8, 16); what is not a comma-separated list of numbers is refused."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdecimal() for part in parts):  # isdigit() would pass "²", which int() refuses
+        raise ExportError(f"--cell-sizes takes whole numbers separated by commas, e.g. 4,8,16, not {text!r}")
+    return tuple(int(part) for part in parts)
+
+
 def inference_cell_sizes(config: TrainConfig, chosen: tuple[int, ...] | None) -> tuple[int, ...]:
     """The cell sizes the edge masks with: all the model was trained with (the method), or
     `chosen` of them, in ascending order. Dropping the 2 px cells, which a net fills in
@@ -198,7 +206,7 @@ def export_onnx(
     model.eval()
 
     # Decoded once, before any file is written, so a damaged one is named first. They set
-    # the threshold; the first one's 12 masked variants, the batch the edge really sends,
+    # the threshold; the first one's masked variants, the batch the edge really sends,
     # check the file against torch.
     held_out_images = load_images(held_out, (height, width), config.roi)
     masks = fixed_masks(height, width, spec, config.seed)
