@@ -145,24 +145,25 @@ class Manifest:
         missing = [name for name in required if name not in data]
         if missing:
             raise ManifestError(f"manifest {path} lacks {', '.join(missing)}")
-        if data.get("map_channels", "grey") not in MAP_CHANNELS:
-            raise ManifestError(
-                f"manifest {path}: map_channels {data['map_channels']!r} is none of {', '.join(MAP_CHANNELS)}; "
-                "it comes from a newer riad-trainer than this riad-edge, or was edited"
-            )
         threshold = data["threshold"]
         # NaN is never exceeded: a model with it would run and never raise an alert.
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
-        sizes, sets = data.get("cell_sizes", [2, 4, 8, 16]), data.get("num_sets", 3)
-        if not (isinstance(sizes, list) and sizes and all(_positive_int(k) for k in sizes) and _positive_int(sets)):
-            raise ManifestError(
-                f"manifest {path}: cell_sizes {sizes!r} and num_sets {sets!r} must be whole numbers above 0 "
-                "(cell_sizes a list of them); re-export the model"
-            )
         try:
             # Unknown keys are skipped: older exports wrote mean/std, which were always 0 and 1.
             manifest = cls(**{k: v for k, v in data.items() if k in known})
+            # Checked on the manifest, so keys an older export left out are judged by their defaults.
+            if manifest.map_channels not in MAP_CHANNELS:
+                raise ManifestError(
+                    f"manifest {path}: map_channels {manifest.map_channels!r} is none of {', '.join(MAP_CHANNELS)}; "
+                    "it comes from a newer riad-trainer than this riad-edge, or was edited"
+                )
+            sizes, sets = manifest.cell_sizes, manifest.num_sets
+            if not (isinstance(sizes, list) and sizes and all(_positive_int(k) for k in sizes) and _positive_int(sets)):
+                raise ManifestError(
+                    f"manifest {path}: cell_sizes {sizes!r} and num_sets {sets!r} must be whole numbers above 0 "
+                    "(cell_sizes a list of them); re-export the model"
+                )
             check_input_size(manifest.input_height, manifest.input_width, manifest.mask_spec)
             manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
             return manifest
