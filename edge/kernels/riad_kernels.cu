@@ -82,13 +82,12 @@ extern "C" __global__ void gms_level(const float* gray_pyramids, int num_pairs, 
         riad::gms_at(original, reconstruction, pixel / w, pixel % w, h, w, c);
 }
 
-// Unsmoothed map: 1 - multi-scale GMS, averaged over the (cell size, plane) pairs
-// (launched with num_sizes = K * planes).
-extern "C" __global__ void raw_anomaly(const float* gms_pyramids, int num_sizes, int pyramid_size, int levels,
+// Unsmoothed map: 1 - multi-scale GMS, averaged over the num_pairs = K * planes (cell size, plane) pairs.
+extern "C" __global__ void raw_anomaly(const float* gms_pyramids, int num_pairs, int pyramid_size, int levels,
                                        int height, int width, float* amap) {
     const int i = thread_index();
     if (i >= height * width) return;
-    amap[i] = riad::raw_anomaly_at(gms_pyramids, pyramid_size, num_sizes, levels, i / width, i % width, height,
+    amap[i] = riad::raw_anomaly_at(gms_pyramids, pyramid_size, num_pairs, levels, i / width, i % width, height,
                                    width);
 }
 

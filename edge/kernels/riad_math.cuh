@@ -136,16 +136,15 @@ RIAD_FN float msgms_at(const float* gms_pyramid, int levels, int y, int x, int h
     return total / (float)levels;
 }
 
-// anomaly_map before smoothing: mean over cell sizes (and, per channel, over the planes:
-// then num_sizes counts the pairs) of 1 - msgms. `gms_pyramids` holds one pyramid per
-// cell size or pair, `pyramid_size` floats apart.
-RIAD_FN float raw_anomaly_at(const float* gms_pyramids, int pyramid_size, int num_sizes, int levels, int y, int x,
+// anomaly_map before smoothing: mean of 1 - msgms over the (cell size, plane) pairs (one
+// plane each for the grey map). `gms_pyramids` holds one pyramid per pair, `pyramid_size` floats apart.
+RIAD_FN float raw_anomaly_at(const float* gms_pyramids, int pyramid_size, int num_pairs, int levels, int y, int x,
                              int height, int width) {
     float sum = 0.0f;
-    for (int k = 0; k < num_sizes; ++k) {
-        sum += 1.0f - msgms_at(gms_pyramids + k * pyramid_size, levels, y, x, height, width);
+    for (int pair = 0; pair < num_pairs; ++pair) {
+        sum += 1.0f - msgms_at(gms_pyramids + pair * pyramid_size, levels, y, x, height, width);
     }
-    return sum / (float)num_sizes;
+    return sum / (float)num_pairs;
 }
 
 // OpenCV's BORDER_REFLECT_101 (gfedcb|abcdefgh|gfedcba), repeated for long kernels.
