@@ -159,11 +159,15 @@ class Manifest:
                     "it comes from a newer riad-trainer than this riad-edge, or was edited"
                 )
             sizes, sets = manifest.cell_sizes, manifest.num_sets
-            if not (isinstance(sizes, list) and sizes and all(_positive_int(k) for k in sizes) and _positive_int(sets)):
+            whole_sizes = isinstance(sizes, list) and sizes and all(_whole_number(k, least=1) for k in sizes)
+            if not (whole_sizes and _whole_number(sets, least=1)):
                 raise ManifestError(
                     f"manifest {path}: cell_sizes {sizes!r} and num_sets {sets!r} must be whole numbers above 0 "
                     "(cell_sizes a list of them); re-export the model"
                 )
+            seed = manifest.mask_seed
+            if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up
+                raise ManifestError(f"manifest {path}: mask_seed {seed!r} must be a whole number, 0 or more; re-export the model")
             check_input_size(manifest.input_height, manifest.input_width, manifest.mask_spec)
             manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
             return manifest
@@ -191,8 +195,8 @@ class Manifest:
 REFERENCE_SCALE = 4  # the reference is a smoothed map (sigma >= 4 px at 256 px): 1/4 of the size keeps it
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _whole_number(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def encode_reference(reference: np.ndarray) -> dict:

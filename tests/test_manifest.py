@@ -104,6 +104,18 @@ def test_damaged_cell_sizes_are_refused_at_start(tiny_onnx_model, sizes, sets):
         Manifest.for_model(tiny_onnx_model)
 
 
+@pytest.mark.parametrize("seed", [-1, 2.5, "3", True, None])
+def test_damaged_mask_seed_is_refused_at_start(tiny_onnx_model, seed):
+    """export --mask-seed writes it; numpy would refuse these at the first frame's masks."""
+    path = manifest_path(tiny_onnx_model)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data | {"mask_seed": seed}))
+    with pytest.raises(ManifestError, match=r"mask_seed .* must be a whole number, 0 or more; re-export the model"):
+        Manifest.for_model(tiny_onnx_model)
+    path.write_text(json.dumps(data | {"mask_seed": 2**40}))  # any size numpy takes
+    assert Manifest.for_model(tiny_onnx_model).mask_seed == 2**40
+
+
 def test_cell_sizes_that_do_not_tile_the_input_are_refused_at_start(tiny_onnx_model):
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())

@@ -437,6 +437,24 @@ def test_export_with_two_mask_draws_averages_their_maps(trained, tmp_path):
         assert result.exit_code == 2 and f"mask draws must be 1 to 8, not {draws}" in result.output
 
 
+def test_export_with_another_mask_seed_is_another_draw_of_the_same_model(trained, tmp_path):
+    default, other = tmp_path / "seed0.onnx", tmp_path / "seed7.onnx"
+    for out, extra, seed in ((default, [], load_checkpoint(trained)["config"]["seed"]), (other, ["--mask-seed", "7"], 7)):
+        result = CliRunner().invoke(app, ["export", str(trained), "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert f"cells drawn from mask seed {seed}\n" in result.output
+    assert Manifest.for_model(other).mask_seed == 7
+    assert default.read_bytes() == other.read_bytes()  # the same network
+    image = prepare(read_image(load_checkpoint(trained)["held_out_images"][0]), (32, 32))
+    with OnnxCpuBackend(default) as first, OnnxCpuBackend(other) as second:
+        np.testing.assert_array_equal(second.masks, fixed_masks(32, 32, second.manifest.mask_spec, 7))
+        assert not np.array_equal(first.masks, second.masks)
+        assert first.score(image).score != second.score(image).score
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--mask-seed", "-1"])
+    assert result.exit_code == 2 and "the mask seed must be a whole number, 0 or more, not -1" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize(
     ("sizes", "message"),
     [

@@ -115,6 +115,13 @@ def export(
             "N times the variants a frame, a score that depends less on one draw (for a GPU edge; 1 to 8)"
         ),
     ] = 1,
+    mask_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="draw the edge's masked cells from this seed (default: the training seed); each seed is another "
+            "draw of the same model, and on fine defects the draw moves the scores (docs/benchmarks.md)"
+        ),
+    ] = None,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -125,7 +132,7 @@ def export(
     try:
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
-                               cell_sizes=sizes, mask_draws=mask_draws)
+                               cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -145,7 +152,8 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}\n"
-        f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)})\n"
+        f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
+        f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
 

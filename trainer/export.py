@@ -159,6 +159,7 @@ def map_channels_for(images: np.ndarray) -> str:
 def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None, mask_draws: int = 1,
+    mask_seed: int | None = None,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -172,6 +173,8 @@ def export_onnx(
     alone: fewer variants a frame, for speed (inference_cell_sizes). With `mask_draws` N the
     edge masks every size N times, each a fresh draw of its cells, and averages the maps:
     N times the variants, less of the draw's luck in the score (docs/benchmarks.md).
+    With `mask_seed` the edge's cells are drawn from that seed instead of the training
+    seed: another draw of the same model, which on fine defects scores differently.
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -183,10 +186,13 @@ def export_onnx(
             raise ExportError(str(exc)) from None
     if not 1 <= mask_draws <= MAX_MASK_DRAWS:
         raise ExportError(f"mask draws must be 1 to {MAX_MASK_DRAWS}, not {mask_draws}")
+    if mask_seed is not None and mask_seed < 0:  # numpy's generators take seeds of 0 and up
+        raise ExportError(f"the mask seed must be a whole number, 0 or more, not {mask_seed}")
     state = load_checkpoint(checkpoint)
     if state["epoch"] == 0:
         raise ExportError(f"{checkpoint} holds no completed epoch; train longer before exporting")
     config = TrainConfig.from_dict(state["config"])
+    seed = config.seed if mask_seed is None else mask_seed
     # The masks of repeated sizes come from the seed's generator in turn, so each is
     # another draw; the map's mean over the reconstructions averages the draws' maps.
     spec = MaskSpec(inference_cell_sizes(config, cell_sizes) * mask_draws, config.num_sets)
@@ -209,7 +215,7 @@ def export_onnx(
     # the threshold; the first one's masked variants, the batch the edge really sends,
     # check the file against torch.
     held_out_images = load_images(held_out, (height, width), config.roi)
-    masks = fixed_masks(height, width, spec, config.seed)
+    masks = fixed_masks(height, width, spec, seed)
     variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
@@ -236,7 +242,7 @@ def export_onnx(
         model_sha256=sha,
         cell_sizes=list(spec.cell_sizes),
         num_sets=spec.num_sets,
-        mask_seed=config.seed,
+        mask_seed=seed,
         map_sigma=default_sigma(height, width),
         map_channels=map_channels_for(held_out_images),
         roi=Roi.parse(config.roi).as_dict() if config.roi else {},
