@@ -11,7 +11,8 @@ from edge.backends.base import Backend, FrameScore
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest
 from edge.method.preprocess import prepare, read_image
-from trainer.calibrate import DEFAULT_RULE, RATE_RULE, calibrate_threshold, student_t_quantile
+from edge.method.threshold import DEFAULT_RULE, RATE_RULE, student_t_quantile
+from trainer.calibrate import calibrate_threshold
 
 
 def test_threshold_from_real_good_images(tiny_onnx_model, bottle_dir):

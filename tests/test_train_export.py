@@ -26,7 +26,7 @@ from edge.method.anomaly_map import anomaly_map, excess_over_reference, raw_anom
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
-from trainer.calibrate import DEFAULT_RULE, RATE_RULE, student_t_quantile
+from edge.method.threshold import DEFAULT_RULE, RATE_RULE, student_t_quantile
 from trainer.data import DataError, find_training_set
 from trainer.export import ExportError, export_onnx
 from trainer.train import (

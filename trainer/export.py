@@ -25,7 +25,8 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants
 from edge.method.roi import Roi
-from trainer.calibrate import calibrate_threshold, check_false_alarm_rate
+from edge.method.threshold import check_false_alarm_rate
+from trainer.calibrate import calibrate_threshold
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
 from trainer.train import TrainConfig, build_model, load_checkpoint
