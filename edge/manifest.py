@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -112,8 +113,16 @@ class Manifest:
         return decode_reference(self.reference_map, self.input_shape)
 
     def save(self, path: str | Path) -> Path:
+        """Write the manifest whole or not at all: `riad-edge calibrate` rewrites a working
+        model's manifest in place, and a kill or a full disk mid-write must leave the old one."""
         path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
