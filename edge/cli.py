@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -283,6 +284,76 @@ def demo_command(
 
     configure_logging(log_level, log_format)
     raise typer.Exit(run_demo(model or DEFAULT_MODEL, source or DEFAULT_SOURCE, out, view_port))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[Path, typer.Argument(help="The model whose threshold to set: .onnx, or .plan/.engine on its GPU; its manifest is rewritten.")],
+    good_images: Annotated[Path, typer.Argument(help="A folder of images of good parts, as the camera sees them, that the model did not train on.")],
+    false_alarm_rate: Annotated[
+        float | None,
+        typer.Option(help="Set the threshold for this share of good parts flagged, e.g. 0.01 (default: max(mean + 3 std, max) of their scores, as export)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Score and print the threshold; leave the manifest as it is.")] = False,
+    log_level: LogLevel_ = LogLevel.warning,
+    log_format: LogFormat_ = LogFormat.text,
+) -> None:
+    """Set the alert threshold again from good parts seen on the line.
+
+    Export sets it from a few held-out training images; when good parts on the line raise
+    alarms, save a hundred or more of them and run this. Each image is scored as run
+    scores a frame, export's rule sets the threshold, and the model's manifest is rewritten
+    (whole or not at all); a running riad-edge uses it from its next start. Any defective
+    part among the images raises the threshold: the highest scores are printed to check.
+
+    Exit codes: 0 done; 2 bad model, manifest or option, or the manifest cannot be rewritten;
+    3 no folder, or fewer than 2 readable images in it.
+    """
+    from edge.backends import BackendError
+    from edge.calibrate import CalibrationError, GoodImagesError, calibrate_model
+    from edge.manifest import ManifestError
+
+    configure_logging(log_level, log_format)
+
+    def progress(done: int, total: int) -> None:
+        typer.echo(f"\rscoring {done}/{total}", nl=done == total, err=True)
+
+    try:
+        shown = progress if sys.stderr.isatty() else None
+        result = calibrate_model(model, good_images, false_alarm_rate, write=not dry_run, progress=shown)
+    except (BackendError, ManifestError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except CalibrationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3 if isinstance(exc, GoodImagesError) else 2) from None
+    typer.echo(format_calibration(result, false_alarm_rate))
+
+
+def format_calibration(result, false_alarm_rate: float | None) -> str:
+    """What calibrate did, for the person who ran it."""
+    record, n = result.record, len(result.scores)
+    highest = sorted(result.scores.items(), key=lambda item: item[1], reverse=True)[:3]
+    rule = "max(mean + 3 std, max)" if false_alarm_rate is None else f"for {100 * false_alarm_rate:g} % false alarms, a normal fit to"
+    lines = [
+        f"scored:    {n} good images in {record['images']}",
+        f"scores:    mean {record['good_mean']:.4f}, std {record['good_std']:.4f}; highest "
+        + ", ".join(f"{score:.4f} ({path.name})" for path, score in highest),
+        f"threshold: {result.old_threshold:.4f} -> {result.threshold:.4f} ({rule} of their scores)",
+        f"flagged:   {result.flagged(result.old_threshold)} of {n} at the old threshold, {result.flagged(result.threshold)} at the new",
+    ]
+    if result.overlays:
+        lines.append(f"skipped:   {result.overlays} heatmap overlays (the *_overlay.jpg of riad-edge run --save-dir)")
+    for path, why in result.skipped.items():
+        lines.append(f"skipped:   {path.name}: {why}")
+    if result.written:
+        lines.append(
+            f"manifest:  {result.manifest_path} rewritten; riad-edge uses it from its next start, "
+            "unless a --threshold or a station config's threshold overrides it"
+        )
+    else:
+        lines.append(f"manifest:  {result.manifest_path} left as it is (--dry-run)")
+    return "\n".join(lines)
 
 
 ha_app = typer.Typer(no_args_is_help=True, help="Home Assistant MQTT discovery of a camera without running it: publish or remove its entities.")

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 
 SPREAD = 3.0  # standard deviations above the mean good score
-DEFAULT_RULE = "max(mean + 3 std, max) of the held-out good scores"
+DEFAULT_RULE = "max(mean + 3 std, max) of the good images' scores"
 RATE_RULE = (
-    "mean + t * std * sqrt(1 + 1/n) of the n held-out good scores, t the Student-t quantile at "
+    "mean + t * std * sqrt(1 + 1/n) of the n good images' scores, t the Student-t quantile at "
     "1 - false_alarm_rate with n - 1 degrees of freedom (a normal prediction bound)"
 )
 
