@@ -34,6 +34,15 @@ def test_plain_folder_with_mixed_suffixes(bottle_dir, tmp_path):
     assert {p.suffix for p in data.train + data.held_out} == {".png", ".JPG", ".jpeg", ".Bmp", ".webp"}
 
 
+def test_a_held_out_count_replaces_the_ten_percent(bottle_dir, tmp_path):
+    folder = small_good_folder(bottle_dir, tmp_path / "parts", 40)
+    assert len(find_training_set(folder).held_out) == 4  # 10 % of 40
+    data = find_training_set(folder, held_out=25)  # beyond the automatic cap of 20 too
+    assert len(data.held_out) == 25 and len(data.train) == 15 and not set(data.train) & set(data.held_out)
+    with pytest.raises(DataError, match=r"has 40 images; at least 41 are needed \(39 held out"):
+        find_training_set(folder, held_out=39)
+
+
 def test_mvtec_layout_gives_category_name(bottle_dir):
     data = find_training_set(bottle_dir)
     assert data.category == "bottle"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,32 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     assert result.exit_code == 0, result.output
     state = load_checkpoint(budgeted / "last.pt")
     assert state["epoch"] == 3 and state["config"]["max_images_seen"] == 0
+
+
+def test_held_out_sets_how_many_images_set_the_threshold(parts, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--held-out", "5"])  # of the 6 images: 1 left to train on
+    assert result.exit_code == 2 and "at least 7 are needed (5 held out" in result.output
+    result = CliRunner().invoke(app, [*args, "--held-out", "3"])
+    assert result.exit_code == 2 and "held_out must be 0 (about 10 % of the images) or at least 4" in result.output
+    assert not run.exists() or not (run / "last.pt").exists()
+
+    small = tmp_path / "parts"  # the six parts and two more, so 6 can be held out
+    shutil.copytree(parts, small)
+    for name in ("000.png", "001.png"):
+        shutil.copy(parts / name, small / f"copy-{name}")
+    result = CliRunner().invoke(app, [*args[:1], str(small), *args[2:], "--held-out", "6"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(run / "last.pt")
+    assert len(state["held_out_images"]) == 6 and len(state["train_images"]) == 2
+    result = CliRunner().invoke(app, ["export", str(run / "last.pt"), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "of 6 held-out good images" in result.output
+    assert Manifest.for_model(tmp_path / "m.onnx").metrics["calibration"]["count"] == 6
+    # The split is part of the run: a resume keeps it.
+    result = CliRunner().invoke(app, ["train", str(small), "--out", str(run), "--resume", "--held-out", "4", "--epochs", "2"])
+    assert result.exit_code == 2 and "cannot change held_out when resuming" in result.output
 
 
 def test_checkpoint_holds_the_run(trained, parts):

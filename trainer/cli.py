@@ -43,6 +43,11 @@ def train(
     width: Annotated[int | None, typer.Option(help="U-Net base width (64 = the paper's net)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per step")] = None,
     seed: Annotated[int | None, typer.Option(help="seeds weights, masks, shuffling and the hold-out split")] = None,
+    held_out: Annotated[
+        int | None,
+        typer.Option(help="hold out this many good images, not trained on, to set the threshold (default: about 10 %, 4 to 20); "
+                     "more give a threshold that better knows how good parts vary"),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in OUT from its last epoch")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
     roi: Annotated[str | None, typer.Option(help="x,y,width,height[,rotation]: train on this crop of every image, as the edge camera's roi crops it")] = None,
@@ -54,7 +59,7 @@ def train(
     from trainer.train import train as run_training
 
     options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "crop_size": crop_size, "base_width": width}
-    options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi, "minutes": minutes}
+    options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi, "minutes": minutes, "held_out": held_out}
     if minutes and epochs is None:
         options["epochs"] = UNLIMITED_EPOCHS
     if epochs is not None or minutes is not None:

@@ -69,12 +69,19 @@ def held_out_count(total: int, fraction: float) -> int:
     return min(MAX_HELD_OUT, max(MIN_HELD_OUT, math.ceil(fraction * total)))
 
 
-def find_training_set(data_dir: str | Path, holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> TrainingSet:
+def find_training_set(
+    data_dir: str | Path, holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0, held_out: int = 0
+) -> TrainingSet:
+    """The good images, split at random (by `seed`) into training and held-out ones.
+
+    `held_out` images are held out to set the threshold; 0 holds out `holdout_fraction`
+    of them, MIN_HELD_OUT to MAX_HELD_OUT.
+    """
     folder, category = image_folder(Path(data_dir))
     images = list_images(folder)
     if not images:
         raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    n_held = held_out_count(len(images), holdout_fraction)
+    n_held = held_out or held_out_count(len(images), holdout_fraction)
     if len(images) < n_held + MIN_TRAINING:
         raise DataError(
             f"{folder} has {len(images)} images; at least {n_held + MIN_TRAINING} are needed "

@@ -38,7 +38,7 @@ from edge.method.masks import (
     make_masks,
 )
 from edge.method.roi import Roi
-from trainer.data import HOLDOUT_FRACTION, GoodImages, find_training_set, input_shape, load_images
+from trainer.data import HOLDOUT_FRACTION, MIN_HELD_OUT, GoodImages, find_training_set, input_shape, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
 
@@ -80,6 +80,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     holdout_fraction: float = HOLDOUT_FRACTION
+    # Images held out to set the threshold; 0: holdout_fraction of them, 4 to 20.
+    held_out: int = 0
     roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/method/roi.py); "" for whole images
 
     @property
@@ -264,6 +266,11 @@ def check_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "base_width"):
         if getattr(config, name) < 1:
             raise TrainError(f"{name} must be at least 1, not {getattr(config, name)}")
+    if config.held_out != 0 and config.held_out < MIN_HELD_OUT:
+        raise TrainError(
+            f"held_out must be 0 (about 10 % of the images) or at least {MIN_HELD_OUT}, whose spread sets the threshold; "
+            f"not {config.held_out}"
+        )
     if config.max_images_seen < 0:
         raise TrainError(f"max_images_seen must be 0 (no budget) or positive, not {config.max_images_seen}")
     if not (config.minutes >= 0 and math.isfinite(config.minutes)):
@@ -312,7 +319,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     """
     check_config(config)
     out_dir = Path(out_dir)
-    data = find_training_set(data_dir, config.holdout_fraction, config.seed)
+    data = find_training_set(data_dir, config.holdout_fraction, config.seed, config.held_out)
     fingerprint = data.fingerprint()
     device = resolve_device(config.device)
 
