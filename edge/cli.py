@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge.monitoring.logs import LogFormat, LogLevel, configure_logging, url_passwords
+
+if TYPE_CHECKING:
+    from edge.calibrate import Calibration
 
 # The broker login, the same for run, watch and doctor.
 Username = Annotated[str | None, typer.Option(help="Broker user name.")]
@@ -330,7 +333,10 @@ def calibrate_command(
     typer.echo(format_calibration(result, false_alarm_rate))
 
 
-def format_calibration(result, false_alarm_rate: float | None) -> str:
+SKIPPED_NAMED = 5  # unreadable images named one by one; a folder of a thousand is summed up
+
+
+def format_calibration(result: Calibration, false_alarm_rate: float | None) -> str:
     """What calibrate did, for the person who ran it."""
     record, n = result.record, len(result.scores)
     highest = sorted(result.scores.items(), key=lambda item: item[1], reverse=True)[:3]
@@ -344,8 +350,10 @@ def format_calibration(result, false_alarm_rate: float | None) -> str:
     ]
     if result.overlays:
         lines.append(f"skipped:   {result.overlays} heatmap overlays (the *_overlay.jpg of riad-edge run --save-dir)")
-    for path, why in result.skipped.items():
-        lines.append(f"skipped:   {path.name}: {why}")
+    named = list(result.skipped.items())[:SKIPPED_NAMED]
+    lines += [f"skipped:   {path.name}: {why}" for path, why in named]
+    if len(result.skipped) > len(named):
+        lines.append(f"skipped:   {len(result.skipped) - len(named)} more unreadable images")
     if result.written:
         lines.append(
             f"manifest:  {result.manifest_path} rewritten; riad-edge uses it from its next start, "

@@ -98,6 +98,14 @@ def test_unreadable_images_are_named_and_skipped(tiny_onnx_model, good_folder):
     assert manifest.metrics["calibration"]["skipped"] == 2
 
 
+def test_a_folder_of_many_unreadable_files_is_summed_up(tiny_onnx_model, good_folder):
+    for i in range(8):
+        (good_folder / f"zz-broken-{i}.png").write_bytes(b"not a png")
+    result = calibrate(tiny_onnx_model, good_folder, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("cannot decode image") == 5 and "skipped:   3 more unreadable images" in result.output
+
+
 def test_scores_through_the_models_roi(tiny_onnx_model, good_folder):
     # A model trained on a crop scores only that crop of each frame, as the station does.
     roi = Roi.parse("100,200,600,500")
