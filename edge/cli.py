@@ -340,12 +340,15 @@ def format_calibration(result: Calibration, false_alarm_rate: float | None) -> s
     """What calibrate did, for the person who ran it."""
     record, n = result.record, len(result.scores)
     highest = sorted(result.scores.items(), key=lambda item: item[1], reverse=True)[:3]
-    rule = "max(mean + 3 std, max)" if false_alarm_rate is None else f"for {100 * false_alarm_rate:g} % false alarms, a normal fit to"
+    if false_alarm_rate is None:
+        rule = "max(mean + 3 std, max) of their scores"
+    else:
+        rule = f"for {100 * false_alarm_rate:g} % false alarms, a normal fit to their scores"
     lines = [
         f"scored:    {n} good images in {record['images']}",
         f"scores:    mean {record['good_mean']:.4f}, std {record['good_std']:.4f}; highest "
         + ", ".join(f"{score:.4f} ({path.name})" for path, score in highest),
-        f"threshold: {result.old_threshold:.4f} -> {result.threshold:.4f} ({rule} of their scores)",
+        f"threshold: {result.old_threshold:.4f} -> {result.threshold:.4f} ({rule})",
         f"flagged:   {result.flagged(result.old_threshold)} of {n} at the old threshold, {result.flagged(result.threshold)} at the new",
     ]
     if result.overlays:

@@ -58,7 +58,7 @@ def test_sets_the_threshold_from_the_folders_scores(tiny_onnx_model, good_folder
     assert record["count"] == 5 and record["images"] == str(good_folder.resolve())
     assert record["previous_threshold"] == before.threshold and record["good_max"] == pytest.approx(expected["good_max"])
     assert replace(after, threshold=before.threshold, metrics=before.metrics) == before  # nothing else changed
-    assert f"{before.threshold:.4f} -> {expected['threshold']:.4f}" in result.output
+    assert f"{before.threshold:.4f} -> {expected['threshold']:.4f} (max(mean + 3 std, max) of their scores)" in result.output
 
 
 def test_reports_the_false_alarms_the_old_threshold_raised(tmp_path, good_folder):
@@ -74,6 +74,7 @@ def test_reports_the_false_alarms_the_old_threshold_raised(tmp_path, good_folder
     new = Manifest.for_model(model).threshold
     assert new == pytest.approx(threshold_from_scores(scores, 0.2)["threshold"])
     assert f"flagged:   2 of 5 at the old threshold, {sum(s > new for s in scores)} at the new" in result.output
+    assert f"-> {new:.4f} (for 20 % false alarms, a normal fit to their scores)" in result.output
 
 
 def test_dry_run_leaves_the_manifest_byte_for_byte(tiny_onnx_model, good_folder):
