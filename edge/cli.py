@@ -338,12 +338,11 @@ SKIPPED_NAMED = 5  # unreadable images named one by one; a folder of a thousand 
 
 def format_calibration(result: Calibration, false_alarm_rate: float | None) -> str:
     """What calibrate did, for the person who ran it."""
+    from edge.method.threshold import rule_summary
+
     record, n = result.record, len(result.scores)
     highest = sorted(result.scores.items(), key=lambda item: item[1], reverse=True)[:3]
-    if false_alarm_rate is None:
-        rule = "max(mean + 3 std, max) of their scores"
-    else:
-        rule = f"for {100 * false_alarm_rate:g} % false alarms, a normal fit to their scores"
+    rule = rule_summary(false_alarm_rate, "their scores")
     lines = [
         f"scored:    {n} good images in {record['images']}",
         f"scores:    mean {record['good_mean']:.4f}, std {record['good_std']:.4f}; highest "

@@ -130,6 +130,7 @@ def export(
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
+    from edge.method.threshold import rule_summary
     from trainer.data import DataError
     from trainer.export import ExportError, export_onnx, parse_cell_sizes
     from trainer.train import TrainError
@@ -143,13 +144,9 @@ def export(
         raise typer.Exit(2) from None
     calibration = manifest.metrics["calibration"]
     held_out = f"{calibration['count']} held-out good images"
-    if calibration["false_alarm_rate"] is None:
-        rule = f"max(mean + 3 std, max) of {held_out}"
-    else:
-        rule = (
-            f"for {100 * calibration['false_alarm_rate']:g} % false alarms, a normal fit to {held_out}; "
-            f"{calibration['held_out_above_threshold']} of them score above it"
-        )
+    rule = rule_summary(calibration["false_alarm_rate"], held_out)
+    if calibration["false_alarm_rate"] is not None:
+        rule += f"; {calibration['held_out_above_threshold']} of them score above it"
     images = manifest.metrics.get("reference_images")
     reference = f"the mean anomaly map of {images} training images" if manifest.reference_map else "none (the plain map)"
     typer.echo(

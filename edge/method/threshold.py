@@ -17,6 +17,13 @@ RATE_RULE = (
 )
 
 
+def rule_summary(false_alarm_rate: float | None, scored: str) -> str:
+    """The rule in a few words for a command's output, `scored` naming what it read."""
+    if false_alarm_rate is None:
+        return f"max(mean + 3 std, max) of {scored}"
+    return f"for {100 * false_alarm_rate:g} % false alarms, a normal fit to {scored}"
+
+
 def threshold_from_scores(scores: Sequence[float], false_alarm_rate: float | None = None) -> dict:
     """Threshold = max(mean + 3 * std, max) of good parts' scores, or one for a false-alarm rate.
 
