@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge.local_broker import LocalBroker, LocalBrokerError
 from edge.runner import EXIT_BAD_INPUT, fail, run_inspection
+from edge.sinks.snapshots import SNAPSHOT_NAME
 
 # The sample and the model live in the repository checkout, not in an installed wheel.
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
     except OSError as exc:
         return fail(f"cannot use {out_dir} for the overlays: {exc}", EXIT_BAD_INPUT)
 
+    earlier = set(out_dir.iterdir())  # snapshots of an earlier demo in the same folder are not this run's
     with tempfile.TemporaryDirectory(prefix="riad-demo-") as tmp:
         try:
             broker = LocalBroker(Path(tmp) / "broker").start()
@@ -78,4 +80,44 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
                 broker.stop()
     if code == 0:
         print(f"heatmap overlays of the defective frames: {out_dir.resolve()}/")
+        labels = read_labels(source)
+        if labels:
+            flagged = {int(m[2]) for p in set(out_dir.iterdir()) - earlier if (m := SNAPSHOT_NAME.match(p.name))}
+            print(compare_with_labels(flagged, labels, source.with_suffix(".labels.txt").name))
     return code
+
+
+def read_labels(source: Path) -> dict[int, str]:
+    """frame index -> the image it shows, from the `<clip>.labels.txt` beside a sample clip
+    (`3 broken_large/000.png`: images under good/ are good parts); {} when there is none."""
+    try:
+        lines = source.with_suffix(".labels.txt").read_text().splitlines()
+    except OSError:
+        return {}
+    labels = {}
+    for line in lines:
+        index, _, name = line.strip().partition(" ")
+        if index.isdigit() and name:
+            labels[int(index)] = name.strip()
+    return labels
+
+
+def compare_with_labels(flagged: set[int], labels: dict[int, str], labels_name: str) -> str:
+    """What the demo flagged against what each frame really shows, so the user can tell a
+    caught defect from a false alarm without opening the overlays."""
+    defective = {i for i, name in labels.items() if not name.startswith("good/")}
+    good = set(labels) - defective
+
+    def named(frames: set[int]) -> str:
+        return ", ".join(f"frame {i} ({labels[i]})" for i in sorted(frames))
+
+    missed, false_alarms = defective - flagged, flagged & good
+    lines = [
+        f"against {labels_name}: {len(defective) - len(missed)} of {len(defective)} defective frames flagged, "
+        f"{len(false_alarms)} of {len(good)} good frames flagged"
+    ]
+    if missed:
+        lines.append(f"  missed: {named(missed)}")
+    if false_alarms:
+        lines.append(f"  false alarms: {named(false_alarms)}")
+    return "\n".join(lines)

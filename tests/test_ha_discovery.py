@@ -325,7 +325,7 @@ def test_every_entity_reads_a_value_from_what_a_real_run_publishes(broker, bottl
         (folder / f"{i}.png").write_bytes((bottle_dir / "test" / name).read_bytes())
     consumer = subscribe(broker, ["riad/line1/#", "homeassistant/#"])
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--source", str(folder), "--model", str(REPO / "engines" / "bottle-cpu.onnx"),
+        [sys.executable, "-m", "edge", "run", "--source", str(folder), "--model", str(REPO / "tests" / "data" / "bottle-128px-v1.onnx"),
          "--broker", broker.url, "--camera-id", "line1", "--spool", str(tmp_path / "spool"), "--ha-discovery", "--commands"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip

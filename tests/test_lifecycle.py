@@ -1,6 +1,6 @@
 """A defect's whole life on MQTT (`events` new/update/end, `defect/active`, `overlay`) on a real broker.
 
-The first test runs the bundled model over real bottle images whose scores are known
+The first test runs the old bottle model (tests/data) over real bottle images whose scores are known
 (docs/mqtt.md); the others drive the pipeline with a live camera that loops a real
 encoded clip and is unplugged at will.
 """
@@ -27,9 +27,9 @@ from edge.pipeline import Pipeline
 from edge.sinks.lifecycle import DefectLifecycle
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "engines" / "bottle-cpu.onnx"  # threshold 0.1995
+MODEL = REPO / "tests" / "data" / "bottle-128px-v1.onnx"  # threshold 0.1995
 
-# MVTec AD bottle test images and what the bundled model scores them (printed by a run with
+# MVTec AD bottle test images and what the old bottle model (tests/data) scores them (printed by a run with
 # --threshold 0): a defect seen in five frames, worse in the 2nd and 4th, then a good
 # frame; then a second defect, open when the folder ends.
 SEQUENCE = [

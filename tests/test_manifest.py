@@ -34,7 +34,7 @@ def test_keys_this_version_does_not_know_are_ignored(tiny_onnx_model, bottle_dir
 
 def test_a_square_model_from_before_non_square_inputs_still_loads(tiny_onnx_model):
     # Exports before inputs kept the aspect ratio wrote one `input_size` (the bundled
-    # engines/bottle-cpu.onnx.json is one): a square of that side.
+    # tests/data/bottle-128px-v1.onnx.json is one): a square of that side.
     data = json.loads(manifest_path(tiny_onnx_model).read_text())
     data["input_size"] = data.pop("input_height")
     del data["input_width"]

@@ -19,7 +19,7 @@ from edge.method.roi import IgnoreMask, Roi, RoiError
 from edge.sources.cameras import Frame
 from edge.station.config import ConfigError, load_config
 
-BOTTLE_MODEL = Path(__file__).resolve().parents[1] / "engines" / "bottle-cpu.onnx"
+BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 ROI = Roi(400, 60, 900, 900)  # where the part sits in a 1400 x 1000 conveyor frame
 
 
@@ -38,7 +38,7 @@ def conveyor(inside: np.ndarray, left: np.ndarray | None = None) -> np.ndarray:
 
 @pytest.fixture
 def roi_model(tmp_path) -> Path:
-    """The bundled model with a manifest saying it was trained on ROI (the bottle images are its crops)."""
+    """The old bottle model (tests/data) with a manifest saying it was trained on ROI (the bottle images are its crops)."""
     model = tmp_path / "bottle-roi.onnx"
     shutil.copy(BOTTLE_MODEL, model)
     manifest = Manifest.read(manifest_path(BOTTLE_MODEL))

@@ -25,10 +25,10 @@ from edge.station.station import Station
 from edge.station.trigger import parse_trigger
 from edge.station.triggered import TriggeredCamera
 
-BOTTLE_MODEL = Path(__file__).resolve().parents[1] / "engines" / "bottle-cpu.onnx"
+BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 VERDICTS = "riad/line1/verdict"
 TRIGGER = "riad/line1/trigger"
-# Test images the bundled model judges far from its threshold (0.200): good 0.095-0.108, defective 0.27-0.38.
+# Test images the old bottle model (tests/data) judges far from its threshold (0.200): good 0.095-0.108, defective 0.27-0.38.
 GOOD = ["good/000.png", "good/001.png", "good/003.png"]
 DEFECTIVE = ["broken_large/000.png", "broken_large/001.png", "broken_large/003.png"]
 
