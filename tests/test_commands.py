@@ -326,7 +326,8 @@ def test_a_station_obeys_commands_per_camera_and_a_triggered_part_is_one_defect_
         assert station.commands.subscribed.wait(10) and station.triggers.subscribed.wait(10)
         assert consumer.wait_for(lambda: consumer.on("riad/cam2/detect/state") == [b"ON"] and consumer.on(f"{BASE}/detect/state") == [b"ON"])
         assert part("p1")["verdict"] == "NOK"
-        assert consumer.wait_for(lambda: len(consumer.on(f"{BASE}/events")) == 2)
+        # `end` on events, then defect/active OFF: wait for the last of them, they arrive in order.
+        assert consumer.wait_for(lambda: len(consumer.on(f"{BASE}/events")) == 2 and len(consumer.on(f"{BASE}/defect/active")) == 3)
         (defect,) = [json.loads(p) for p in consumer.on(f"{BASE}/defect")]
         life = [json.loads(p) for p in consumer.on(f"{BASE}/events")]
         assert [(e["type"], e["end_reason"], e["defect_id"]) for e in life] == [
