@@ -41,10 +41,10 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
             )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        earlier = set(out_dir.iterdir())  # snapshots of an earlier demo in the same folder are not this run's
     except OSError as exc:
         return fail(f"cannot use {out_dir} for the overlays: {exc}", EXIT_BAD_INPUT)
 
-    earlier = set(out_dir.iterdir())  # snapshots of an earlier demo in the same folder are not this run's
     with tempfile.TemporaryDirectory(prefix="riad-demo-") as tmp:
         try:
             broker = LocalBroker(Path(tmp) / "broker").start()
@@ -92,7 +92,7 @@ def read_labels(source: Path) -> dict[int, str]:
     (`3 broken_large/000.png`: images under good/ are good parts); {} when there is none."""
     try:
         lines = source.with_suffix(".labels.txt").read_text().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # no labels, or not a labels file: nothing to compare
         return {}
     labels = {}
     for line in lines:

@@ -133,6 +133,8 @@ def test_the_comparison_with_labels_names_each_miss_and_false_alarm(tmp_path):
     ]
     assert compare_with_labels({1, 3}, labels, "x").splitlines() == ["against x: 2 of 2 defective frames flagged, 0 of 2 good frames flagged"]
     assert read_labels(tmp_path / "unlabelled.mp4") == {}
+    (tmp_path / "binary.labels.txt").write_bytes(b"\xff\xfe\x00 not text")
+    assert read_labels(tmp_path / "binary.mp4") == {}
 
 
 
