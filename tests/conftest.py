@@ -24,6 +24,8 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # The shared data sets beside the checkout; RIAD_DATA points elsewhere (a GPU machine
 # gets a copy made by bench/pack_for_device).
 DATA = Path(os.environ.get("RIAD_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# The 128 px bottle model the tests of known scores use (threshold 0.1995; tests/data/README.md).
+OLD_BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 BOTTLE = DATA / "mvtec" / "bottle"
 
 

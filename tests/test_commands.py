@@ -299,7 +299,7 @@ def test_a_station_obeys_commands_per_camera_and_a_triggered_part_is_one_defect_
     from edge.station.config import CameraConfig, StationConfig
     from edge.station.station import Station
 
-    model = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"  # threshold 0.1995
+    from tests.conftest import OLD_BOTTLE_MODEL as model  # threshold 0.1995
     parts = tmp_path / "parts"
     parts.mkdir()
     for i, name in enumerate(["broken_large/000.png", "good/000.png", "broken_large/003.png"]):  # 0.269, 0.095, 0.379

@@ -31,6 +31,7 @@ from edge.sinks.ha_discovery import (
     remove_configs,
 )
 from edge.sinks.topics import TopicError
+from tests.conftest import OLD_BOTTLE_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = Path(__file__).parent / "ha_schemas"
@@ -325,7 +326,7 @@ def test_every_entity_reads_a_value_from_what_a_real_run_publishes(broker, bottl
         (folder / f"{i}.png").write_bytes((bottle_dir / "test" / name).read_bytes())
     consumer = subscribe(broker, ["riad/line1/#", "homeassistant/#"])
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--source", str(folder), "--model", str(REPO / "tests" / "data" / "bottle-128px-v1.onnx"),
+        [sys.executable, "-m", "edge", "run", "--source", str(folder), "--model", str(OLD_BOTTLE_MODEL),
          "--broker", broker.url, "--camera-id", "line1", "--spool", str(tmp_path / "spool"), "--ha-discovery", "--commands"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip

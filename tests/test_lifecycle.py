@@ -25,9 +25,10 @@ from edge.method.inspection import FrameJudge
 from edge.sinks.mqtt import MqttPublisher
 from edge.pipeline import Pipeline
 from edge.sinks.lifecycle import DefectLifecycle
+from tests.conftest import OLD_BOTTLE_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "tests" / "data" / "bottle-128px-v1.onnx"  # threshold 0.1995
+MODEL = OLD_BOTTLE_MODEL  # threshold 0.1995
 
 # MVTec AD bottle test images and what the old bottle model (tests/data) scores them (printed by a run with
 # --threshold 0): a defect seen in five frames, worse in the 2nd and 4th, then a good

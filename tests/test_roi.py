@@ -18,8 +18,8 @@ from edge.method.preprocess import read_image
 from edge.method.roi import IgnoreMask, Roi, RoiError
 from edge.sources.cameras import Frame
 from edge.station.config import ConfigError, load_config
+from tests.conftest import OLD_BOTTLE_MODEL
 
-BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 ROI = Roi(400, 60, 900, 900)  # where the part sits in a 1400 x 1000 conveyor frame
 
 
@@ -40,8 +40,8 @@ def conveyor(inside: np.ndarray, left: np.ndarray | None = None) -> np.ndarray:
 def roi_model(tmp_path) -> Path:
     """The old bottle model (tests/data) with a manifest saying it was trained on ROI (the bottle images are its crops)."""
     model = tmp_path / "bottle-roi.onnx"
-    shutil.copy(BOTTLE_MODEL, model)
-    manifest = Manifest.read(manifest_path(BOTTLE_MODEL))
+    shutil.copy(OLD_BOTTLE_MODEL, model)
+    manifest = Manifest.read(manifest_path(OLD_BOTTLE_MODEL))
     manifest.model_file, manifest.roi = model.name, ROI.as_dict()
     manifest.save(manifest_path(model))
     return model

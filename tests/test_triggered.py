@@ -24,8 +24,8 @@ from edge.station.config import CameraConfig, StationConfig
 from edge.station.station import Station
 from edge.station.trigger import parse_trigger
 from edge.station.triggered import TriggeredCamera
+from tests.conftest import OLD_BOTTLE_MODEL
 
-BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 VERDICTS = "riad/line1/verdict"
 TRIGGER = "riad/line1/trigger"
 # Test images the old bottle model (tests/data) judges far from its threshold (0.200): good 0.095-0.108, defective 0.27-0.38.
@@ -82,7 +82,7 @@ def test_one_verdict_per_trigger_ok_for_good_parts_nok_for_defective(broker, bot
     parts = [GOOD[0], DEFECTIVE[0], DEFECTIVE[1], GOOD[1]]
     source = line_folder(bottle_dir, tmp_path / "line", parts)
     consumer = subscribe(broker, [VERDICTS])
-    camera = CameraConfig("line1", str(source), BOTTLE_MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "line1.spool")
+    camera = CameraConfig("line1", str(source), OLD_BOTTLE_MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "line1.spool")
     running(StationConfig([camera]), broker.url)
     for i in range(len(parts)):
         trigger(broker, json.dumps({"part_id": f"part-{i}"}))
@@ -102,7 +102,7 @@ def test_one_verdict_per_trigger_ok_for_good_parts_nok_for_defective(broker, bot
 def test_a_bare_part_id_and_several_frames_per_part(broker, bottle_dir, tmp_path, subscribe, running):
     source = line_folder(bottle_dir, tmp_path / "line", [GOOD[0], GOOD[1], DEFECTIVE[0]])
     consumer = subscribe(broker, [VERDICTS])
-    camera = CameraConfig("line1", str(source), BOTTLE_MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "s.spool")
+    camera = CameraConfig("line1", str(source), OLD_BOTTLE_MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "s.spool")
     running(StationConfig([camera]), broker.url)
     trigger(broker, "A-17")  # plain text: what a simple PLC gateway sends
     trigger(broker, json.dumps({"part_id": 18, "frames": 2}))  # one defective frame of two: NOK
