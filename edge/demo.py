@@ -80,18 +80,19 @@ def run_demo(model: Path, source: Path, out_dir: Path, view_port: int = 0) -> in
                 broker.stop()
     if code == 0:
         print(f"heatmap overlays of the defective frames: {out_dir.resolve()}/")
-        labels = read_labels(source)
+        labels_file = source.with_suffix(".labels.txt")
+        labels = read_labels(labels_file)
         if labels:
             flagged = {int(m[2]) for p in set(out_dir.iterdir()) - earlier if (m := SNAPSHOT_NAME.match(p.name))}
-            print(compare_with_labels(flagged, labels, source.with_suffix(".labels.txt").name))
+            print(compare_with_labels(flagged, labels, labels_file.name))
     return code
 
 
-def read_labels(source: Path) -> dict[int, str]:
+def read_labels(labels_file: Path) -> dict[int, str]:
     """frame index -> the image it shows, from the `<clip>.labels.txt` beside a sample clip
     (`3 broken_large/000.png`: images under good/ are good parts); {} when there is none."""
     try:
-        lines = source.with_suffix(".labels.txt").read_text().splitlines()
+        lines = labels_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError):  # no labels, or not a labels file: nothing to compare
         return {}
     labels = {}

@@ -115,16 +115,17 @@ def label_check(stdout: str) -> tuple[int, int, int]:
     match = re.fullmatch(r"against \S+: (\d+) of (\d+) defective frames flagged, (\d+) of (\d+) good frames flagged", line)
     assert match, line
     caught, defective, false_alarms, good = map(int, match.groups())
-    assert (defective, good) == (sum(clip_labels().values()), len(clip_labels()) - sum(clip_labels().values()))
+    labels = clip_labels()
+    assert (defective, good) == (sum(labels.values()), len(labels) - sum(labels.values()))
     return caught, defective - caught, false_alarms
 
 
 def test_the_comparison_with_labels_names_each_miss_and_false_alarm(tmp_path):
     from edge.demo import compare_with_labels, read_labels
 
-    clip = tmp_path / "line.mp4"
-    clip.with_suffix(".labels.txt").write_text("0 good/a.png\n1 crack/b.png\n\nnot a label line\n2 good/c.png\n3 hole/d.png\n")
-    labels = read_labels(clip)
+    labels_file = tmp_path / "line.labels.txt"
+    labels_file.write_text("0 good/a.png\n1 crack/b.png\n\nnot a label line\n2 good/c.png\n3 hole/d.png\n")
+    labels = read_labels(labels_file)
     assert labels == {0: "good/a.png", 1: "crack/b.png", 2: "good/c.png", 3: "hole/d.png"}
     assert compare_with_labels({1, 2}, labels, "line.labels.txt").splitlines() == [
         "against line.labels.txt: 1 of 2 defective frames flagged, 1 of 2 good frames flagged",
@@ -132,9 +133,9 @@ def test_the_comparison_with_labels_names_each_miss_and_false_alarm(tmp_path):
         "  false alarms: frame 2 (good/c.png)",
     ]
     assert compare_with_labels({1, 3}, labels, "x").splitlines() == ["against x: 2 of 2 defective frames flagged, 0 of 2 good frames flagged"]
-    assert read_labels(tmp_path / "unlabelled.mp4") == {}
+    assert read_labels(tmp_path / "unlabelled.labels.txt") == {}
     (tmp_path / "binary.labels.txt").write_bytes(b"\xff\xfe\x00 not text")
-    assert read_labels(tmp_path / "binary.mp4") == {}
+    assert read_labels(tmp_path / "binary.labels.txt") == {}
 
 
 
