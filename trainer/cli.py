@@ -102,10 +102,17 @@ def export(
     reference_map: Annotated[
         bool,
         typer.Option(
-            help="score how far a frame rises above a good part's anomaly map (the mean over training "
+            help="score how far a frame rises above good parts' anomaly maps (measured on training "
             "images); --no-reference-map: the paper's plain map, e.g. for parts that lie anywhere in the view"
         ),
     ] = True,
+    reference_statistic: Annotated[
+        str,
+        typer.Option(
+            help="the reference map per pixel: max, the highest of the good parts' maps (a defect must rise above "
+            "every good part), or mean, their average (kinder to a training folder with a stray bad part)"
+        ),
+    ] = "max",
     cell_sizes: Annotated[
         str | None,
         typer.Option(
@@ -138,7 +145,8 @@ def export(
     try:
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
-                               cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed)
+                               cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed,
+                               reference_statistic=reference_statistic)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -148,7 +156,10 @@ def export(
     if calibration["false_alarm_rate"] is not None:
         rule += f"; {calibration['held_out_above_threshold']} of them score above it"
     images = manifest.metrics.get("reference_images")
-    reference = f"the mean anomaly map of {images} training images" if manifest.reference_map else "none (the plain map)"
+    reference = "none (the plain map)"
+    if manifest.reference_map:
+        how = "per-pixel maximum" if manifest.metrics["reference_statistic"] == "max" else "mean"
+        reference = f"the {how} of the anomaly maps of {images} training images"
     typer.echo(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
