@@ -334,9 +334,8 @@ def test_the_reference_map_is_what_the_training_images_score_and_the_edge_subtra
     with OnnxCpuBackend(out, manifest=plain) as backend:
         plain_maps = [backend.score(image).anomaly_map for image in train_images]
     assert manifest.metrics["reference_images"] == len(train_images) == 2
-    assert manifest.metrics["reference_statistic"] == "max"  # a defect must rise above every good part measured
-    assert manifest.reference_map == encode_reference(np.max(plain_maps, axis=0))
-    assert not np.array_equal(plain_maps[0], plain_maps[1])  # so max and mean differ
+    assert manifest.metrics["reference_statistic"] == "mean"
+    assert manifest.reference_map == encode_reference(np.mean(plain_maps, axis=0, dtype=np.float64).astype(np.float32))
     assert (manifest.reference_map["height"], manifest.reference_map["width"]) == (8, 8)  # a quarter of 32 px
     assert manifest.reference.shape == (32, 32) and manifest.reference.max() > 0
     with OnnxCpuBackend(out) as backend:
@@ -502,23 +501,24 @@ def test_export_refuses_cell_sizes_the_model_never_inpainted(trained, tmp_path, 
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
-def test_the_reference_map_can_be_the_mean_of_the_good_maps(exported, trained, tmp_path):
-    _, by_max = exported
-    out = tmp_path / "mean.onnx"
-    manifest = export_onnx(trained, out, reference_statistic="mean")
+def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained, tmp_path):
+    _, by_mean = exported
+    out = tmp_path / "max.onnx"
+    manifest = export_onnx(trained, out, reference_statistic="max")
     state = load_checkpoint(trained)
     with OnnxCpuBackend(out, manifest=replace(manifest, reference_map={})) as backend:
         plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
-    assert manifest.metrics["reference_statistic"] == "mean"
-    assert manifest.reference_map == encode_reference(np.mean(plain_maps, axis=0, dtype=np.float64).astype(np.float32))
-    # Less is subtracted, so the held-out good parts score higher and so does the threshold.
-    assert manifest.threshold > by_max.threshold
+    assert not np.array_equal(plain_maps[0], plain_maps[1])  # so max and mean differ
+    assert manifest.metrics["reference_statistic"] == "max"
+    assert manifest.reference_map == encode_reference(np.max(plain_maps, axis=0))
+    # More is subtracted, so the held-out good parts score lower and so does the threshold.
+    assert manifest.threshold < by_mean.threshold
 
 
 def test_cli_refuses_an_unknown_reference_statistic(trained, tmp_path):
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--reference-statistic", "median"])
     assert result.exit_code == 2
-    assert "--reference-statistic must be one of max, mean, not 'median'" in result.output
+    assert "--reference-statistic must be one of mean, max, not 'median'" in result.output
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -532,7 +532,7 @@ def test_cli_train_then_export(parts, tmp_path):
     result = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(tmp_path / "engines" / "mini.onnx")])
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
-    assert "reference: the per-pixel maximum of the anomaly maps of 2 training images" in result.output
+    assert "reference: the mean of the anomaly maps of 2 training images" in result.output
     assert "map:       gradients of R, G and B each (the training images have colour)" in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").map_spec.per_channel

@@ -109,10 +109,11 @@ def export(
     reference_statistic: Annotated[
         str,
         typer.Option(
-            help="the reference map per pixel: max, the highest of the good parts' maps (a defect must rise above "
-            "every good part), or mean, their average (kinder to a training folder with a stray bad part)"
+            help="the reference map per pixel: mean, the good parts' average, or max, the highest of them: ranks "
+            "parts a little better, but maps less of a defect and needs a threshold set on the line "
+            "(riad-edge calibrate; docs/benchmarks.md)"
         ),
-    ] = "max",
+    ] = "mean",
     cell_sizes: Annotated[
         str | None,
         typer.Option(

@@ -170,9 +170,9 @@ def raw_anomaly_map(original: np.ndarray, reconstructions: np.ndarray, spec: Map
 def excess_over_reference(amap: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
     """How far the map rises above a defect-free part's, never below 0.
 
-    `reference` is the per-pixel maximum (or, in older manifests and with export's
-    --reference-statistic mean, the mean) of defect-free training images' smoothed maps,
-    measured at export (trainer/export.py): edges, highlights and textures that the net
+    `reference` is the mean (or with export's --reference-statistic max, the per-pixel
+    maximum) of defect-free training images' smoothed maps, measured at export
+    (trainer/export.py): edges, highlights and textures that the net
     always inpaints imperfectly score high on every part, good or bad, and would hide a real
     defect's peak among them. Subtracting what good parts score there leaves what is new.
     None: the map as the paper defines it (manifests from before the reference).
