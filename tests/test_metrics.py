@@ -8,6 +8,7 @@ import pytest
 
 from trainer.metrics import (
     image_auroc,
+    percent_mean_and_range,
     pixel_auroc,
     pro_score,
     roc_curve,
@@ -206,3 +207,8 @@ def test_threshold_choices_when_every_score_is_good_or_nothing_scores_higher():
     assert all(r["threshold"] >= 0.5 and r["recall"] == 0.0 for r in rows)
     zero = thresholds_for_false_alarm_rates([0.0, 0.0, 0.0], [0, 0, 1], [0.0])[0]
     assert zero["threshold"] >= 0.0 and zero["false_positives"] == 0
+
+
+def test_a_measure_over_draws_reads_as_its_mean_and_range_in_percent():
+    assert percent_mean_and_range([0.76, 0.70, 0.73]) == "73.0 (70.0-76.0)"
+    assert percent_mean_and_range([0.995]) == "99.5 (99.5-99.5)"

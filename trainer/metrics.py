@@ -161,6 +161,13 @@ def threshold_counts(scores: Sequence[float], labels: Sequence[int], threshold: 
     }
 
 
+def percent_mean_and_range(fractions: Sequence[float]) -> str:
+    """'72.9 (67.0-77.6)': the mean, lowest and highest of rates such as AUROCs, in percent
+    (how the benchmarks report a measure over several mask draws or trainings)."""
+    values = [100 * v for v in fractions]
+    return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, tied values sharing the mean of their ranks."""
     order = np.argsort(values, kind="stable")
