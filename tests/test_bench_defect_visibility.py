@@ -1,0 +1,82 @@
+"""bench/defect_visibility: where a defective image's map peaks, and the recall a score that knew where to look would reach."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import OLD_BOTTLE_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    loader = SourceFileLoader("defect_visibility", str(ROOT / "bench" / "defect_visibility"))
+    module = module_from_spec(spec_from_loader(loader.name, loader))
+    sys.modules[loader.name] = module  # its dataclass looks its module up there
+    loader.exec_module(module)
+    return module
+
+
+def test_the_peak_is_split_at_the_widened_defect():
+    script = load_script()
+    anomaly_map = np.zeros((32, 32), np.float32)
+    anomaly_map[5, 5] = 0.9  # far from the defect: a highlight that outscores it
+    anomaly_map[20, 23] = 0.4  # 3 px right of the marked defect, within the smoothing's reach
+    mask = np.zeros((32, 32), bool)
+    mask[18:22, 18:21] = True
+    assert script.split_peak(anomaly_map, script.widened(mask, 3)) == (np.float32(0.4), np.float32(0.9))
+    assert script.split_peak(anomaly_map, script.widened(mask, 1)) == (0.0, np.float32(0.9))
+
+
+def test_it_tells_defects_caught_by_their_own_region_from_those_caught_by_luck():
+    script = load_script()
+    good = np.linspace(0.10, 0.29, 20)  # 5 % false alarms allows one: the threshold lies between 0.28 and 0.29
+    defects = [
+        script.Defect("a", score=0.50, inside=0.50, outside=0.20),  # seen and caught
+        script.Defect("b", score=0.20, inside=0.20, outside=0.10),  # seen, under the threshold
+        script.Defect("c", score=0.45, inside=0.22, outside=0.45),  # seen, caught for a peak elsewhere
+        script.Defect("d", score=0.40, inside=0.05, outside=0.40),  # not seen (under the median good, 0.195), caught likewise
+    ]
+    s = script.summary(good, defects)
+    assert (s["defects"], s["peak_inside"], s["unseen"]) == (4, 2, 1)
+    assert s["recall"] == 0.75
+    assert s["recall_inside"] == 0.25  # only "a" clears the threshold where its defect is
+
+
+def test_it_reports_a_real_test_set(bottle_dir, tmp_path):
+    data = tmp_path / "bottle"
+    for folder, names in {"test/good": ["000.png", "001.png"], "test/broken_large": ["000.png"]}.items():
+        (data / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(bottle_dir / folder / name, data / folder / name)
+    (data / "ground_truth" / "broken_large").mkdir(parents=True)
+    shutil.copy(bottle_dir / "ground_truth/broken_large/000_mask.png", data / "ground_truth/broken_large/000_mask.png")
+    (data / "test" / "contamination").mkdir()  # a defect without a mask is left out, not an error
+    shutil.copy(bottle_dir / "test/contamination/000.png", data / "test/contamination/000.png")
+
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "defect_visibility"), str(data), str(OLD_BOTTLE_MODEL),
+                             str(OLD_BOTTLE_MODEL), "--per-image"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{OLD_BOTTLE_MODEL.name}: 1 defective images with masks, 2 good"
+    assert "peak inside the defect: 1;" in lines[1]  # a broken bottle lights up where it is broken
+    assert "crack" not in result.stdout and "broken_large/000.png" in result.stdout
+    assert lines[-4] == "over 2 models: mean (range)"
+
+
+def test_a_test_set_without_masks_is_refused(bottle_dir, tmp_path):
+    for folder in ("test/good", "test/broken_large"):
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copy(bottle_dir / folder / "000.png", tmp_path / folder / "000.png")
+    shutil.copy(bottle_dir / "test/good/001.png", tmp_path / "test/good/001.png")
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "defect_visibility"), str(tmp_path), str(OLD_BOTTLE_MODEL)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert "needs good test images and defective ones with ground-truth masks" in result.stderr
