@@ -80,3 +80,11 @@ def test_a_test_set_without_masks_is_refused(bottle_dir, tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1
     assert "needs good test images and defective ones with ground-truth masks" in result.stderr
+
+
+def test_a_missing_model_or_test_set_is_one_line_not_a_traceback(bottle_dir, tmp_path):
+    for data, model, words in [(bottle_dir, tmp_path / "nope.onnx", "nope.onnx does not exist"),
+                               (tmp_path, OLD_BOTTLE_MODEL, "has no test/ folder")]:
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / "defect_visibility"), str(data), str(model)],
+                                capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 1 and words in result.stderr and "Traceback" not in result.stderr
