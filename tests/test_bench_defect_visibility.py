@@ -9,8 +9,11 @@ from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from edge.manifest import Manifest, manifest_path
+from edge.method.roi import Roi
 from tests.conftest import OLD_BOTTLE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +91,32 @@ def test_a_missing_model_or_test_set_is_one_line_not_a_traceback(bottle_dir, tmp
         result = subprocess.run([sys.executable, str(ROOT / "bench" / "defect_visibility"), str(data), str(model)],
                                 capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 1 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_trained_on_an_roi_is_scored_on_its_roi(bottle_dir, tmp_path):
+    """The same bottle and mask, alone or placed in a larger conveyor frame whose ROI the model was trained on:
+    the same numbers, because both frame and mask are cut to the ROI first (trainer.evaluate.score_items)."""
+    x, y = 400, 60
+    plain, framed = tmp_path / "plain", tmp_path / "framed"
+    for folder, name in [("test/good", "000.png"), ("test/good", "001.png"), ("test/broken_large", "000.png"),
+                         ("ground_truth/broken_large", "000_mask.png")]:
+        image = cv2.imread(str(bottle_dir / folder / name), cv2.IMREAD_UNCHANGED)
+        for root in (plain, framed):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(plain / folder / name), image)
+        conveyor = np.full((1000, 1400, *image.shape[2:]), 90 if image.ndim == 3 else 0, np.uint8)
+        conveyor[y : y + image.shape[0], x : x + image.shape[1]] = image
+        conveyor[400:500, 30:130] = 255  # a bright patch outside the ROI, which the model must not see
+        cv2.imwrite(str(framed / folder / name), conveyor)
+    roi_model = tmp_path / "bottle-roi.onnx"
+    shutil.copy(OLD_BOTTLE_MODEL, roi_model)
+    manifest = Manifest.read(manifest_path(OLD_BOTTLE_MODEL))
+    manifest.model_file, manifest.roi = roi_model.name, Roi(x, y, 900, 900).as_dict()
+    manifest.save(manifest_path(roi_model))
+
+    script = load_script()
+    good, (defect,) = script.score_test_set(OLD_BOTTLE_MODEL, plain)
+    good_in_roi, (defect_in_roi,) = script.score_test_set(roi_model, framed)
+    np.testing.assert_allclose(good_in_roi, good, rtol=1e-5)
+    np.testing.assert_allclose([defect_in_roi.inside, defect_in_roi.outside], [defect.inside, defect.outside], rtol=1e-5)
+    assert defect.inside > defect.outside  # the bottle's break is where its map peaks

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge.backends.base import FrameScore
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
@@ -73,15 +75,8 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with OnnxCpuBackend(model_path) as backend:
         manifest = backend.manifest
-        roi = Roi.from_dict(manifest.roi) if manifest.roi else None  # a model trained on an ROI sees only it
         scored = []
-        for item in tqdm(items, desc="evaluating", unit="image"):
-            frame = read_image(item.image_path)
-            mask = read_mask(item, frame.shape)
-            if roi is not None:
-                frame = roi.view(frame)
-                mask = None if mask is None else roi.view(mask.astype(np.uint8)) > 0
-            result = backend.score(prepare(frame, manifest.input_shape))
+        for item, frame, mask, result in tqdm(score_items(backend, items), total=len(items), desc="evaluating", unit="image"):
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
                 write_overlay(overlay_path, frame, result.anomaly_map, manifest.threshold, mask)
@@ -94,6 +89,25 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
     (out_dir / "metrics.md").write_text(markdown_table(report))
     record_in_manifest(model_path, manifest, report)
     return report
+
+
+def score_items(
+    backend: OnnxCpuBackend, items: list[TestItem]
+) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None, FrameScore]]:
+    """Each test item as the edge sees it: (item, frame, mask, the edge's score of the frame).
+
+    A model trained on an ROI sees only it, so frame and mask (None without one) are cut to
+    the manifest's ROI before scoring. Every script that scores a test set goes through here.
+    """
+    manifest = backend.manifest
+    roi = Roi.from_dict(manifest.roi) if manifest.roi else None
+    for item in items:
+        frame = read_image(item.image_path)
+        mask = read_mask(item, frame.shape)
+        if roi is not None:
+            frame = roi.view(frame)
+            mask = None if mask is None else roi.view(mask.astype(np.uint8)) > 0
+        yield item, frame, mask, backend.score(prepare(frame, manifest.input_shape))
 
 
 def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
