@@ -174,6 +174,9 @@ class Manifest:
                     f"manifest {path}: cell_sizes {sizes!r} and num_sets {sets!r} must be whole numbers above 0 "
                     "(cell_sizes a list of them); re-export the model"
                 )
+            c = manifest.map_c  # the map divides by it (edge.method.anomaly_map.gms_constant)
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
+                raise ManifestError(f"manifest {path}: map_c {c!r} must be a number above 0; re-export the model")
             seed = manifest.mask_seed
             if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up
                 raise ManifestError(f"manifest {path}: mask_seed {seed!r} must be a whole number, 0 or more; re-export the model")

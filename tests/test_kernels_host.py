@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 
 from edge.method.anomaly_map import (
+    GMS_C,
+    GMS_C_FLOOR,
     MapSpec,
     anomaly_map,
     average_pool2,
@@ -119,9 +121,11 @@ def test_variants_and_gray_pyramids_are_exact(host_kernels, bottle_dir, shape, p
         ((64, 64), 2, 0.0, True),
     ],
 )
-def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, sigma, per_channel):
+# The c export measures for a part (gms_constant): the paper's, a smooth part's floor, a textured part's.
+@pytest.mark.parametrize("c", [GMS_C, GMS_C_FLOOR, 0.02])
+def test_anomaly_map_matches_reference(host_kernels, bottle_dir, shape, levels, sigma, per_channel, c):
     original, defect = bottle_pair(bottle_dir, shape)
-    mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, sigma=sigma, per_channel=per_channel)
+    mask_spec, map_spec = MaskSpec(), MapSpec(levels=levels, c=c, sigma=sigma, per_channel=per_channel)
     masks = fixed_masks(*shape, mask_spec, seed=5)
     k, n = len(mask_spec.cell_sizes), mask_spec.num_sets
     outputs = altered_outputs(original, defect, k * n, seed=shape[0] + shape[1] + levels)

@@ -135,6 +135,13 @@ def export(
             "draw of the same model, and on fine defects the draw moves the scores (docs/benchmarks.md)"
         ),
     ] = None,
+    map_c: Annotated[
+        float | None,
+        typer.Option(
+            help="the anomaly map's contrast floor, its GMS constant c (default: measured on the good training "
+            "images held out, from their typical gradient; 0.0026 is the paper's, made for natural photographs; docs/benchmarks.md)"
+        ),
+    ] = None,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -147,7 +154,7 @@ def export(
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
                                cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed,
-                               reference_statistic=reference_statistic)
+                               reference_statistic=reference_statistic, map_c=map_c)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -165,7 +172,7 @@ def export(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
-        f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}\n"
+        f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
         f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
         f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"

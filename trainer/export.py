@@ -9,6 +9,7 @@ so the threshold is measured on exactly the arithmetic the edge box will run.
 from __future__ import annotations
 
 import contextlib
+import math
 import io
 import logging
 import warnings
@@ -19,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge.method.anomaly_map import default_sigma
+from edge.method.anomaly_map import GMS_C, MapSpec, default_sigma, gms_constant
 from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
@@ -170,7 +171,7 @@ def map_channels_for(images: np.ndarray) -> str:
 def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None, mask_draws: int = 1,
-    mask_seed: int | None = None, reference_statistic: str = "mean",
+    mask_seed: int | None = None, reference_statistic: str = "mean", map_c: float | None = None,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -188,6 +189,8 @@ def export_onnx(
     N times the variants, less of the draw's luck in the score (docs/benchmarks.md).
     With `mask_seed` the edge's cells are drawn from that seed instead of the training
     seed: another draw of the same model, which on fine defects scores differently.
+    The map's GMS constant is measured on the held-out good images
+    (edge.method.anomaly_map.gms_constant), or with `map_c` set to it (0.0026: the paper's).
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -201,6 +204,8 @@ def export_onnx(
         raise ExportError(f"mask draws must be 1 to {MAX_MASK_DRAWS}, not {mask_draws}")
     if reference_statistic not in REFERENCE_STATISTICS:
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
+    if map_c is not None and not (math.isfinite(map_c) and map_c > 0):
+        raise ExportError(f"--map-c must be a number above 0 (the paper's is {GMS_C}), not {map_c}")
     if mask_seed is not None and mask_seed < 0:  # numpy's generators take seeds of 0 and up
         raise ExportError(f"the mask seed must be a whole number, 0 or more, not {mask_seed}")
     state = load_checkpoint(checkpoint)
@@ -230,6 +235,9 @@ def export_onnx(
     # the threshold; the first one's masked variants, the batch the edge really sends,
     # check the file against torch.
     held_out_images = load_images(held_out, (height, width), config.roi)
+    map_channels = map_channels_for(held_out_images)
+    if map_c is None:  # a scalar of the surface, measured on the good parts that also set the threshold
+        map_c = gms_constant(held_out_images, MapSpec(per_channel=map_channels == "rgb"))
     masks = fixed_masks(height, width, spec, seed)
     variants = masked_variants(held_out_images[0], masks)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +267,8 @@ def export_onnx(
         num_sets=spec.num_sets,
         mask_seed=seed,
         map_sigma=default_sigma(height, width),
-        map_channels=map_channels_for(held_out_images),
+        map_c=map_c,
+        map_channels=map_channels,
         roi=Roi.parse(config.roi).as_dict() if config.roi else {},
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,

@@ -8,7 +8,8 @@ Conventions (those of the RIAD reference code):
 - images are float32 (C, H, W) in [0, 1]; gradients are taken on the channel mean, or
   (MapSpec.per_channel) on each colour channel, their GMS maps averaged (see there);
 - Prewitt 3x3 kernels divided by 3, zero padding outside the image;
-- GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c), with c = 0.0026 (GMSD's 170 / 255^2);
+- GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c): the training loss uses GMSD's c = 0.0026
+  (170 / 255^2); the map uses the part's own c from the manifest (gms_constant);
 - 4 pyramid levels, each a 2x2 average of the one above, upsampled back bilinearly
   with half-pixel centres (torch's align_corners=False) and averaged;
 - the map is smoothed with a separable Gaussian, border reflected (OpenCV's REFLECT_101).
@@ -29,6 +30,17 @@ PYRAMID_LEVELS = 4
 # export writes 8, kept relative to the input's scale, into every new model's manifest.
 SIGMA_AT_256 = 4.0
 EXPORT_SIGMA_AT_256 = 8.0
+
+# c is the map's contrast floor: 1 - GMS = (g1 - g2)^2 / (g1^2 + g2^2 + c), so a gradient
+# change well under sqrt(c) counts little. GMSD fixed c for photographs of natural scenes;
+# a part's good surface decides what is noise instead. A textured surface (KolektorSDD's
+# ground metal) has gradients everywhere that the net cannot reproduce grain by grain, and
+# GMSD's floor lit them up like cracks; a smooth one (a bottle) hid faint defects under it.
+# So export measures c on the part's good images: SURFACE_GRADIENT_MULTIPLE times their
+# median gradient magnitude, squared (bench/gms_constant, docs/benchmarks.md). It also makes
+# the map the same for a camera with more or less contrast: gradients and sqrt(c) scale alike.
+SURFACE_GRADIENT_MULTIPLE = 2.0
+GMS_C_FLOOR = (1.0 / 255.0) ** 2  # under one grey level a gradient is the camera's quantisation, not the part
 
 
 def default_sigma(height: int, width: int) -> float:
@@ -129,6 +141,21 @@ def compared_planes(image: np.ndarray, spec: MapSpec) -> list[np.ndarray]:
     """What the map compares, as (C, H, W) images that msgms_map greys: the whole image
     (its channel mean), or with spec.per_channel each channel alone, in RGB order."""
     return [image[c : c + 1] for c in range(image.shape[0])] if spec.per_channel else [image]
+
+
+def typical_gradient(images: np.ndarray, spec: MapSpec) -> float:
+    """The median gradient magnitude, over every pixel, of the planes the map compares
+    (spec.per_channel) in `images` (N, C, H, W) in [0, 1]."""
+    magnitudes = [prewitt_magnitude(channel_mean(plane)) for image in images for plane in compared_planes(image, spec)]
+    if not magnitudes:
+        raise ValueError("the GMS constant is measured on good images, and none were given")
+    return float(np.median(np.concatenate([m.ravel() for m in magnitudes])))
+
+
+def gms_constant(images: np.ndarray, spec: MapSpec, multiple: float = SURFACE_GRADIENT_MULTIPLE) -> float:
+    """The map's c for a part seen in the good `images`: `multiple` times their typical
+    gradient, squared; never under GMS_C_FLOOR."""
+    return max((multiple * typical_gradient(images, spec)) ** 2, GMS_C_FLOOR)
 
 
 def raw_anomaly_map_pair_by_pair(original: np.ndarray, reconstructions: np.ndarray,
