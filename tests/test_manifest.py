@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -104,16 +105,22 @@ def test_damaged_cell_sizes_are_refused_at_start(tiny_onnx_model, sizes, sets):
         Manifest.for_model(tiny_onnx_model)
 
 
-@pytest.mark.parametrize("seed", [-1, 2.5, "3", True, None])
-def test_damaged_mask_seed_is_refused_at_start(tiny_onnx_model, seed):
-    """export --mask-seed writes it; numpy would refuse these at the first frame's masks."""
+# export --mask-seed writes mask_seed, which numpy would refuse at the first frame's masks;
+# export measures map_c, which the map divides by (0 would make every flat pixel 0 / 0).
+DAMAGED_NUMBERS = [("mask_seed", seed, "must be a whole number, 0 or more") for seed in (-1, 2.5, "3", True, None)]
+DAMAGED_NUMBERS += [("map_c", c, "must be a number above 0") for c in (0, -0.0026, "0.0026", True, None, math.inf)]
+ACCEPTED = {"mask_seed": 2**40, "map_c": 1e-5}  # any seed numpy takes; a c under the floor, set by hand
+
+
+@pytest.mark.parametrize(("key", "value", "words"), DAMAGED_NUMBERS)
+def test_a_damaged_number_is_refused_at_start(tiny_onnx_model, key, value, words):
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())
-    path.write_text(json.dumps(data | {"mask_seed": seed}))
-    with pytest.raises(ManifestError, match=r"mask_seed .* must be a whole number, 0 or more; re-export the model"):
+    path.write_text(json.dumps(data | {key: value}))
+    with pytest.raises(ManifestError, match=rf"{key} .* {words}; re-export the model"):
         Manifest.for_model(tiny_onnx_model)
-    path.write_text(json.dumps(data | {"mask_seed": 2**40}))  # any size numpy takes
-    assert Manifest.for_model(tiny_onnx_model).mask_seed == 2**40
+    path.write_text(json.dumps(data | {key: ACCEPTED[key]}))
+    assert getattr(Manifest.for_model(tiny_onnx_model), key) == ACCEPTED[key]
 
 
 def test_cell_sizes_that_do_not_tile_the_input_are_refused_at_start(tiny_onnx_model):

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, encode_reference, file_sha256, manifest_path
-from edge.method.anomaly_map import anomaly_map, excess_over_reference, raw_anomaly_map, smooth
+from edge.method.anomaly_map import GMS_C, anomaly_map, excess_over_reference, gms_constant, raw_anomaly_map, smooth
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
@@ -515,6 +515,21 @@ def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained
     assert manifest.threshold < by_mean.threshold
 
 
+def test_the_maps_gms_constant_is_measured_on_the_held_out_good_images(exported, trained, tmp_path):
+    _, measured = exported
+    state = load_checkpoint(trained)
+    held_out = np.stack([prepare(read_image(p), (32, 32)) for p in state["held_out_images"]])
+    assert measured.map_c == gms_constant(held_out, measured.map_spec) != GMS_C
+    papers = export_onnx(trained, tmp_path / "papers.onnx", map_c=GMS_C)  # export --map-c 0.0026
+    assert Manifest.for_model(tmp_path / "papers.onnx").map_c == GMS_C
+    # The same network; another c moves the scores, so the threshold is set again on them.
+    assert papers.model_sha256 == measured.model_sha256 and papers.threshold != measured.threshold
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ExportError, match="--map-c must be a number above 0"):
+            export_onnx(trained, tmp_path / "bad.onnx", map_c=bad)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_cli_refuses_an_unknown_reference_statistic(trained, tmp_path):
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--reference-statistic", "median"])
     assert result.exit_code == 2
@@ -533,7 +548,7 @@ def test_cli_train_then_export(parts, tmp_path):
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
     assert "reference: the mean of the anomaly maps of 2 training images" in result.output
-    assert "map:       gradients of R, G and B each (the training images have colour)" in result.output
+    assert "map:       gradients of R, G and B each (the training images have colour), GMS constant c " in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").map_spec.per_channel
     # Parts that lie anywhere in the view: the paper's plain map, and the training images may be gone.
