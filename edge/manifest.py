@@ -156,7 +156,7 @@ class Manifest:
             raise ManifestError(f"manifest {path} lacks {', '.join(missing)}")
         threshold = data["threshold"]
         # NaN is never exceeded: a model with it would run and never raise an alert.
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if not _finite_number(threshold):
             raise ManifestError(f"manifest {path}: threshold {threshold!r} is not a finite number; re-export the model")
         try:
             # Unknown keys are skipped: older exports wrote mean/std, which were always 0 and 1.
@@ -175,7 +175,7 @@ class Manifest:
                     "(cell_sizes a list of them); re-export the model"
                 )
             c = manifest.map_c  # the map divides by it (edge.method.anomaly_map.gms_constant)
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
+            if not (_finite_number(c) and c > 0):
                 raise ManifestError(f"manifest {path}: map_c {c!r} must be a number above 0; re-export the model")
             seed = manifest.mask_seed
             if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up
@@ -209,6 +209,11 @@ REFERENCE_SCALE = 4  # the reference is a smoothed map (sigma >= 4 px at 256 px)
 
 def _whole_number(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that is not NaN or infinite (and not true or false, which Python counts as ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def encode_reference(reference: np.ndarray) -> dict:

@@ -152,10 +152,15 @@ def typical_gradient(images: np.ndarray, spec: MapSpec) -> float:
     return float(np.median(np.concatenate([m.ravel() for m in magnitudes])))
 
 
-def gms_constant(images: np.ndarray, spec: MapSpec, multiple: float = SURFACE_GRADIENT_MULTIPLE) -> float:
-    """The map's c for a part seen in the good `images`: `multiple` times their typical
-    gradient, squared; never under GMS_C_FLOOR."""
-    return max((multiple * typical_gradient(images, spec)) ** 2, GMS_C_FLOOR)
+def gms_constant(images: np.ndarray, spec: MapSpec) -> float:
+    """The map's c for a part seen in the good `images` (export's choice)."""
+    return gms_constant_for(typical_gradient(images, spec))
+
+
+def gms_constant_for(typical: float, multiple: float = SURFACE_GRADIENT_MULTIPLE) -> float:
+    """c for a part whose typical gradient is `typical`: `multiple` times it, squared; never
+    under GMS_C_FLOOR."""
+    return max((multiple * typical) ** 2, GMS_C_FLOOR)
 
 
 def raw_anomaly_map_pair_by_pair(original: np.ndarray, reconstructions: np.ndarray,
