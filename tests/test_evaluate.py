@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -13,13 +14,14 @@ from conftest import write_tiny_onnx
 from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
-from edge.manifest import Manifest
+from edge.manifest import Manifest, manifest_path
+from edge.method.roi import Roi
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
-from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, recall_at_false_alarms
+from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, prepared_items, recall_at_false_alarms
 from trainer.plots import Axes
 from trainer.testset import TestSetError, load_test_set, read_mask
-from tests.conftest import DATA
+from tests.conftest import DATA, OLD_BOTTLE_MODEL
 
 DEFECTS = ["broken_large", "contamination"]
 KOLEKTOR = DATA / "kolektorsdd"
@@ -234,6 +236,33 @@ def test_evaluate_measures_the_onnx_model_as_the_edge_runs_it(category, tiny_onn
     evaluation = Manifest.for_model(tiny_onnx_model).metrics["evaluation"]
     assert evaluation["image_auroc"] == report["overall"]["image_auroc"]
     assert evaluation["test_set"] == "bottle"
+
+
+def test_research_scripts_read_a_test_set_cut_to_the_models_roi(category, tmp_path):
+    """prepared_items (bench/gms_constant, mask_draws, map_variants): a bottle placed in a larger
+    frame, read for a model trained on its ROI, gives the image and mask of the bottle alone."""
+    x, y = 300, 40
+    framed = tmp_path / "framed"
+    for source in category.rglob("*.png"):
+        image = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+        canvas = np.full((1000, 1300, *image.shape[2:]), 255 if image.ndim == 3 else 0, np.uint8)
+        canvas[y : y + image.shape[0], x : x + image.shape[1]] = image
+        target = framed / source.relative_to(category)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), canvas)
+    plain = replace(Manifest.read(manifest_path(OLD_BOTTLE_MODEL)), input_height=48, input_width=48)
+    in_roi = replace(plain, roi=Roi(x, y, 900, 900).as_dict())
+
+    alone = list(prepared_items(load_test_set(category), plain))
+    cut = list(prepared_items(load_test_set(framed), in_roi))
+    assert [item.image_path.name for item, _, _ in cut] == [item.image_path.name for item, _, _ in alone]
+    for (item, image, mask), (_, image_in_roi, mask_in_roi) in zip(alone, cut):
+        assert image.shape == (3, 48, 48) and mask.shape == (48, 48)
+        assert mask.any() == item.is_defective  # a good image's mask is all clear
+        np.testing.assert_allclose(image_in_roi, image, atol=1e-6)
+        np.testing.assert_array_equal(mask_in_roi, mask)
+    uncut = next(prepared_items(load_test_set(framed), plain))[1]
+    assert not np.allclose(uncut, alone[0][1], atol=0.05)  # without the ROI the frame's white margins are in
 
 
 def test_decisions_follow_the_manifest_threshold(category, tmp_path):

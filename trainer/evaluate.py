@@ -91,15 +91,12 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
     return report
 
 
-def score_items(
-    backend: OnnxCpuBackend, items: list[TestItem]
-) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None, FrameScore]]:
-    """Each test item as the edge sees it: (item, frame, mask, the edge's score of the frame).
+def cut_to_roi(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None]]:
+    """Each test item as the camera gives it to a model: (item, frame, mask or None).
 
-    A model trained on an ROI sees only it, so frame and mask (None without one) are cut to
-    the manifest's ROI before scoring. Every script that scores a test set goes through here.
+    A model trained on an ROI sees only it, so frame and mask are cut to the manifest's ROI.
+    Every script that scores a test set reads it through here.
     """
-    manifest = backend.manifest
     roi = Roi.from_dict(manifest.roi) if manifest.roi else None
     for item in items:
         frame = read_image(item.image_path)
@@ -107,7 +104,26 @@ def score_items(
         if roi is not None:
             frame = roi.view(frame)
             mask = None if mask is None else roi.view(mask.astype(np.uint8)) > 0
-        yield item, frame, mask, backend.score(prepare(frame, manifest.input_shape))
+        yield item, frame, mask
+
+
+def score_items(
+    backend: OnnxCpuBackend, items: list[TestItem]
+) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None, FrameScore]]:
+    """Each test item as the edge sees it: (item, frame, mask, the edge's score of the frame)."""
+    shape = backend.manifest.input_shape
+    for item, frame, mask in cut_to_roi(items, backend.manifest):
+        yield item, frame, mask, backend.score(prepare(frame, shape))
+
+
+def prepared_items(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None]]:
+    """Each test item as the network takes it: (item, prepared image, mask at the map's size or None).
+
+    For research scripts that score the network's reconstructions several ways.
+    """
+    for item, frame, mask in cut_to_roi(items, manifest):
+        image = prepare(frame, manifest.input_shape)
+        yield item, image, None if mask is None else at_map_size(mask, image[0])
 
 
 def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
