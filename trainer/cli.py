@@ -27,7 +27,7 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="defect-free images: an MVTec category (<cat>/train/good) or a folder")],
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
-        str | None, typer.Option(help="cpu: 16-wide net, 192x192 px, 40 epochs or 8,000 images seen, whichever ends first: about "
+        str | None, typer.Option(help="cpu: 16-wide net, 160x160 px, 40 epochs or 8,000 images seen, whichever ends first: about "
                     "30 minutes on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="train this many epochs in all, however many images (may grow on --resume)")] = None,

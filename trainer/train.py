@@ -59,7 +59,7 @@ class TrainError(Exception):
 class TrainConfig:
     recipe: str = "cpu"
     # The input has about input_size x input_size pixels, in the images' aspect ratio.
-    input_size: int = 192
+    input_size: int = 160
     # Training crops' side (0: whole images); inference always sees the whole input.
     crop_size: int = 128
     base_width: int = 16
@@ -102,9 +102,10 @@ class TrainConfig:
 
 RECIPES = {
     # Two CPU cores, 30 minutes for bottle's 189 training images (docs/benchmarks.md): a
-    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has about 192 x 192
-    # pixels (INT8 on a 2-core AVX2 CPU: 3.5 to 4.1 frames/s), trained on 128 px crops so a
-    # step costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
+    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has about 160 x 160
+    # pixels (INT8 on a 2-core AVX2 CPU: 5 frames/s; 192 px, the default until the map's c
+    # was measured per part, detects no better at 4), trained on 128 px crops so a step
+    # costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
     # paper's, which it needs to converge in so few steps.
     # Its 40 epochs stop at 8,000 images seen: a set of 400 images trains 20 epochs, in
     # the time of bottle's 40, not twice as long (the same number of steps).
