@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.method.anomaly_map import MapSpec
+from edge.method.anomaly_map import MapSpec, usable_gms_constant
 from edge.method.masks import MaskSpec, check_input_size
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
@@ -175,7 +175,7 @@ class Manifest:
                     "(cell_sizes a list of them); re-export the model"
                 )
             c = manifest.map_c  # the map divides by it (edge.method.anomaly_map.gms_constant)
-            if not (_finite_number(c) and c > 0):
+            if not usable_gms_constant(c):
                 raise ManifestError(f"manifest {path}: map_c {c!r} must be a number above 0; re-export the model")
             seed = manifest.mask_seed
             if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up

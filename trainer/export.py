@@ -9,7 +9,6 @@ so the threshold is measured on exactly the arithmetic the edge box will run.
 from __future__ import annotations
 
 import contextlib
-import math
 import io
 import logging
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge.method.anomaly_map import GMS_C, MapSpec, default_sigma, gms_constant
+from edge.method.anomaly_map import GMS_C, MapSpec, default_sigma, gms_constant, usable_gms_constant
 from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
@@ -204,7 +203,7 @@ def export_onnx(
         raise ExportError(f"mask draws must be 1 to {MAX_MASK_DRAWS}, not {mask_draws}")
     if reference_statistic not in REFERENCE_STATISTICS:
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
-    if map_c is not None and not (math.isfinite(map_c) and map_c > 0):
+    if map_c is not None and not usable_gms_constant(map_c):
         raise ExportError(f"--map-c must be a number above 0 (the paper's is {GMS_C}), not {map_c}")
     if mask_seed is not None and mask_seed < 0:  # numpy's generators take seeds of 0 and up
         raise ExportError(f"the mask seed must be a whole number, 0 or more, not {mask_seed}")

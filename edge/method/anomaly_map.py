@@ -157,6 +157,12 @@ def gms_constant(images: np.ndarray, spec: MapSpec) -> float:
     return gms_constant_for(typical_gradient(images, spec))
 
 
+def usable_gms_constant(c) -> bool:
+    """Whether the map can divide by c: a real number above 0 (at 0 a flat pixel is 0 / 0).
+    The one check for export's --map-c and for a manifest's map_c."""
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0
+
+
 def gms_constant_for(typical: float, multiple: float = SURFACE_GRADIENT_MULTIPLE) -> float:
     """c for a part whose typical gradient is `typical`: `multiple` times it, squared; never
     under GMS_C_FLOOR."""
