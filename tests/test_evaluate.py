@@ -18,7 +18,7 @@ from edge.manifest import Manifest, manifest_path
 from edge.method.roi import Roi
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
-from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, prepared_items, recall_at_false_alarms
+from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, prepared_good_images, prepared_items, recall_at_false_alarms
 from trainer.plots import Axes
 from trainer.testset import TestSetError, load_test_set, read_mask
 from tests.conftest import DATA, OLD_BOTTLE_MODEL
@@ -239,8 +239,8 @@ def test_evaluate_measures_the_onnx_model_as_the_edge_runs_it(category, tiny_onn
 
 
 def test_research_scripts_read_a_test_set_cut_to_the_models_roi(category, tmp_path):
-    """prepared_items (bench/gms_constant, mask_draws, map_variants): a bottle placed in a larger
-    frame, read for a model trained on its ROI, gives the image and mask of the bottle alone."""
+    """prepared_items and prepared_good_images (the bench/ research scripts): a bottle placed in
+    a larger frame, read for a model trained on its ROI, gives the image and mask of the bottle alone."""
     x, y = 300, 40
     framed = tmp_path / "framed"
     for source in category.rglob("*.png"):
@@ -263,6 +263,13 @@ def test_research_scripts_read_a_test_set_cut_to_the_models_roi(category, tmp_pa
         np.testing.assert_array_equal(mask_in_roi, mask)
     uncut = next(prepared_items(load_test_set(framed), plain))[1]
     assert not np.allclose(uncut, alone[0][1], atol=0.05)  # without the ROI the frame's white margins are in
+
+    goods = sorted((category / "test" / "good").glob("*.png"))
+    good_images = prepared_good_images([framed / p.relative_to(category) for p in goods], in_roi)
+    assert good_images.shape == (len(goods), 3, 48, 48)
+    np.testing.assert_allclose(good_images, prepared_good_images(goods, plain), atol=1e-6)
+    from_items = {item.image_path.resolve(): image for item, image, _ in alone}
+    np.testing.assert_allclose(good_images, [from_items[p.resolve()] for p in goods], atol=1e-6)
 
 
 def test_decisions_follow_the_manifest_threshold(category, tmp_path):

@@ -33,6 +33,7 @@ from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 from edge.method.preprocess import prepare, read_image
 from edge.method.roi import Roi
 from edge.method.regions import defect_boxes
+from trainer.data import load_images
 from trainer.metrics import (
     image_auroc,
     pixel_auroc,
@@ -124,6 +125,13 @@ def prepared_items(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[
     for item, frame, mask in cut_to_roi(items, manifest):
         image = prepare(frame, manifest.input_shape)
         yield item, image, None if mask is None else at_map_size(mask, image[0])
+
+
+def prepared_good_images(paths: list, manifest: Manifest) -> np.ndarray:
+    """(N, 3, H, W): good images as the network takes them, cut to the manifest's ROI as
+    training and export cut them (trainer.data.load_images). For research scripts."""
+    roi = Roi.from_dict(manifest.roi).spec() if manifest.roi else ""
+    return load_images([Path(p) for p in paths], manifest.input_shape, roi)
 
 
 def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
