@@ -21,15 +21,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.method.anomaly_map import MapSpec, usable_gms_constant
+from edge.method.anomaly_map import MapSpec, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
-# (reference_map). A riad-edge of version 1 skips keys it does not know, so it would score
-# such a model differently from the threshold export set; it refuses version 2 instead.
-# Version 1 manifests still load here: without those keys they mean the paper's map.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# (reference_map). Version 3: the image score may be the mean of the map's highest pixels
+# (score_top_fraction). An older riad-edge skips keys it does not know, so it would score
+# such a model differently from the threshold export set; it refuses the newer version
+# instead. Older manifests still load here: without those keys they mean the paper's map
+# and score.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
@@ -72,6 +74,9 @@ class Manifest:
     # What the map's gradients are taken on (MapSpec.per_channel): "grey", the channel mean
     # as in the paper (manifests from before the field), or "rgb", each channel, averaged.
     map_channels: str = "grey"
+    # The image score (edge.method.anomaly_map.image_score): the mean of the map's highest
+    # this fraction of pixels; None, the map's maximum (the paper's, and manifests before it).
+    score_top_fraction: float | None = None
     # fp32, or int8 (quantised for ONNX Runtime on a CPU; see trainer/quantize.py).
     precision: str = "fp32"
     input_name: str = "images"
@@ -141,7 +146,8 @@ class Manifest:
             raise ManifestError(f"manifest {path} is not a JSON object")
         version = data.get("format_version")
         if version not in READABLE_VERSIONS or isinstance(version, bool):
-            readable = " and ".join(map(str, READABLE_VERSIONS))
+            *earlier, last = map(str, READABLE_VERSIONS)
+            readable = f"{', '.join(earlier)} and {last}" if earlier else last
             raise ManifestError(
                 f"manifest {path} has format version {version}; this riad-edge reads versions {readable}: "
                 "upgrade riad-edge to the riad-trainer's version, or export the model again with this one"
@@ -177,6 +183,12 @@ class Manifest:
             c = manifest.map_c  # the map divides by it (edge.method.anomaly_map.gms_constant)
             if not usable_gms_constant(c):
                 raise ManifestError(f"manifest {path}: map_c {c!r} must be a number above 0; re-export the model")
+            fraction = manifest.score_top_fraction
+            if not usable_top_fraction(fraction):
+                raise ManifestError(
+                    f"manifest {path}: score_top_fraction {fraction!r} must be above 0 and at most 1, or null "
+                    "for the map's maximum; re-export the model"
+                )
             seed = manifest.mask_seed
             if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up
                 raise ManifestError(f"manifest {path}: mask_seed {seed!r} must be a whole number, 0 or more; re-export the model")

@@ -45,7 +45,7 @@ def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) ->
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge.method.anomaly_map import default_sigma
+    from edge.method.anomaly_map import SCORE_TOP_FRACTION, default_sigma
     from edge.manifest import Manifest, file_sha256, manifest_path
 
     rng = np.random.default_rng(0)
@@ -78,6 +78,7 @@ def write_tiny_onnx(path: Path, input_size: int = 64, threshold: float = 0.5) ->
         model_file=path.name,
         model_sha256=file_sha256(path),
         map_sigma=default_sigma(input_size, input_size),
+        score_top_fraction=SCORE_TOP_FRACTION,  # as export writes it
     ).save(manifest_path(path))
     return path
 

@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -36,8 +37,14 @@ def scores_by_hand(model: Path, folder: Path, roi: Roi | None = None) -> list[fl
         for path in sorted(folder.glob("*.png")):
             image = read_image(path)
             scored = backend.score(prepare(roi.view(image) if roi else image, backend.manifest.input_shape))
-            # With a ROI the station places the crop's map in the frame and takes that map's maximum.
-            scores.append(float(roi.to_frame(scored.anomaly_map, image.shape).max()) if roi else scored.score)
+            # With a ROI the station places the crop's map in the frame and scores that map: the
+            # mean of the top 1 % of the crop's pixels there (the tiny model's score).
+            if roi:
+                placed = roi.to_frame(scored.anomaly_map, image.shape)
+                top = round(0.01 * roi.pixels_in_frame_map(scored.anomaly_map.shape, image.shape))
+                scores.append(float(np.sort(placed.ravel())[-top:].mean()))
+            else:
+                scores.append(scored.score)
     return scores
 
 

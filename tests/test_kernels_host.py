@@ -46,8 +46,9 @@ from tests.host_device import HostDevice, build_host_kernels
 
 
 def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec,
-             reference: np.ndarray | None = None) -> GpuAnomalyMap:
-    return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library), reference=reference)
+             reference: np.ndarray | None = None, score_top_fraction: float | None = None) -> GpuAnomalyMap:
+    return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library), reference=reference,
+                         score_top_fraction=score_top_fraction)
 
 
 def bottle_pair(bottle_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +182,30 @@ def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_di
     clipped = amap == 0
     assert 0.2 < clipped.mean() < 0.8 and clipped[: shape[0] // 8].all()
     assert score < image_score(plain) - 1e-3
+
+
+def test_the_device_maps_score_is_the_manifests(host_kernels, bottle_dir):
+    """A manifest's score_top_fraction makes the score the mean of the map's highest pixels,
+    as the CPU backend scores it; without one, the device's maximum."""
+    shape = (64, 64)
+    original, defect = bottle_pair(bottle_dir, shape)
+    map_spec = MapSpec(sigma=default_sigma(*shape))
+    masks = fixed_masks(*shape, MaskSpec(), seed=3)
+    outputs = altered_outputs(original, defect, masks.shape[0] * masks.shape[1], seed=3)
+    expected = anomaly_map(original, recombine(outputs, masks), map_spec)
+    scores = {}
+    for fraction in (None, 0.01, 0.2):
+        gpu = host_map(host_kernels, shape, masks, map_spec, score_top_fraction=fraction)
+        gpu.variants(original)
+        gpu.upload(outputs, gpu.outputs_address)
+        amap, scores[fraction] = gpu.score()
+        gpu.close()
+        np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)
+        assert scores[fraction] == pytest.approx(image_score(expected, fraction), abs=1e-5)
+    top = np.sort(expected.ravel())[::-1]
+    assert scores[None] == pytest.approx(top[0], abs=1e-5)
+    assert scores[0.01] == pytest.approx(top[:41].mean(), abs=1e-5)  # 1 % of 4,096 pixels, rounded
+    assert scores[None] > scores[0.01] > scores[0.2] + 1e-3
 
 
 def test_excess_over_reference_is_numpys_bit_for_bit(host_kernels):

@@ -76,17 +76,20 @@ def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage):
 
 
 def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_onnx_model):
-    """A version 1 riad-edge skips keys it does not know, so a new manifest's per-channel map
-    and reference map would silently change its scores; new exports say version 2, which
-    it refuses. This edge reads both: version 1 manifests mean the paper's grey map."""
+    """An older riad-edge skips keys it does not know, so a new manifest's per-channel map,
+    reference map (version 2) or top-pixels score (version 3) would silently change its
+    scores; new exports say version 3, which they refuse. This edge reads all three:
+    older manifests mean the paper's grey map and its maximum as the score."""
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 2
-    path.write_text(json.dumps(data | {"format_version": 1}))
-    assert Manifest.for_model(tiny_onnx_model).format_version == 1
-    for version in (3, 0, "2", True, None):
+    assert data["format_version"] == 3
+    for version in (1, 2):
+        older = {k: v for k, v in data.items() if k != "score_top_fraction"}
+        path.write_text(json.dumps(older | {"format_version": version}))
+        assert Manifest.for_model(tiny_onnx_model).score_top_fraction is None  # the map's maximum
+    for version in (4, 0, "3", True, None):
         path.write_text(json.dumps(data | {"format_version": version}))
-        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1 and 2: upgrade"):
+        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2 and 3: upgrade"):
             Manifest.for_model(tiny_onnx_model)
     del data["format_version"]
     path.write_text(json.dumps(data))
@@ -109,7 +112,11 @@ def test_damaged_cell_sizes_are_refused_at_start(tiny_onnx_model, sizes, sets):
 # export measures map_c, which the map divides by (0 would make every flat pixel 0 / 0).
 DAMAGED_NUMBERS = [("mask_seed", seed, "must be a whole number, 0 or more") for seed in (-1, 2.5, "3", True, None)]
 DAMAGED_NUMBERS += [("map_c", c, "must be a number above 0") for c in (0, -0.0026, "0.0026", True, None, math.inf)]
-ACCEPTED = {"mask_seed": 2**40, "map_c": 1e-5}  # any seed numpy takes; a c under the floor, set by hand
+# export writes score_top_fraction, the share of the map's pixels the score averages.
+DAMAGED_NUMBERS += [("score_top_fraction", f, "must be above 0 and at most 1, or null for the map's maximum")
+                    for f in (0, -0.01, 1.5, "0.01", True, math.inf, math.nan)]
+# any seed numpy takes; a c under the floor, set by hand; the whole map's mean
+ACCEPTED = {"mask_seed": 2**40, "map_c": 1e-5, "score_top_fraction": 1}
 
 
 @pytest.mark.parametrize(("key", "value", "words"), DAMAGED_NUMBERS)

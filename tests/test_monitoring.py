@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.method.inspection import FrameJudge
+from edge.method.preprocess import prepare, read_image
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.server import MonitoringServer
 from edge.pipeline import Pipeline
@@ -89,7 +90,9 @@ def test_metrics_after_a_folder_run_match_what_the_run_did(bottle_dir, tmp_path,
     write_truncated_png(folder / "06.png", frames[0])  # one corrupt file, skipped and counted
     sink = CollectingSink()
     backend = OnnxCpuBackend(tiny_onnx_model, threads=1)
-    pipeline = Pipeline(open_source(str(folder)), backend, [sink], threshold=0.78)  # between the parts' scores (0.772-0.793)
+    scores = sorted(backend.score(prepare(read_image(folder / f"{i:02d}.png"), backend.manifest.input_shape)).score for i in range(6))
+    between = (scores[2] + scores[3]) / 2  # the threshold splits the parts: both counters are tested
+    pipeline = Pipeline(open_source(str(folder)), backend, [sink], threshold=between)
     port = free_port()
     with MonitoringServer("127.0.0.1", port, grace_s=0.2) as server:
         server.watch(WatchedCamera("parts", "free", "tiny-test", backend.name, pipeline.stats, live=False))
@@ -99,7 +102,7 @@ def test_metrics_after_a_folder_run_match_what_the_run_did(bottle_dir, tmp_path,
         status, body = healthz(port)
 
     defective = sum(r.is_defect for r in sink.results)
-    assert 0 < defective < 6  # the threshold splits the parts: both counters are tested
+    assert defective == 3
     cam = {"camera": "parts"}
     assert value(samples, "riad_frames_processed_total", **cam) == len(sink.results) == summary["frames_processed"] == 6
     assert value(samples, "riad_defective_frames_total", **cam) == defective == summary["defects"]

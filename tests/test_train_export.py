@@ -23,7 +23,16 @@ from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, encode_reference, file_sha256, manifest_path
-from edge.method.anomaly_map import GMS_C, anomaly_map, excess_over_reference, gms_constant, raw_anomaly_map, smooth
+from edge.method.anomaly_map import (
+    GMS_C,
+    SCORE_TOP_FRACTION,
+    anomaly_map,
+    excess_over_reference,
+    gms_constant,
+    image_score,
+    raw_anomaly_map,
+    smooth,
+)
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
@@ -342,7 +351,9 @@ def test_the_reference_map_is_what_the_training_images_score_and_the_edge_subtra
         for image, plain_map in zip(train_images, plain_maps):
             scored = backend.score(image)
             np.testing.assert_array_equal(scored.anomaly_map, np.maximum(plain_map - manifest.reference, 0))
-            assert scored.score == scored.anomaly_map.max() < plain_map.max()
+            assert scored.score == image_score(scored.anomaly_map, manifest.score_top_fraction) < image_score(
+                plain_map, manifest.score_top_fraction
+            )
 
 
 def test_export_for_a_false_alarm_rate_records_its_rule(trained, tmp_path):
@@ -527,6 +538,28 @@ def test_the_maps_gms_constant_is_measured_on_the_held_out_good_images(exported,
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ExportError, match="--map-c must be a number above 0"):
             export_onnx(trained, tmp_path / "bad.onnx", map_c=bad)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(exported, trained, tmp_path):
+    out, top = exported
+    assert top.score_top_fraction == SCORE_TOP_FRACTION
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "max.onnx"), "--score-top-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    assert "score:     the anomaly map's maximum (the paper's)" in result.output
+    paper = Manifest.for_model(tmp_path / "max.onnx")
+    assert paper.score_top_fraction is None
+    # The same maps scored two ways, and each threshold set on its own scores.
+    held_out = [prepare(read_image(p), (32, 32)) for p in load_checkpoint(trained)["held_out_images"]]
+    with OnnxCpuBackend(out) as by_top, OnnxCpuBackend(tmp_path / "max.onnx") as by_max:
+        for image in held_out:
+            a, b = by_top.score(image), by_max.score(image)
+            np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+            assert b.score == a.anomaly_map.max() > a.score == image_score(a.anomaly_map, SCORE_TOP_FRACTION)
+    assert paper.threshold > top.threshold
+    for bad in ("-0.5", "1.5", "nan"):
+        result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "bad.onnx"), "--score-top-fraction", bad])
+        assert result.exit_code == 2 and "the score's top fraction must be above 0 and at most 1" in result.output
     assert not (tmp_path / "bad.onnx").exists()
 
 

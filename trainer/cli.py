@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edge.method.anomaly_map import SCORE_TOP_FRACTION
+
 # What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
 MAP_DESCRIPTIONS = {
     "rgb": "gradients of R, G and B each (the training images have colour)",
@@ -142,6 +144,13 @@ def export(
             "images held out, from their typical gradient; 0.0026 is the paper's, made for natural photographs; docs/benchmarks.md)"
         ),
     ] = None,
+    score_top_fraction: Annotated[
+        float,
+        typer.Option(
+            help="the image score: the mean of the anomaly map's highest this share of pixels (0.01: its highest "
+            "1 %, less noisy than one pixel); 0: the map's maximum, the paper's score (docs/benchmarks.md)"
+        ),
+    ] = SCORE_TOP_FRACTION,
 ):
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
@@ -154,7 +163,8 @@ def export(
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
                                cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed,
-                               reference_statistic=reference_statistic, map_c=map_c)
+                               reference_statistic=reference_statistic, map_c=map_c,
+                               score_top_fraction=score_top_fraction or None)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -173,10 +183,18 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
+        f"score:     {score_summary(manifest.score_top_fraction)}\n"
         f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
         f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
+
+
+def score_summary(top_fraction: float | None) -> str:
+    """What a frame's score is, in words."""
+    if top_fraction is None:
+        return "the anomaly map's maximum (the paper's)"
+    return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
 
 
 def variants_summary(cell_sizes: list[int], num_sets: int) -> str:

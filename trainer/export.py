@@ -19,7 +19,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge.method.anomaly_map import GMS_C, MapSpec, default_sigma, gms_constant, usable_gms_constant
+from edge.method.anomaly_map import (
+    GMS_C,
+    SCORE_TOP_FRACTION,
+    MapSpec,
+    default_sigma,
+    gms_constant,
+    usable_gms_constant,
+    usable_top_fraction,
+)
 from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
@@ -171,6 +179,7 @@ def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None, mask_draws: int = 1,
     mask_seed: int | None = None, reference_statistic: str = "mean", map_c: float | None = None,
+    score_top_fraction: float | None = SCORE_TOP_FRACTION,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -190,6 +199,8 @@ def export_onnx(
     seed: another draw of the same model, which on fine defects scores differently.
     The map's GMS constant is measured on the held-out good images
     (edge.method.anomaly_map.gms_constant), or with `map_c` set to it (0.0026: the paper's).
+    The image score is the mean of the map's highest `score_top_fraction` of pixels, or
+    with None its maximum (the paper's; edge.method.anomaly_map.image_score).
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -205,6 +216,8 @@ def export_onnx(
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
     if map_c is not None and not usable_gms_constant(map_c):
         raise ExportError(f"--map-c must be a number above 0 (the paper's is {GMS_C}), not {map_c}")
+    if not usable_top_fraction(score_top_fraction):
+        raise ExportError(f"the score's top fraction must be above 0 and at most 1 (0.01: the highest 1 % of the map), not {score_top_fraction}")
     if mask_seed is not None and mask_seed < 0:  # numpy's generators take seeds of 0 and up
         raise ExportError(f"the mask seed must be a whole number, 0 or more, not {mask_seed}")
     state = load_checkpoint(checkpoint)
@@ -268,6 +281,7 @@ def export_onnx(
         map_sigma=default_sigma(height, width),
         map_c=map_c,
         map_channels=map_channels,
+        score_top_fraction=score_top_fraction,
         roi=Roi.parse(config.roi).as_dict() if config.roi else {},
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,

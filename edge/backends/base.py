@@ -19,7 +19,7 @@ from edge.manifest import Manifest
 @dataclass
 class FrameScore:
     anomaly_map: np.ndarray  # (H, W) float32 at the model's input size
-    score: float  # the map's maximum
+    score: float  # edge.method.anomaly_map.image_score of the map, as the manifest says
 
 
 class Backend(ABC):

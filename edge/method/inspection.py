@@ -3,7 +3,10 @@
 The pipeline (free-running) and the triggered station both judge frames here, so a
 verdict and a defect event can never disagree about the same frame. With an ROI the
 result's map is in frame geometry (zero outside the ROI), so boxes and overlays are
-in full-frame pixels; the score is the map's maximum after the ignore mask.
+in full-frame pixels; the score (edge.method.anomaly_map.image_score) is taken after
+the ignore mask, over the crop's area. Only a defective frame has boxes: the regions of
+its map above the threshold. A good frame's map may cross the threshold at a pixel or
+two, since its score is the mean of its highest pixels, not the single highest.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
+from edge.method.anomaly_map import image_score
 from edge.method.preprocess import prepare
 from edge.method.regions import defect_boxes
 from edge.results import FrameResult
@@ -58,7 +62,8 @@ class FrameJudge:
         if self.ignore is not None:
             amap = self.ignore.apply(amap, frame.image.shape)
         if self.ignore is not None or self.roi is not None:
-            score = float(amap.max())
+            pixels = self.roi.pixels_in_frame_map(scored.anomaly_map.shape, frame.image.shape) if self.roi else None
+            score = image_score(amap, self.backend.manifest.score_top_fraction, pixels)
         return FrameResult(
             frame_index=frame.index,
             timestamp=frame.timestamp,
@@ -66,6 +71,6 @@ class FrameJudge:
             anomaly_map=amap,
             score=score,
             threshold=threshold,
-            boxes=defect_boxes(amap, threshold, frame.image.shape),
+            boxes=defect_boxes(amap, threshold, frame.image.shape) if score > threshold else [],
             latency_s=time.monotonic() - frame.captured_at,
         )

@@ -11,8 +11,9 @@ from edge.results import Box
 def defect_boxes(amap: np.ndarray, threshold: float, frame_shape: tuple[int, ...]) -> list[Box]:
     """Connected regions of `amap > threshold`, scaled from map to frame coordinates.
 
-    The image is defective exactly when its score (the map's maximum) exceeds the
-    threshold, so a defective frame always has at least one box.
+    A frame is defective when its score exceeds the threshold. The score is the map's
+    maximum or the mean of its highest pixels, never above the maximum, so a defective
+    frame always has at least one box.
     """
     above = (amap > threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)

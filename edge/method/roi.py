@@ -82,14 +82,25 @@ class Roi:
         """
         undo = UNDO[self.rotate]
         amap = amap if undo is None else cv2.rotate(amap, undo)
-        scale = min(1.0, max(amap.shape) / max(self.width, self.height))
-        frame_h, frame_w = frame_shape[:2]
-        canvas = np.zeros((max(1, round(frame_h * scale)), max(1, round(frame_w * scale))), np.float32)
-        x0, y0 = round(self.x * scale), round(self.y * scale)
-        x1 = min(canvas.shape[1], max(x0 + 1, round((self.x + self.width) * scale)))
-        y1 = min(canvas.shape[0], max(y0 + 1, round((self.y + self.height) * scale)))
+        canvas_shape, (x0, y0, x1, y1) = self._placement(amap.shape, frame_shape)
+        canvas = np.zeros(canvas_shape, np.float32)
         canvas[y0:y1, x0:x1] = cv2.resize(amap, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         return canvas
+
+    def pixels_in_frame_map(self, map_shape: tuple[int, ...], frame_shape: tuple[int, ...]) -> int:
+        """How many pixels of to_frame's result the crop covers: the area an image score is of."""
+        _, (x0, y0, x1, y1) = self._placement(map_shape, frame_shape)
+        return (x1 - x0) * (y1 - y0)
+
+    def _placement(self, map_shape: tuple[int, ...], frame_shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """to_frame's canvas (height, width) and the crop's (x0, y0, x1, y1) in it."""
+        scale = min(1.0, max(map_shape[:2]) / max(self.width, self.height))
+        frame_h, frame_w = frame_shape[:2]
+        canvas = (max(1, round(frame_h * scale)), max(1, round(frame_w * scale)))
+        x0, y0 = round(self.x * scale), round(self.y * scale)
+        x1 = min(canvas[1], max(x0 + 1, round((self.x + self.width) * scale)))
+        y1 = min(canvas[0], max(y0 + 1, round((self.y + self.height) * scale)))
+        return canvas, (x0, y0, x1, y1)
 
 
 class IgnoreMask:

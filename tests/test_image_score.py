@@ -1,0 +1,69 @@
+"""The image score: the mean of the anomaly map's highest pixels, or the paper's maximum."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.method.anomaly_map import SCORE_TOP_FRACTION, image_score, usable_top_fraction
+from edge.method.inspection import FrameJudge
+from edge.method.preprocess import read_image
+from edge.method.roi import Roi
+from edge.sources.cameras import Frame
+
+
+def test_the_score_averages_the_highest_share_of_pixels():
+    amap = np.zeros((10, 20), np.float32)  # 200 pixels: 1 % is 2 of them
+    amap[3, 4], amap[5, 6], amap[7, 8] = 0.9, 0.5, 0.3
+    assert image_score(amap) == pytest.approx(0.9)  # None: the paper's maximum
+    assert image_score(amap, 0.01) == pytest.approx((0.9 + 0.5) / 2)
+    assert image_score(amap, 0.015) == pytest.approx((0.9 + 0.5 + 0.3) / 3)  # 3 pixels, rounded
+    assert image_score(amap, 0.001) == pytest.approx(0.9)  # never fewer than one pixel
+    assert image_score(amap, 1.0) == pytest.approx(amap.mean())
+    # Of a larger area than the map's own (a map placed in a frame): more pixels averaged.
+    assert image_score(amap, 0.01, pixels=300) == pytest.approx((0.9 + 0.5 + 0.3) / 3)
+    assert image_score(amap, 1.0, pixels=10_000) == pytest.approx(amap.mean())  # at most the whole map
+
+
+def test_one_hot_pixel_weighs_less_than_a_hot_region():
+    """Why the score is not the maximum: a lone speck outscores a real blob under the paper's score."""
+    speck, blob = np.zeros((100, 100), np.float32), np.zeros((100, 100), np.float32)
+    speck[50, 50] = 0.4
+    blob[40:50, 40:50] = 0.3
+    assert image_score(speck) > image_score(blob)
+    assert image_score(speck, SCORE_TOP_FRACTION) < image_score(blob, SCORE_TOP_FRACTION)
+
+
+@pytest.mark.parametrize("value", [0, -0.01, 1.5, float("nan"), float("inf"), True, "0.01"])
+def test_unusable_fractions(value):
+    assert not usable_top_fraction(value)
+
+
+def test_a_good_frame_has_no_boxes_where_a_pixel_crosses_the_threshold(bottle_dir, tiny_onnx_model):
+    backend = OnnxCpuBackend(tiny_onnx_model)
+    assert backend.manifest.score_top_fraction == SCORE_TOP_FRACTION  # what export writes
+    image = read_image(bottle_dir / "test" / "broken_large" / "000.png")
+    frame = Frame(index=0, timestamp=time.time(), captured_at=time.monotonic(), image=image)
+    scored = FrameJudge(backend, threshold=0.0).judge(frame)
+    peak = float(scored.anomaly_map.max())
+    assert scored.score < peak
+    between = FrameJudge(backend, threshold=(scored.score + peak) / 2).judge(frame)
+    assert not between.is_defect and between.boxes == []
+    below = FrameJudge(backend, threshold=scored.score * 0.99).judge(frame)
+    assert below.is_defect and below.boxes  # a defective frame always has a region
+
+
+def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model):
+    """With an ROI the score is taken on the map in frame geometry, over the crop's area only."""
+    backend = OnnxCpuBackend(tiny_onnx_model)
+    part = read_image(bottle_dir / "test" / "broken_large" / "000.png")
+    frame = np.zeros((1400, 2000, 3), np.uint8)  # the part a small share of the view
+    frame[300:1200, 700:1600] = part
+    alone = FrameJudge(backend, threshold=0.0).judge(Frame(0, time.time(), time.monotonic(), part))
+    backend.manifest.roi = Roi(700, 300, 900, 900).as_dict()  # as if trained on this ROI
+    placed = FrameJudge(backend, threshold=0.0, roi=Roi(700, 300, 900, 900)).judge(Frame(0, time.time(), time.monotonic(), frame))
+    assert placed.anomaly_map.size > 3 * alone.anomaly_map.size  # zeros around the crop, not averaged in
+    assert placed.score == pytest.approx(alone.score, rel=0.02)
