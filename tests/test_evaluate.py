@@ -288,6 +288,7 @@ def test_cli_evaluate_prints_the_table(category, tiny_onnx_model, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(tiny_onnx_model), str(category), "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output
     assert "| **all** | 2 |" in result.output
+    assert "on the image score, the mean of the anomaly map's highest 1 % of pixels." in result.output
     assert (tmp_path / "e" / "metrics.json").is_file()
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edge.method.anomaly_map import SCORE_TOP_FRACTION
+from edge.method.anomaly_map import SCORE_TOP_FRACTION, describe_score
 
 # What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
 MAP_DESCRIPTIONS = {
@@ -183,18 +183,11 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
-        f"score:     {score_summary(manifest.score_top_fraction)}\n"
+        f"score:     {describe_score(manifest.score_top_fraction)}\n"
         f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
         f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"
     )
-
-
-def score_summary(top_fraction: float | None) -> str:
-    """What a frame's score is, in words."""
-    if top_fraction is None:
-        return "the anomaly map's maximum (the paper's)"
-    return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
 
 
 def variants_summary(cell_sizes: list[int], num_sets: int) -> str:

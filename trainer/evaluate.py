@@ -30,6 +30,7 @@ from edge.backends.base import FrameScore
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
+from edge.method.anomaly_map import describe_score
 from edge.method.preprocess import prepare, read_image
 from edge.method.roi import Roi
 from edge.method.regions import defect_boxes
@@ -181,6 +182,7 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
         "test_set": str(category_dir.resolve()),
         "category": category_dir.resolve().name,
         "threshold": manifest.threshold,
+        "image_score": describe_score(manifest.score_top_fraction),
         "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",
         "pro_max_fpr": MAX_FPR,
         "overall": detection_metrics(scored, manifest.threshold),
@@ -243,7 +245,8 @@ def markdown_table(report: dict) -> str:
         f"## {report['model']} on {report['category']}",
         "",
         (
-            f"Threshold {report['threshold']:.4g} (from the manifest). {overall['good_images']} good and "
+            f"Threshold {report['threshold']:.4g} (from the manifest) on the image score, "
+            f"{report.get('image_score', describe_score(None))}. {overall['good_images']} good and "
             f"{overall['defective_images']} defective test images; each defect type is measured against all "
             "the good ones."
         ),

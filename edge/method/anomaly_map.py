@@ -246,6 +246,13 @@ def top_pixel_count(top_fraction: float | None, pixels: int) -> int:
     return 1 if top_fraction is None else max(1, round(top_fraction * pixels))
 
 
+def describe_score(top_fraction: float | None) -> str:
+    """What image_score computes with this fraction, in words (export's summary, evaluate's report)."""
+    if top_fraction is None:
+        return "the anomaly map's maximum (the paper's)"
+    return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
+
+
 def image_score(amap: np.ndarray, top_fraction: float | None = None, pixels: int | None = None) -> float:
     """The image's score: the mean of the map's highest `top_fraction` of `pixels` values,
     or its maximum when top_fraction is None (the paper's score; manifests before it).
