@@ -56,14 +56,22 @@ def test_a_good_frame_has_no_boxes_where_a_pixel_crosses_the_threshold(bottle_di
     assert below.is_defect and below.boxes  # a defective frame always has a region
 
 
-def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model):
+@pytest.mark.parametrize(
+    ("side", "frame_shape", "x", "y"),
+    [(900, (1400, 2000, 3), 700, 300),  # a crop larger than the map: the map is placed at about its own size
+     (40, (300, 400, 3), 200, 100)],  # smaller: the map is shrunk to the crop's pixels, fewer of them to average
+)
+def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model, side, frame_shape, x, y):
     """With an ROI the score is taken on the map in frame geometry, over the crop's area only."""
+    import cv2
+
     backend = OnnxCpuBackend(tiny_onnx_model)
-    part = read_image(bottle_dir / "test" / "broken_large" / "000.png")
-    frame = np.zeros((1400, 2000, 3), np.uint8)  # the part a small share of the view
-    frame[300:1200, 700:1600] = part
+    part = cv2.resize(read_image(bottle_dir / "test" / "broken_large" / "000.png"), (side, side))
+    frame = np.zeros(frame_shape, np.uint8)  # the part a small share of the view
+    frame[y : y + side, x : x + side] = part
+    roi = Roi(x, y, side, side)
     alone = FrameJudge(backend, threshold=0.0).judge(Frame(0, time.time(), time.monotonic(), part))
-    backend.manifest.roi = Roi(700, 300, 900, 900).as_dict()  # as if trained on this ROI
-    placed = FrameJudge(backend, threshold=0.0, roi=Roi(700, 300, 900, 900)).judge(Frame(0, time.time(), time.monotonic(), frame))
-    assert placed.anomaly_map.size > 3 * alone.anomaly_map.size  # zeros around the crop, not averaged in
-    assert placed.score == pytest.approx(alone.score, rel=0.02)
+    backend.manifest.roi = roi.as_dict()  # as if trained on this ROI
+    placed = FrameJudge(backend, threshold=0.0, roi=roi).judge(Frame(0, time.time(), time.monotonic(), frame))
+    assert placed.anomaly_map.size > 3 * alone.anomaly_map.size  # mostly zeros around the crop
+    assert placed.score == pytest.approx(alone.score, rel=0.02)  # which are not averaged in
