@@ -175,7 +175,7 @@ def frame_result(bottle_dir: Path, index: int = 0, defect: bool = True):
         anomaly_map=amap,
         score=float(amap.max()),
         threshold=threshold,
-        boxes=defect_boxes(amap, threshold, frame.shape),
+        boxes=defect_boxes(amap, float(amap.max()), threshold, frame.shape),
     )
 
 

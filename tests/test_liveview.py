@@ -46,7 +46,7 @@ class FrameFeed:
 
     def _result(self, frame: np.ndarray, amap: np.ndarray) -> FrameResult:
         result = FrameResult(self.index, time.time(), frame, amap, float(amap.max()), THRESHOLD,
-                             defect_boxes(amap, THRESHOLD, frame.shape), latency_s=0.012)
+                             defect_boxes(amap, float(amap.max()), THRESHOLD, frame.shape), latency_s=0.012)
         self.defects.assign(result)
         self.index += 1
         return result

@@ -71,6 +71,6 @@ class FrameJudge:
             anomaly_map=amap,
             score=score,
             threshold=threshold,
-            boxes=defect_boxes(amap, threshold, frame.image.shape) if score > threshold else [],
+            boxes=defect_boxes(amap, score, threshold, frame.image.shape),
             latency_s=time.monotonic() - frame.captured_at,
         )
