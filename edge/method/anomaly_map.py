@@ -241,11 +241,6 @@ def usable_top_fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-def top_pixel_count(top_fraction: float | None, pixels: int) -> int:
-    """How many of a map's `pixels` the score averages: 1 (the maximum) when top_fraction is None."""
-    return 1 if top_fraction is None else max(1, round(top_fraction * pixels))
-
-
 def describe_score(top_fraction: float | None) -> str:
     """What image_score computes with this fraction, in words (export's summary, evaluate's report)."""
     if top_fraction is None:
@@ -260,9 +255,8 @@ def image_score(amap: np.ndarray, top_fraction: float | None = None, pixels: int
     `pixels` is the area the fraction is of, the map's size unless given: a map placed in a
     larger frame (edge.method.roi.Roi.to_frame) scores the same as the map alone.
     """
-    count = top_pixel_count(top_fraction, amap.size if pixels is None else pixels)
-    if count == 1:
+    if top_fraction is None:
         return float(amap.max())
     flat = amap.ravel()
-    count = min(count, flat.size)
+    count = min(max(1, round(top_fraction * (flat.size if pixels is None else pixels))), flat.size)
     return float(np.partition(flat, flat.size - count)[flat.size - count :].mean(dtype=np.float64))
