@@ -34,8 +34,23 @@ def test_the_peak_is_split_at_the_widened_defect():
     anomaly_map[20, 23] = 0.4  # 3 px right of the marked defect, within the smoothing's reach
     mask = np.zeros((32, 32), bool)
     mask[18:22, 18:21] = True
-    assert script.split_peak(anomaly_map, script.widened(mask, 3)) == (np.float32(0.4), np.float32(0.9))
-    assert script.split_peak(anomaly_map, script.widened(mask, 1)) == (0.0, np.float32(0.9))
+    assert script.split_peak(anomaly_map, script.widened(mask, 3), None) == (np.float32(0.4), np.float32(0.9))
+    assert script.split_peak(anomaly_map, script.widened(mask, 1), None) == (0.0, np.float32(0.9))
+
+
+def test_each_side_is_scored_as_the_image_is_when_the_score_is_the_top_pixels_mean():
+    """With the mean of the top 2 % (20 of 1024 pixels), a 10-pixel defect earns half its brightness: the score
+    the image would have if it alone lit up, never more than the image's own score."""
+    script = load_script()
+    anomaly_map = np.zeros((32, 32), np.float32)
+    anomaly_map[20, 10:20] = 0.8  # the defect: a 10-pixel line
+    anomaly_map[2:6, 2:7] = 0.1  # a faint 20-pixel patch elsewhere
+    mask = np.zeros((32, 32), bool)
+    mask[20, 10:20] = True
+    inside, outside = script.split_peak(anomaly_map, mask, 0.02)
+    assert inside == np.float32(0.4)
+    assert outside == np.float32(0.1)
+    assert inside <= script.image_score(anomaly_map, 0.02)
 
 
 def test_it_tells_defects_caught_by_their_own_region_from_those_caught_by_luck():

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
+from edge.manifest import Manifest, manifest_path
 from edge.method.anomaly_map import GMS_C
 from tests.conftest import OLD_BOTTLE_MODEL
 
@@ -33,12 +36,23 @@ def test_it_scores_each_constant_over_the_draws(bottle_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "2 training images, median gradient" in lines[0] and "mask seeds 0 to 1" in lines[0]
+    assert "image score: the anomaly map's maximum" in lines[0]  # a model exported before the top 1 % score
     per_draw = [line for line in lines if line.startswith("seed ")]
     assert len(per_draw) == 2 * 3  # two draws, three constants
     assert sum(f"the paper's, {GMS_C}" in line for line in per_draw) == 2
     assert sum("(2 x typical gradient)^2 (export's)" in line for line in per_draw) == 2
     assert lines[-4] == "over 2 mask draws: mean (range)"
     assert all("image AUROC" in line and "pixel AUROC" in line for line in lines[-3:])
+
+
+def test_it_scores_images_as_the_edge_scores_them_with_that_model(bottle_dir, tmp_path):
+    data = small_bottle(bottle_dir, tmp_path / "bottle")
+    model = tmp_path / OLD_BOTTLE_MODEL.name
+    shutil.copy(OLD_BOTTLE_MODEL, model)
+    replace(Manifest.for_model(OLD_BOTTLE_MODEL), score_top_fraction=0.01).save(manifest_path(model))
+    result = run(str(model), str(data), "--draws", "1", "--multiples", "2")
+    assert result.returncode == 0, result.stderr
+    assert "image score: the mean of the anomaly map's highest 1 % of pixels" in result.stdout.splitlines()[0]
 
 
 def test_bad_arguments_are_one_line_not_a_traceback(bottle_dir, tmp_path):
