@@ -21,20 +21,43 @@ def report(image_auroc: float, recall_at_5: float, false_alarms_at_5: float) -> 
     }
 
 
-def over_seeds(*runs: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "over_seeds"), *map(str, runs)], capture_output=True, text=True, cwd=ROOT)
+def over_seeds(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "over_seeds"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def write_reports(run: Path, reports: dict[str, tuple[float, float, float]]) -> None:
+    for folder, values in reports.items():
+        (run / folder).mkdir(parents=True)
+        (run / folder / "metrics.json").write_text(json.dumps(report(*values)))
 
 
 def test_it_averages_the_own_draw_and_every_other_seed(tmp_path):
     run = tmp_path / "kolektorsdd-cpu"
-    for folder, values in [("eval", (0.76, 0.28, 0.029)), ("seeds/m-seed1", (0.70, 0.16, 0.029)), ("seeds/m-seed2", (0.73, 0.40, 0.0))]:
-        (run / folder).mkdir(parents=True)
-        (run / folder / "metrics.json").write_text(json.dumps(report(*values)))
-    (run / "seeds" / "m-seed1.onnx").write_bytes(b"")  # the models beside the folders are not reports
+    write_reports(run, {"eval": (0.76, 0.28, 0.029), "seeds/kolektorsdd-cpu-seed1": (0.70, 0.16, 0.029),
+                        "seeds/kolektorsdd-cpu-seed2": (0.73, 0.40, 0.0)})
+    (run / "seeds" / "kolektorsdd-cpu-seed1.onnx").write_bytes(b"")  # the models beside the folders are not reports
 
     result = over_seeds(run)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == f"| {run} | 3 | 73.0 (70.0-76.0) | 28.0 (16.0-40.0) | 1.9 (0.0-2.9) |"
+
+
+def test_models_exported_with_other_options_are_not_mixed_into_the_methods_draws(tmp_path):
+    """`bench/accuracy --resume --reference-statistic max` leaves eval-refmax and seeds/<run>-refmax-seed<N> beside
+    the method's own; each is averaged alone, the second with --variant."""
+    run = tmp_path / "bottle-cpu"
+    write_reports(run, {"eval": (0.99, 0.96, 0.05), "seeds/bottle-cpu-seed1": (0.97, 0.90, 0.05),
+                        "eval-refmax": (0.80, 0.50, 0.05), "seeds/bottle-cpu-refmax-seed1": (0.70, 0.30, 0.0),
+                        "seeds/bottle-cpu-refmax-int8": (0.10, 0.10, 0.0)})  # not a seed's folder
+
+    method = over_seeds(run)
+    assert method.returncode == 0, method.stderr
+    assert method.stdout.splitlines()[-1] == f"| {run} | 2 | 98.0 (97.0-99.0) | 93.0 (90.0-96.0) | 5.0 (5.0-5.0) |"
+    refmax = over_seeds(run, "--variant", "refmax")
+    assert refmax.returncode == 0, refmax.stderr
+    assert refmax.stdout.splitlines()[-1] == f"| {run}-refmax | 2 | 75.0 (70.0-80.0) | 40.0 (30.0-50.0) | 2.5 (0.0-5.0) |"
+    missing = over_seeds(run, "--variant=-k4-8-16")  # with its dash, as the folders have it
+    assert missing.returncode == 1 and "no eval-k4-8-16/metrics.json" in missing.stderr
 
 
 def test_a_folder_that_is_not_a_run_is_named_and_nothing_is_printed(tmp_path):
