@@ -21,17 +21,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.method.anomaly_map import MapSpec, usable_gms_constant, usable_top_fraction
+from edge.method.anomaly_map import MapSpec, score_margin, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
 # (reference_map). Version 3: the image score may be the mean of the map's highest pixels
 # (score_top_fraction). An older riad-edge skips keys it does not know, so it would score
 # such a model differently from the threshold export set; it refuses the newer version
-# instead. Older manifests still load here: without those keys they mean the paper's map
-# and score.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# instead. Version 4: the image score may count the map's rise above the good maps'
+# per-pixel maximum (score_reference_map). Older manifests still load here: without those
+# keys they mean the paper's map and score.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
@@ -97,6 +98,10 @@ class Manifest:
     # measured at export: height, width, float16_base64, at 1/REFERENCE_SCALE of the input
     # (it is a smoothed map). Empty in manifests from before it: the paper's plain map.
     reference_map: dict = field(default_factory=dict)
+    # What the image score rises above (edge.method.anomaly_map.score_margin): the per-pixel
+    # maximum of the same good maps, stored as reference_map is. Empty: the score counts the
+    # shown map itself (manifests before it, and export --score-reference mean).
+    score_reference_map: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -116,6 +121,13 @@ class Manifest:
     def reference(self) -> np.ndarray | None:
         """The reference map at the input size, (H, W) float32, or None; CPU and GPU subtract this same array."""
         return decode_reference(self.reference_map, self.input_shape)
+
+    @cached_property
+    def score_margin(self) -> np.ndarray | None:
+        """(H, W) float32 or None: how far above the reference a map must rise before the
+        image score counts it (edge.method.anomaly_map.scored_part); CPU and GPU use this array."""
+        score_reference = decode_reference(self.score_reference_map, self.input_shape, "score_reference_map")
+        return score_margin(self.reference, score_reference)
 
     def save(self, path: str | Path) -> Path:
         """Write the manifest whole or not at all: `riad-edge calibrate` rewrites a working
@@ -194,6 +206,7 @@ class Manifest:
                 raise ManifestError(f"manifest {path}: mask_seed {seed!r} must be a whole number, 0 or more; re-export the model")
             check_input_size(manifest.input_height, manifest.input_width, manifest.mask_spec)
             manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
+            manifest.score_margin  # ... and the score's
             return manifest
         except TypeError as exc:
             raise ManifestError(f"manifest {path} is malformed: {exc}") from None
@@ -236,7 +249,7 @@ def encode_reference(reference: np.ndarray) -> dict:
     return {"height": small.shape[0], "width": small.shape[1], "float16_base64": base64.b64encode(small.tobytes()).decode("ascii")}
 
 
-def decode_reference(stored: dict, shape: tuple[int, int]) -> np.ndarray | None:
+def decode_reference(stored: dict, shape: tuple[int, int], name: str = "reference_map") -> np.ndarray | None:
     """`stored` (encode_reference's) back at `shape` (H, W), bilinear; None when there is none."""
     if not stored:
         return None
@@ -244,7 +257,7 @@ def decode_reference(stored: dict, shape: tuple[int, int]) -> np.ndarray | None:
         height, width = int(stored["height"]), int(stored["width"])
         small = np.frombuffer(base64.b64decode(stored["float16_base64"], validate=True), np.float16)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise ValueError(f"reference_map is damaged ({exc})") from None
+        raise ValueError(f"{name} is damaged ({exc})") from None
     if height < 1 or width < 1 or small.size != height * width or not np.isfinite(small).all():
-        raise ValueError(f"reference_map is damaged ({small.size} values for {height} x {width})")
+        raise ValueError(f"{name} is damaged ({small.size} values for {height} x {width})")
     return cv2.resize(small.reshape(height, width).astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.manifest import encode_reference
 from edge.method.anomaly_map import SCORE_TOP_FRACTION, image_score, usable_top_fraction
 from edge.method.inspection import FrameJudge
 from edge.method.preprocess import read_image
@@ -61,11 +63,16 @@ def test_a_good_frame_has_no_boxes_where_a_pixel_crosses_the_threshold(bottle_di
     [(900, (1400, 2000, 3), 700, 300),  # a crop larger than the map: the map is placed at about its own size
      (40, (300, 400, 3), 200, 100)],  # smaller: the map is shrunk to the crop's pixels, fewer of them to average
 )
-def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model, side, frame_shape, x, y):
-    """With an ROI the score is taken on the map in frame geometry, over the crop's area only."""
+@pytest.mark.parametrize("score_reference", [False, True])
+def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model, side, frame_shape, x, y, score_reference):
+    """With an ROI the score is taken on the map in frame geometry, over the crop's area only;
+    with a score reference, on the part of it the score counts, placed the same way."""
     import cv2
 
     backend = OnnxCpuBackend(tiny_onnx_model)
+    if score_reference:  # a margin rising across the map: the score counts less on the right
+        ramp = np.tile(np.linspace(0, 0.05, 64, dtype=np.float32), (64, 1))
+        backend.manifest = replace(backend.manifest, score_reference_map=encode_reference(ramp))
     part = cv2.resize(read_image(bottle_dir / "test" / "broken_large" / "000.png"), (side, side))
     frame = np.zeros(frame_shape, np.uint8)  # the part a small share of the view
     frame[y : y + side, x : x + side] = part
@@ -75,3 +82,5 @@ def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_m
     placed = FrameJudge(backend, threshold=0.0, roi=roi).judge(Frame(0, time.time(), time.monotonic(), frame))
     assert placed.anomaly_map.size > 3 * alone.anomaly_map.size  # mostly zeros around the crop
     assert placed.score == pytest.approx(alone.score, rel=0.02)  # which are not averaged in
+    if score_reference:
+        assert alone.score < image_score(alone.anomaly_map, SCORE_TOP_FRACTION) - 0.01  # the margin counts

@@ -46,9 +46,10 @@ from tests.host_device import HostDevice, build_host_kernels
 
 
 def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec,
-             reference: np.ndarray | None = None, score_top_fraction: float | None = None) -> GpuAnomalyMap:
+             reference: np.ndarray | None = None, score_top_fraction: float | None = None,
+             score_margin: np.ndarray | None = None) -> GpuAnomalyMap:
     return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library), reference=reference,
-                         score_top_fraction=score_top_fraction)
+                         score_top_fraction=score_top_fraction, score_margin=score_margin)
 
 
 def bottle_pair(bottle_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +207,28 @@ def test_the_device_maps_score_is_the_manifests(host_kernels, bottle_dir):
     assert scores[None] == pytest.approx(top[0], abs=1e-5)
     assert scores[0.01] == pytest.approx(top[:41].mean(), abs=1e-5)  # 1 % of 4,096 pixels, rounded
     assert scores[None] > scores[0.01] > scores[0.2] + 1e-3
+
+
+def test_with_a_score_margin_the_device_counts_the_maps_rise_above_it_as_the_cpu_does(host_kernels, bottle_dir):
+    """The manifest's score_margin (the good maps' maximum above their mean): the map that
+    comes back is the one shown, the score only what rises above the margin, for the
+    maximum as for the top pixels' mean (the host's scored_part and image_score)."""
+    shape = (64, 64)
+    original, defect = bottle_pair(bottle_dir, shape)
+    map_spec = MapSpec(sigma=default_sigma(*shape))
+    masks = fixed_masks(*shape, MaskSpec(), seed=3)
+    outputs = altered_outputs(original, defect, masks.shape[0] * masks.shape[1], seed=3)
+    expected = anomaly_map(original, recombine(outputs, masks), map_spec)
+    margin = np.tile(np.linspace(0, 2 * float(expected.max()), shape[1], dtype=np.float32), (shape[0], 1))
+    for fraction in (None, 0.01):
+        gpu = host_map(host_kernels, shape, masks, map_spec, score_top_fraction=fraction, score_margin=margin)
+        gpu.variants(original)
+        gpu.upload(outputs, gpu.outputs_address)
+        amap, score = gpu.score()
+        gpu.close()
+        np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)
+        assert score == pytest.approx(image_score(np.maximum(expected - margin, 0), fraction), abs=1e-5)
+        assert score < image_score(expected, fraction) - 1e-3  # the margin took something off
 
 
 def test_excess_over_reference_is_numpys_bit_for_bit(host_kernels):

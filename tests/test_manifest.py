@@ -13,6 +13,7 @@ import pytest
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, ManifestError, decode_reference, encode_reference, manifest_path
 from edge.method.preprocess import prepare, read_image
+from edge.method.anomaly_map import image_score
 
 
 def test_keys_this_version_does_not_know_are_ignored(tiny_onnx_model, bottle_dir):
@@ -68,28 +69,55 @@ def test_the_reference_map_survives_its_storage_and_an_old_manifest_has_none(tin
     {"height": 1, "width": 1, "float16_base64": base64.b64encode(np.array([np.nan], np.float16).tobytes()).decode()},
     {"height": "x", "width": 1, "float16_base64": ""},
 ])  # fmt: skip
-def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage):
+@pytest.mark.parametrize("key", ["reference_map", "score_reference_map"])
+def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage, key):
     data = json.loads(manifest_path(tiny_onnx_model).read_text())
-    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"reference_map": damage}))
-    with pytest.raises(ManifestError, match="reference_map is damaged.*re-export the model"):
+    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {key: damage}))
+    with pytest.raises(ManifestError, match=f"manifest .*: {key} is damaged.*re-export the model"):
         Manifest.for_model(tiny_onnx_model)
+
+
+def test_the_score_counts_the_maps_rise_above_the_score_reference(tiny_onnx_model, bottle_dir):
+    """The map shown is the rise above the reference map (the good maps' mean); the score,
+    with a score reference (their per-pixel maximum), only the rise above that: the plain
+    map minus the score reference, clipped at 0, whichever reference the map shows."""
+    data = json.loads(manifest_path(tiny_onnx_model).read_text())
+    mean = np.full((64, 64), 0.02, np.float32)
+    highest = np.tile(np.linspace(0.02, 0.2, 64, dtype=np.float32), (64, 1))  # above the mean, by 0 to 0.18
+    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"reference_map": encode_reference(mean),
+                                                                  "score_reference_map": encode_reference(highest)}))
+    manifest = Manifest.for_model(tiny_onnx_model)
+    reference = decode_reference(encode_reference(mean), (64, 64))  # as stored: quarter size, float16
+    score_reference = decode_reference(encode_reference(highest), (64, 64))
+    np.testing.assert_allclose(manifest.score_margin, score_reference - reference, atol=1e-6)
+    image = prepare(read_image(min((bottle_dir / "test" / "broken_large").glob("*.png"))), (64, 64))
+    with OnnxCpuBackend(tiny_onnx_model, manifest=replace(manifest, reference_map={}, score_reference_map={})) as backend:
+        plain = backend.score(image).anomaly_map
+    with OnnxCpuBackend(tiny_onnx_model) as backend:
+        scored = backend.score(image)
+    np.testing.assert_allclose(scored.anomaly_map, np.maximum(plain - reference, 0), atol=1e-6)  # the map shown
+    counted = np.maximum(plain - score_reference, 0)
+    assert scored.score == pytest.approx(image_score(counted, manifest.score_top_fraction), abs=1e-6)
+    assert scored.score < image_score(scored.anomaly_map, manifest.score_top_fraction)  # it counts less than it shows
 
 
 def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_onnx_model):
     """An older riad-edge skips keys it does not know, so a new manifest's per-channel map,
-    reference map (version 2) or top-pixels score (version 3) would silently change its
-    scores; new exports say version 3, which they refuse. This edge reads all three:
-    older manifests mean the paper's grey map and its maximum as the score."""
+    reference map (version 2), top-pixels score (version 3) or score reference (version 4)
+    would silently change its scores; new exports say version 4, which they refuse. This
+    edge reads all four: older manifests mean the paper's grey map and its maximum as the
+    score, of the map itself."""
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 3
-    for version in (1, 2):
-        older = {k: v for k, v in data.items() if k != "score_top_fraction"}
+    assert data["format_version"] == 4
+    for version in (1, 2, 3):
+        older = {k: v for k, v in data.items() if k not in ("score_top_fraction", "score_reference_map")}
         path.write_text(json.dumps(older | {"format_version": version}))
-        assert Manifest.for_model(tiny_onnx_model).score_top_fraction is None  # the map's maximum
-    for version in (4, 0, "3", True, None):
+        manifest = Manifest.for_model(tiny_onnx_model)
+        assert manifest.score_top_fraction is None and manifest.score_margin is None  # the map's maximum
+    for version in (5, 0, "4", True, None):
         path.write_text(json.dumps(data | {"format_version": version}))
-        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2 and 3: upgrade"):
+        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2, 3 and 4: upgrade"):
             Manifest.for_model(tiny_onnx_model)
     del data["format_version"]
     path.write_text(json.dumps(data))

@@ -31,6 +31,7 @@ from edge.method.anomaly_map import (
     gms_constant,
     image_score,
     raw_anomaly_map,
+    scored_part,
     smooth,
 )
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
@@ -351,7 +352,8 @@ def test_the_reference_map_is_what_the_training_images_score_and_the_edge_subtra
         for image, plain_map in zip(train_images, plain_maps):
             scored = backend.score(image)
             np.testing.assert_array_equal(scored.anomaly_map, np.maximum(plain_map - manifest.reference, 0))
-            assert scored.score == image_score(scored.anomaly_map, manifest.score_top_fraction) < image_score(
+            counted = scored_part(scored.anomaly_map, manifest.score_margin)  # test_the_score_counts_... below
+            assert scored.score == image_score(counted, manifest.score_top_fraction) < image_score(
                 plain_map, manifest.score_top_fraction
             )
 
@@ -522,8 +524,9 @@ def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained
     assert not np.array_equal(plain_maps[0], plain_maps[1])  # so max and mean differ
     assert manifest.metrics["reference_statistic"] == "max"
     assert manifest.reference_map == encode_reference(np.max(plain_maps, axis=0))
-    # More is subtracted, so the held-out good parts score lower and so does the threshold.
-    assert manifest.threshold < by_mean.threshold
+    # The map shows less; its score counts what the default's score counts, the rise above
+    # the highest good map, so the threshold is the same (to float rounding).
+    assert manifest.threshold == pytest.approx(by_mean.threshold, rel=1e-4)
 
 
 def test_the_maps_gms_constant_is_measured_on_the_held_out_good_images(exported, trained, tmp_path):
@@ -546,7 +549,7 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
     assert top.score_top_fraction == SCORE_TOP_FRACTION
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "max.onnx"), "--score-top-fraction", "0"])
     assert result.exit_code == 0, result.output
-    assert "score:     the anomaly map's maximum (the paper's)" in result.output
+    assert "score:     the maximum of the anomaly map's rise above the good training maps' per-pixel maximum" in result.output
     paper = Manifest.for_model(tmp_path / "max.onnx")
     assert paper.score_top_fraction is None
     # The same maps scored two ways, and each threshold set on its own scores.
@@ -555,12 +558,43 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
         for image in held_out:
             a, b = by_top.score(image), by_max.score(image)
             np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
-            assert b.score == a.anomaly_map.max() > a.score == image_score(a.anomaly_map, SCORE_TOP_FRACTION)
-    assert paper.threshold > top.threshold
+            counted = scored_part(a.anomaly_map, top.score_margin)  # the rise above the good maps' maximum
+            assert b.score == counted.max() >= a.score == image_score(counted, SCORE_TOP_FRACTION)
+    assert paper.threshold >= top.threshold
     for bad in ("-0.5", "1.5", "nan"):
         result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "bad.onnx"), "--score-top-fraction", bad])
         assert result.exit_code == 2 and "the score's top fraction must be above 0 and at most 1" in result.output
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_score_counts_the_maps_rise_above_the_highest_good_map_and_the_map_shows_the_rise_above_their_mean(
+        exported, trained, tmp_path):
+    out, manifest = exported
+    state = load_checkpoint(trained)
+    with OnnxCpuBackend(out, manifest=replace(manifest, reference_map={}, score_reference_map={})) as backend:
+        plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
+    assert manifest.metrics["score_reference"] == "max"
+    assert manifest.score_reference_map == encode_reference(np.max(plain_maps, axis=0))
+    assert manifest.reference_map == encode_reference(np.mean(plain_maps, axis=0, dtype=np.float64).astype(np.float32))
+    # export --score-reference mean: the score counts the map shown, the paper's way with a reference.
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "mean.onnx"), "--score-reference", "mean"])
+    assert result.exit_code == 0, result.output
+    assert "score:     the mean of the anomaly map's highest 1 % of pixels\n" in result.output
+    shown = Manifest.for_model(tmp_path / "mean.onnx")
+    assert shown.score_reference_map == {} and shown.metrics["score_reference"] is None and shown.score_margin is None
+    assert shown.reference_map == manifest.reference_map
+    held_out = [prepare(read_image(p), (32, 32)) for p in state["held_out_images"]]
+    with OnnxCpuBackend(out) as above_max, OnnxCpuBackend(tmp_path / "mean.onnx") as above_mean:
+        for image in held_out:
+            a, b = above_max.score(image), above_mean.score(image)
+            np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)  # the same map shown
+            assert a.score <= b.score  # ... of which the score counts less
+    # With the maximum as the map's own reference there is nothing more to count: one reference.
+    both = export_onnx(trained, tmp_path / "refmax.onnx", reference_statistic="max")
+    assert both.score_reference_map == {} and both.reference_map == manifest.score_reference_map
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--score-reference", "median"])
+    assert result.exit_code == 2 and "--score-reference must be one of max, mean, not 'median'" in result.output
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_refuses_an_unknown_reference_statistic(trained, tmp_path):

@@ -111,11 +111,19 @@ def export(
     reference_statistic: Annotated[
         str,
         typer.Option(
-            help="the reference map per pixel: mean, the good parts' average, or max, the highest of them: ranks "
-            "parts a little better, but maps less of a defect and needs a threshold set on the line "
-            "(riad-edge calibrate; docs/benchmarks.md)"
+            help="the reference of the map shown, per pixel: mean, the good parts' average (it shows a defect's "
+            "whole extent), or max, the highest of them (it shows only a defect's core); the score's is "
+            "--score-reference (docs/benchmarks.md)"
         ),
     ] = "mean",
+    score_reference: Annotated[
+        str,
+        typer.Option(
+            help="what the image score counts of the map: its rise above max, the highest of the good parts' maps "
+            "at each pixel (ranks parts better on both shared sets), or above mean, their average: the map shown "
+            "(docs/benchmarks.md)"
+        ),
+    ] = "max",
     cell_sizes: Annotated[
         str | None,
         typer.Option(
@@ -163,7 +171,7 @@ def export(
         sizes = None if cell_sizes is None else parse_cell_sizes(cell_sizes)
         manifest = export_onnx(checkpoint, out, int8=int8, false_alarm_rate=false_alarm_rate, reference_map=reference_map,
                                cell_sizes=sizes, mask_draws=mask_draws, mask_seed=mask_seed,
-                               reference_statistic=reference_statistic, map_c=map_c,
+                               reference_statistic=reference_statistic, score_reference=score_reference, map_c=map_c,
                                score_top_fraction=score_top_fraction or None)
     except (TrainError, ExportError, DataError, ManifestError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -183,7 +191,7 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
-        f"score:     {describe_score(manifest.score_top_fraction)}\n"
+        f"score:     {describe_score(manifest.score_top_fraction, bool(manifest.score_reference_map))}\n"
         f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
         f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"

@@ -184,7 +184,7 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
         "test_set": str(category_dir.resolve()),
         "category": category_dir.resolve().name,
         "threshold": manifest.threshold,
-        "image_score": describe_score(manifest.score_top_fraction),
+        "image_score": describe_score(manifest.score_top_fraction, bool(manifest.score_reference_map)),
         "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",
         "pro_max_fpr": MAX_FPR,
         "overall": detection_metrics(scored, manifest.threshold),

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.manifest import Manifest
+from edge.method.anomaly_map import image_score, scored_part
 
 
 @dataclass
 class FrameScore:
     anomaly_map: np.ndarray  # (H, W) float32 at the model's input size
-    score: float  # edge.method.anomaly_map.image_score of the map, as the manifest says
+    score: float  # Backend.frame_score: the map's image score, as the manifest says
 
 
 class Backend(ABC):
@@ -31,6 +32,12 @@ class Backend(ABC):
     @abstractmethod
     def score(self, image: np.ndarray) -> FrameScore:
         """Score one (3, H, W) float32 RGB image in [0, 1] (see edge.method.preprocess.prepare)."""
+
+    def frame_score(self, amap: np.ndarray) -> FrameScore:
+        """A shown map (H, W) with its image score: of the part the score counts
+        (edge.method.anomaly_map.scored_part), summed up as the manifest says."""
+        m = self.manifest
+        return FrameScore(amap, image_score(scored_part(amap, m.score_margin), m.score_top_fraction))
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
         """Score several frames; a backend that runs them as one network batch overrides this."""

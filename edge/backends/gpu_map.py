@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.method.anomaly_map import MapSpec, gaussian_kernel, image_score
+from edge.method.anomaly_map import MapSpec, gaussian_kernel, image_score, scored_part
 from edge.backends import kernel_binary
 from edge.backends.gpu_available import GpuUnavailable
 from edge.backends.kernel_binary import COMPILE_OPTIONS, KernelCompileError, compile_failure
@@ -275,6 +275,7 @@ class GpuAnomalyMap:
         device: KernelDevice | None = None,
         reference: np.ndarray | None = None,
         score_top_fraction: float | None = None,
+        score_margin: np.ndarray | None = None,
     ):
         """`device`: where the kernels run; by default GPU 0 through pycuda or CuPy
         (tests pass one that runs them on the host). `reference`: the manifest's (H, W)
@@ -284,7 +285,8 @@ class GpuAnomalyMap:
         the manifest's; None scores the map's maximum on the device (max_value), a
         fraction the mean of its highest pixels on the host, from the map that comes back
         anyway (image_score, the CPU's own code: a partial sort of ~25,000 values, well
-        under a millisecond)."""
+        under a millisecond). `score_margin`: the manifest's; where there is one, the score
+        counts only the map's rise above it (scored_part, on the host as well)."""
         num_sizes, num_sets, height, width = masks.shape
         if (height, width) != tuple(input_shape):
             raise ValueError(
@@ -300,7 +302,14 @@ class GpuAnomalyMap:
             )
         self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
+        if score_margin is not None and score_margin.shape != (height, width):
+            raise ValueError(
+                f"the score's margin is {score_margin.shape}, the input is {height}x{width}"
+            )
         self.score_top_fraction = score_top_fraction
+        self.score_margin = score_margin
+        # The device's max_value only where the score is the plain map's maximum.
+        self.score_on_device = score_top_fraction is None and score_margin is None
         self.num_variants = num_sizes * num_sets
         # Planes compared per image: the grey mean, or R, G and B (MapSpec.per_channel);
         # a gray pyramid per plane of the original and of each recombination, a GMS pyramid per pair.
@@ -356,7 +365,8 @@ class GpuAnomalyMap:
         masks = fixed_masks(height, width, manifest.mask_spec, manifest.mask_seed)
         if device is None:
             device = open_device(manifest.kernels, folder)
-        return cls((height, width), masks, manifest.map_spec, device, manifest.reference, manifest.score_top_fraction)
+        return cls((height, width), masks, manifest.map_spec, device, manifest.reference, manifest.score_top_fraction,
+                   manifest.score_margin)
 
     @property
     def stream_handle(self) -> int:
@@ -430,7 +440,7 @@ class GpuAnomalyMap:
                      self.map_address)  # fmt: skip
             if self.reference_address is not None:
                 d.launch("subtract_reference", plane, self.map_address, self.reference_address, plane)
-            if self.score_top_fraction is None:
+            if self.score_on_device:
                 # One block: max_value reduces the whole map itself.
                 d.launch("max_value", 1, self.map_address, plane, self.score_address)
                 d.to_host(self.score_host, self.score_address)
@@ -439,9 +449,9 @@ class GpuAnomalyMap:
         finally:
             d.pop()
         amap = self.map_host.copy()
-        if self.score_top_fraction is None:
+        if self.score_on_device:
             return amap, float(self.score_host[0])
-        return amap, image_score(amap, self.score_top_fraction)
+        return amap, image_score(scored_part(amap, self.score_margin), self.score_top_fraction)
 
     def download(self, address: int, shape: Sequence[int]) -> np.ndarray:
         """A float32 device buffer as a host array (synchronous; for checks, not per frame)."""

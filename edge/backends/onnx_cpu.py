@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge.method.anomaly_map import anomaly_map, image_score
+from edge.method.anomaly_map import anomaly_map
 from edge.backends import BackendError
 from edge.backends.base import Backend, FrameScore
 from edge.manifest import Manifest
@@ -60,7 +60,7 @@ class OnnxCpuBackend(Backend):
 
     def score(self, image: np.ndarray) -> FrameScore:
         amap = anomaly_map(image, self.reconstruct(image), self.manifest.map_spec, self.manifest.reference)
-        return FrameScore(amap, image_score(amap, self.manifest.score_top_fraction))
+        return self.frame_score(amap)
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
         """N frames' variants (N x 12) through the network as one batch: one session run."""
@@ -69,5 +69,5 @@ class OnnxCpuBackend(Backend):
         scores = []
         for image, per_frame in zip(images, np.split(outputs, len(images))):
             amap = anomaly_map(image, recombine(per_frame, self.masks), self.manifest.map_spec, self.manifest.reference)
-            scores.append(FrameScore(amap, image_score(amap, self.manifest.score_top_fraction)))
+            scores.append(self.frame_score(amap))
         return scores

@@ -241,11 +241,37 @@ def usable_top_fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-def describe_score(top_fraction: float | None) -> str:
-    """What image_score computes with this fraction, in words (export's summary, evaluate's report)."""
+def describe_score(top_fraction: float | None, above_highest_good: bool = False) -> str:
+    """What a manifest's image score computes, in words (export's summary, evaluate's report)."""
+    if not above_highest_good:
+        if top_fraction is None:
+            return "the anomaly map's maximum (the paper's)"
+        return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
+    rise = "the anomaly map's rise above the good training maps' per-pixel maximum"
     if top_fraction is None:
-        return "the anomaly map's maximum (the paper's)"
-    return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
+        return f"the maximum of {rise}"
+    return f"the mean of the highest {100 * top_fraction:g} % of pixels of {rise}"
+
+
+def score_margin(reference: np.ndarray | None, score_reference: np.ndarray | None) -> np.ndarray | None:
+    """(H, W) float32: how far above the shown map's reference (the good maps' mean) a map
+    must rise at each pixel before the image score counts it, up to `score_reference` (the
+    good maps' per-pixel maximum); None where the score counts the shown map itself.
+
+    A frame's shown map is its rise above the average good part: it marks a defect's whole
+    extent. Its score counts only the rise above every good part measured, so a highlight
+    or edge that some good parts also have at that pixel does not score (docs/benchmarks.md).
+    """
+    if score_reference is None:
+        return None
+    return np.maximum(score_reference - (0 if reference is None else reference), 0).astype(np.float32)
+
+
+def scored_part(amap: np.ndarray, margin: np.ndarray | None) -> np.ndarray:
+    """The part of a shown map (minus the mean reference, clipped at 0) that the image score
+    counts: its rise above the margin, which is exactly the raw map minus the score's
+    reference, clipped at 0. The map itself where there is no margin."""
+    return amap if margin is None else np.maximum(amap - margin, 0)
 
 
 def image_score(amap: np.ndarray, top_fraction: float | None = None, pixels: int | None = None) -> float:

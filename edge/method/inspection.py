@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
-from edge.method.anomaly_map import image_score
+from edge.method.anomaly_map import image_score, scored_part
 from edge.method.preprocess import prepare
 from edge.method.regions import defect_boxes
 from edge.results import FrameResult
@@ -47,6 +49,12 @@ class FrameJudge:
                 f"{name(roi.as_dict() if roi else None)}; train it with the same --roi"
             )
 
+    def in_frame(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+        """A map of the prepared view in frame geometry (with an ROI), its ignored regions 0."""
+        if self.roi is not None:
+            amap = self.roi.to_frame(amap, frame_shape)
+        return amap if self.ignore is None else self.ignore.apply(amap, frame_shape)
+
     def judge(self, frame: Frame) -> FrameResult:
         """The frame's result; CorruptFrameError for a frame that cannot be prepared."""
         try:
@@ -57,13 +65,13 @@ class FrameJudge:
         threshold = self.threshold  # once: a command may change it while this frame is judged
         scored = self.backend.score(image)
         amap, score = scored.anomaly_map, scored.score
-        if self.roi is not None:
-            amap = self.roi.to_frame(amap, frame.image.shape)
-        if self.ignore is not None:
-            amap = self.ignore.apply(amap, frame.image.shape)
         if self.ignore is not None or self.roi is not None:
-            pixels = self.roi.pixels_in_frame_map(scored.anomaly_map.shape, frame.image.shape) if self.roi else None
-            score = image_score(amap, self.backend.manifest.score_top_fraction, pixels)
+            m = self.backend.manifest
+            shown = self.in_frame(amap, frame.image.shape)
+            # The score counts its part of the map (scored_part), placed and masked as the map is.
+            counted = shown if m.score_margin is None else self.in_frame(scored_part(amap, m.score_margin), frame.image.shape)
+            pixels = self.roi.pixels_in_frame_map(amap.shape, frame.image.shape) if self.roi else None
+            amap, score = shown, image_score(counted, m.score_top_fraction, pixels)
         return FrameResult(
             frame_index=frame.index,
             timestamp=frame.timestamp,
