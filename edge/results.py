@@ -37,6 +37,9 @@ class FrameResult:
     threshold: float
     boxes: list[Box] = field(default_factory=list)
     latency_s: float = 0.0  # capture to decision
+    # The part of anomaly_map the score counts (edge.method.anomaly_map.scored_part), in the
+    # same geometry; None where that is all of it (models whose score counts the map shown).
+    counted_map: np.ndarray | None = None
     # Consecutive defective frames are one defect (a part stays in view for several
     # frames); DefectTracker fills these in. Good frames keep None and 0.
     defect_id: str | None = None  # shared by the frames of one defect
@@ -52,7 +55,8 @@ class FrameResult:
         """The heatmap overlay as JPEG, made once however many sinks (and threads) ask for it."""
         with self._overlay_lock:
             if self._overlay_jpeg is None:
-                self._overlay_jpeg = encode_jpeg(heatmap_overlay(self.frame, self.anomaly_map, self.threshold, self.boxes))
+                self._overlay_jpeg = encode_jpeg(heatmap_overlay(self.frame, self.anomaly_map, self.threshold, self.boxes,
+                                                                 self.counted_map))
             return self._overlay_jpeg
 
 

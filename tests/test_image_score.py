@@ -12,6 +12,7 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import encode_reference
 from edge.method.anomaly_map import SCORE_TOP_FRACTION, image_score, usable_top_fraction
 from edge.method.inspection import FrameJudge
+from edge.method.regions import defect_boxes
 from edge.method.preprocess import read_image
 from edge.method.roi import Roi
 from edge.sources.cameras import Frame
@@ -84,3 +85,29 @@ def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_m
     assert placed.score == pytest.approx(alone.score, rel=0.02)  # which are not averaged in
     if score_reference:
         assert alone.score < image_score(alone.anomaly_map, SCORE_TOP_FRACTION) - 0.01  # the margin counts
+
+
+def test_boxes_and_warm_colours_follow_what_the_score_counts(bottle_dir, tiny_onnx_model):
+    """With a score reference the map shown is higher than what the score counts: a region
+    the good parts also light up there (a large margin) is shown but neither boxed nor warm;
+    the region that rises above it is both."""
+    from edge.sinks.overlay import heatmap_overlay
+
+    backend = OnnxCpuBackend(tiny_onnx_model)
+    margin = np.zeros((64, 64), np.float32)
+    margin[:, :32] = 0.2  # the left half: where good parts' maps vary a lot
+    backend.manifest = replace(backend.manifest, score_reference_map=encode_reference(margin))
+    margin = backend.manifest.score_margin  # as stored and decoded
+    shown = np.zeros((64, 64), np.float32)
+    shown[10:20, 8:18] = 0.15  # below its margin: nothing counted
+    shown[40:50, 40:50] = 0.15  # no margin there: all of it counted
+    counted = np.maximum(shown - margin, 0)
+    threshold = 0.05
+    score = image_score(counted, SCORE_TOP_FRACTION)
+    assert score > threshold
+    boxes = defect_boxes(counted, score, threshold, (64, 64))
+    assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(40, 40, 10, 10)]
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    blue, red = heatmap_overlay(frame, shown, threshold, boxes, counted)[[15, 45], [12, 45]].astype(int).T[[0, 2]]
+    assert blue[0] > red[0]  # the left region is drawn cool: below the threshold plus its margin
+    assert red[1] > blue[1]  # the right one warm

@@ -4,9 +4,12 @@ The pipeline (free-running) and the triggered station both judge frames here, so
 verdict and a defect event can never disagree about the same frame. With an ROI the
 result's map is in frame geometry (zero outside the ROI), so boxes and overlays are
 in full-frame pixels; the score (edge.method.anomaly_map.image_score) is taken after
-the ignore mask, over the crop's area. Only a defective frame has boxes: the regions of
-its map above the threshold. A good frame's map may cross the threshold at a pixel or
-two, since its score is the mean of its highest pixels, not the single highest.
+the ignore mask, over the crop's area. Only a defective frame has boxes: the regions
+where the part of its map the score counts (its rise above the highest good map,
+edge.method.anomaly_map.scored_part) is above the threshold. A good frame's map may
+cross the threshold at a pixel or two, since its score is the mean of its highest
+pixels, not the single highest, and the map shown (the rise above the good maps' mean)
+is higher than what the score counts.
 """
 
 from __future__ import annotations
@@ -64,14 +67,15 @@ class FrameJudge:
             raise CorruptFrameError(str(exc)) from None
         threshold = self.threshold  # once: a command may change it while this frame is judged
         scored = self.backend.score(image)
-        amap, score = scored.anomaly_map, scored.score
+        m, shape = self.backend.manifest, frame.image.shape
+        amap = self.in_frame(scored.anomaly_map, shape)
+        # What the score counts of the map (scored_part), placed and masked as the map is:
+        # the boxes mark where it crosses the threshold, as the score compares it.
+        counted = amap if m.score_margin is None else self.in_frame(scored_part(scored.anomaly_map, m.score_margin), shape)
+        score = scored.score
         if self.ignore is not None or self.roi is not None:
-            m = self.backend.manifest
-            shown = self.in_frame(amap, frame.image.shape)
-            # The score counts its part of the map (scored_part), placed and masked as the map is.
-            counted = shown if m.score_margin is None else self.in_frame(scored_part(amap, m.score_margin), frame.image.shape)
-            pixels = self.roi.pixels_in_frame_map(amap.shape, frame.image.shape) if self.roi else None
-            amap, score = shown, image_score(counted, m.score_top_fraction, pixels)
+            pixels = self.roi.pixels_in_frame_map(scored.anomaly_map.shape, shape) if self.roi else None
+            score = image_score(counted, m.score_top_fraction, pixels)
         return FrameResult(
             frame_index=frame.index,
             timestamp=frame.timestamp,
@@ -79,6 +83,7 @@ class FrameJudge:
             anomaly_map=amap,
             score=score,
             threshold=threshold,
-            boxes=defect_boxes(amap, score, threshold, frame.image.shape),
+            boxes=defect_boxes(counted, score, threshold, shape),
             latency_s=time.monotonic() - frame.captured_at,
+            counted_map=None if counted is amap else counted,
         )

@@ -187,7 +187,7 @@ class _LiveState:
             defect, worst, cached = found[0], found[0].worst, found[0].thumbnail
         if cached is not None:
             return cached
-        overlay = heatmap_overlay(worst.frame, worst.anomaly_map, worst.threshold, worst.boxes)
+        overlay = heatmap_overlay(worst.frame, worst.anomaly_map, worst.threshold, worst.boxes, worst.counted_map)
         h, w = overlay.shape[:2]
         if w > THUMBNAIL_WIDTH:
             size = (THUMBNAIL_WIDTH, max(1, round(h * THUMBNAIL_WIDTH / w)))
