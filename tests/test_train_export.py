@@ -524,9 +524,12 @@ def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained
     assert not np.array_equal(plain_maps[0], plain_maps[1])  # so max and mean differ
     assert manifest.metrics["reference_statistic"] == "max"
     assert manifest.reference_map == encode_reference(np.max(plain_maps, axis=0))
-    # The map shows less; its score counts what the default's score counts, the rise above
-    # the highest good map, so the threshold is the same (to float rounding).
-    assert manifest.threshold == pytest.approx(by_mean.threshold, rel=1e-4)
+    # More is subtracted, so the held-out good parts score lower and so does the threshold.
+    assert manifest.threshold < by_mean.threshold
+    # Its score counts what export --score-reference max counts: the rise above the highest
+    # good map (the map shown differs), so that threshold is the same, to float rounding.
+    counted = export_onnx(trained, tmp_path / "scoremax.onnx", score_reference="max")
+    assert counted.threshold == pytest.approx(manifest.threshold, rel=1e-4)
 
 
 def test_the_maps_gms_constant_is_measured_on_the_held_out_good_images(exported, trained, tmp_path):
@@ -549,7 +552,7 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
     assert top.score_top_fraction == SCORE_TOP_FRACTION
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "max.onnx"), "--score-top-fraction", "0"])
     assert result.exit_code == 0, result.output
-    assert "score:     the maximum of the anomaly map's rise above the good training maps' per-pixel maximum" in result.output
+    assert "score:     the anomaly map's maximum (the paper's)" in result.output
     paper = Manifest.for_model(tmp_path / "max.onnx")
     assert paper.score_top_fraction is None
     # The same maps scored two ways, and each threshold set on its own scores.
@@ -567,33 +570,33 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_the_score_counts_the_maps_rise_above_the_highest_good_map_and_the_map_shows_the_rise_above_their_mean(
+def test_the_score_can_count_the_maps_rise_above_the_highest_good_map_while_the_map_shows_the_rise_above_their_mean(
         exported, trained, tmp_path):
-    out, manifest = exported
+    out, shown = exported  # the default: the score counts the map shown
+    assert shown.score_reference_map == {} and shown.metrics["score_reference"] is None and shown.score_margin is None
     state = load_checkpoint(trained)
-    with OnnxCpuBackend(out, manifest=replace(manifest, reference_map={}, score_reference_map={})) as backend:
+    with OnnxCpuBackend(out, manifest=replace(shown, reference_map={})) as backend:
         plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "max.onnx"), "--score-reference", "max"])
+    assert result.exit_code == 0, result.output
+    assert ("score:     the mean of the highest 1 % of pixels of the anomaly map's rise above the good training "
+            "maps' per-pixel maximum\n") in result.output
+    manifest = Manifest.for_model(tmp_path / "max.onnx")
     assert manifest.metrics["score_reference"] == "max"
     assert manifest.score_reference_map == encode_reference(np.max(plain_maps, axis=0))
-    assert manifest.reference_map == encode_reference(np.mean(plain_maps, axis=0, dtype=np.float64).astype(np.float32))
-    # export --score-reference mean: the score counts the map shown, the paper's way with a reference.
-    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "mean.onnx"), "--score-reference", "mean"])
-    assert result.exit_code == 0, result.output
-    assert "score:     the mean of the anomaly map's highest 1 % of pixels\n" in result.output
-    shown = Manifest.for_model(tmp_path / "mean.onnx")
-    assert shown.score_reference_map == {} and shown.metrics["score_reference"] is None and shown.score_margin is None
-    assert shown.reference_map == manifest.reference_map
+    assert manifest.reference_map == shown.reference_map  # the mean: the same map shown
     held_out = [prepare(read_image(p), (32, 32)) for p in state["held_out_images"]]
-    with OnnxCpuBackend(out) as above_max, OnnxCpuBackend(tmp_path / "mean.onnx") as above_mean:
+    with OnnxCpuBackend(tmp_path / "max.onnx") as above_max, OnnxCpuBackend(out) as above_mean:
         for image in held_out:
             a, b = above_max.score(image), above_mean.score(image)
             np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)  # the same map shown
-            assert a.score <= b.score  # ... of which the score counts less
+            assert a.score == image_score(scored_part(a.anomaly_map, manifest.score_margin), SCORE_TOP_FRACTION) <= b.score
+    assert manifest.threshold < shown.threshold  # set on its own, lower, scores
     # With the maximum as the map's own reference there is nothing more to count: one reference.
-    both = export_onnx(trained, tmp_path / "refmax.onnx", reference_statistic="max")
+    both = export_onnx(trained, tmp_path / "refmax.onnx", reference_statistic="max", score_reference="max")
     assert both.score_reference_map == {} and both.reference_map == manifest.score_reference_map
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--score-reference", "median"])
-    assert result.exit_code == 2 and "--score-reference must be one of max, mean, not 'median'" in result.output
+    assert result.exit_code == 2 and "--score-reference must be one of mean, max, not 'median'" in result.output
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -119,11 +119,11 @@ def export(
     score_reference: Annotated[
         str,
         typer.Option(
-            help="what the image score counts of the map: its rise above max, the highest of the good parts' maps "
-            "at each pixel (ranks parts better on both shared sets), or above mean, their average: the map shown "
-            "(docs/benchmarks.md)"
+            help="what the image score counts of the map: its rise above mean, the good parts' average (the map "
+            "shown), or above max, the highest of their maps at each pixel: ranks parts better on both shared sets, "
+            "but set the threshold from the line's good parts (riad-edge calibrate; docs/benchmarks.md)"
         ),
-    ] = "max",
+    ] = "mean",
     cell_sizes: Annotated[
         str | None,
         typer.Option(
