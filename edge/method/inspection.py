@@ -5,11 +5,10 @@ verdict and a defect event can never disagree about the same frame. With an ROI 
 result's map is in frame geometry (zero outside the ROI), so boxes and overlays are
 in full-frame pixels; the score (edge.method.anomaly_map.image_score) is taken after
 the ignore mask, over the crop's area. Only a defective frame has boxes: the regions
-where the part of its map the score counts (its rise above the highest good map,
-edge.method.anomaly_map.scored_part) is above the threshold. A good frame's map may
-cross the threshold at a pixel or two, since its score is the mean of its highest
-pixels, not the single highest, and the map shown (the rise above the good maps' mean)
-is higher than what the score counts.
+where the part of its map the score counts (the map, or with a score reference its rise
+above the highest good map: edge.method.anomaly_map.scored_part) is above the threshold.
+A good frame's map may cross the threshold at a pixel or two, since its score is the
+mean of its highest pixels, not the single highest.
 """
 
 from __future__ import annotations
