@@ -595,9 +595,11 @@ def test_the_score_can_count_the_maps_rise_above_the_highest_good_map_while_the_
     # With the maximum as the map's own reference there is nothing more to count: one reference.
     both = export_onnx(trained, tmp_path / "refmax.onnx", reference_statistic="max", score_reference="max")
     assert both.score_reference_map == {} and both.reference_map == manifest.score_reference_map
-    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), "--score-reference", "median"])
-    assert result.exit_code == 2 and "--score-reference must be one of mean, max, not 'median'" in result.output
-    assert not (tmp_path / "m.onnx").exists()
+    for args, words in [(["--score-reference", "median"], "--score-reference must be one of mean, max, not 'median'"),
+                        (["--score-reference", "max", "--no-reference-map"], "--score-reference max needs the reference map")]:
+        result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), *args])
+        assert result.exit_code == 2 and words in result.output
+        assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_refuses_an_unknown_reference_statistic(trained, tmp_path):

@@ -224,6 +224,8 @@ def export_onnx(
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
     if score_reference not in SCORE_REFERENCES:
         raise ExportError(f"--score-reference must be one of {', '.join(SCORE_REFERENCES)}, not {score_reference!r}")
+    if score_reference == "max" and not reference_map:  # both are measured on the same good images' maps
+        raise ExportError("--score-reference max needs the reference map; leave out --no-reference-map")
     if map_c is not None and not usable_gms_constant(map_c):
         raise ExportError(f"--map-c must be a number above 0 (the paper's is {GMS_C}), not {map_c}")
     if not usable_top_fraction(score_top_fraction):
