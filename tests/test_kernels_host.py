@@ -185,24 +185,32 @@ def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_di
     assert score < image_score(plain) - 1e-3
 
 
-def test_the_device_maps_score_is_the_manifests(host_kernels, bottle_dir):
-    """A manifest's score_top_fraction makes the score the mean of the map's highest pixels,
-    as the CPU backend scores it; without one, the device's maximum."""
+def device_scores(library: Path, bottle_dir: Path, fractions, score_margin=None) -> tuple[np.ndarray, dict]:
+    """A bottle's 64 px map as numpy computes it, and the device's score for each top fraction."""
     shape = (64, 64)
     original, defect = bottle_pair(bottle_dir, shape)
     map_spec = MapSpec(sigma=default_sigma(*shape))
     masks = fixed_masks(*shape, MaskSpec(), seed=3)
     outputs = altered_outputs(original, defect, masks.shape[0] * masks.shape[1], seed=3)
     expected = anomaly_map(original, recombine(outputs, masks), map_spec)
+    margin = None if score_margin is None else score_margin(expected)
     scores = {}
-    for fraction in (None, 0.01, 0.2):
-        gpu = host_map(host_kernels, shape, masks, map_spec, score_top_fraction=fraction)
+    for fraction in fractions:
+        gpu = host_map(library, shape, masks, map_spec, score_top_fraction=fraction, score_margin=margin)
         gpu.variants(original)
         gpu.upload(outputs, gpu.outputs_address)
         amap, scores[fraction] = gpu.score()
         gpu.close()
-        np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)
-        assert scores[fraction] == pytest.approx(image_score(expected, fraction), abs=1e-5)
+        np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)  # the map shown, whatever the score
+    return expected, scores
+
+
+def test_the_device_maps_score_is_the_manifests(host_kernels, bottle_dir):
+    """A manifest's score_top_fraction makes the score the mean of the map's highest pixels,
+    as the CPU backend scores it; without one, the device's maximum."""
+    expected, scores = device_scores(host_kernels, bottle_dir, (None, 0.01, 0.2))
+    for fraction, score in scores.items():
+        assert score == pytest.approx(image_score(expected, fraction), abs=1e-5)
     top = np.sort(expected.ravel())[::-1]
     assert scores[None] == pytest.approx(top[0], abs=1e-5)
     assert scores[0.01] == pytest.approx(top[:41].mean(), abs=1e-5)  # 1 % of 4,096 pixels, rounded
@@ -213,21 +221,12 @@ def test_with_a_score_margin_the_device_counts_the_maps_rise_above_it_as_the_cpu
     """The manifest's score_margin (the good maps' maximum above their mean): the map that
     comes back is the one shown, the score only what rises above the margin, for the
     maximum as for the top pixels' mean (the host's scored_part and image_score)."""
-    shape = (64, 64)
-    original, defect = bottle_pair(bottle_dir, shape)
-    map_spec = MapSpec(sigma=default_sigma(*shape))
-    masks = fixed_masks(*shape, MaskSpec(), seed=3)
-    outputs = altered_outputs(original, defect, masks.shape[0] * masks.shape[1], seed=3)
-    expected = anomaly_map(original, recombine(outputs, masks), map_spec)
-    margin = np.tile(np.linspace(0, 2 * float(expected.max()), shape[1], dtype=np.float32), (shape[0], 1))
-    for fraction in (None, 0.01):
-        gpu = host_map(host_kernels, shape, masks, map_spec, score_top_fraction=fraction, score_margin=margin)
-        gpu.variants(original)
-        gpu.upload(outputs, gpu.outputs_address)
-        amap, score = gpu.score()
-        gpu.close()
-        np.testing.assert_allclose(amap, expected, rtol=0, atol=1e-5)
-        assert score == pytest.approx(image_score(np.maximum(expected - margin, 0), fraction), abs=1e-5)
+    def ramp(amap: np.ndarray) -> np.ndarray:  # from 0 on the left to twice the map's peak on the right
+        return np.tile(np.linspace(0, 2 * float(amap.max()), amap.shape[1], dtype=np.float32), (amap.shape[0], 1))
+
+    expected, scores = device_scores(host_kernels, bottle_dir, (None, 0.01), score_margin=ramp)
+    for fraction, score in scores.items():
+        assert score == pytest.approx(image_score(np.maximum(expected - ramp(expected), 0), fraction), abs=1e-5)
         assert score < image_score(expected, fraction) - 1e-3  # the margin took something off
 
 
