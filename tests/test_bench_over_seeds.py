@@ -67,3 +67,20 @@ def test_a_folder_that_is_not_a_run_is_named_and_nothing_is_printed(tmp_path):
     result = over_seeds(good, tmp_path / "nothing")
     assert result.returncode == 1 and result.stdout == ""
     assert f"{tmp_path / 'nothing'}: no eval/metrics.json" in result.stderr
+
+
+def test_line_calibration_sets_the_threshold_on_half_the_good_images_and_judges_the_rest(tmp_path):
+    """With every good score 0.1, calibrate's rule puts the threshold at 0.1 whichever half it sees:
+    the other half passes (0 false alarms) and one of the two defects (0.05, 0.2) is caught."""
+    run = tmp_path / "bottle-cpu"
+    images = [{"image": f"test/good/{i}.png", "defect_type": "good", "score": 0.1} for i in range(4)]
+    images += [{"image": "test/crack/0.png", "defect_type": "crack", "score": 0.05},
+               {"image": "test/crack/1.png", "defect_type": "crack", "score": 0.2}]
+    write_reports(run, {"eval": (0.5, 0.5, 0.0)})
+    (run / "eval" / "metrics.json").write_text(json.dumps(report(0.5, 0.5, 0.0) | {"images": images}))
+
+    result = over_seeds(run, "--line-calibration")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "calibrated on half the good" in lines[0] and lines[1].count("--:") == 6
+    assert lines[-1] == f"| {run} | 1 | 50.0 (50.0-50.0) | 50.0 (50.0-50.0) | 0.0 (0.0-0.0) | 0.0 | 50.0 |"
