@@ -524,6 +524,9 @@ def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained
     assert not np.array_equal(plain_maps[0], plain_maps[1])  # so max and mean differ
     assert manifest.metrics["reference_statistic"] == "max"
     assert manifest.reference_map == encode_reference(np.max(plain_maps, axis=0))
+    # The score counts the map shown (--score-reference mean): no second reference, no margin.
+    assert manifest.score_reference_map == {} and manifest.score_margin is None
+    assert manifest.metrics["score_reference"] is None
     # More is subtracted, so the held-out good parts score lower and so does the threshold.
     assert manifest.threshold < by_mean.threshold
     # Its score counts what export --score-reference max counts: the rise above the highest

@@ -307,8 +307,10 @@ def export_onnx(
             good = load_images(reference_paths, (height, width), config.roi)
             references = reference_anomaly_maps(backend, good)
             manifest = replace(manifest, reference_map=encode_reference(references[reference_statistic]))
-            if score_reference != reference_statistic:  # else the shown map is what the score counts
-                manifest = replace(manifest, score_reference_map=encode_reference(references[score_reference]))
+            # Only the maximum above a map shown as the rise above the mean counts less than the map
+            # shown; with the maximum as the map's own reference the map is what the score counts.
+            if score_reference == "max" and reference_statistic == "mean":
+                manifest = replace(manifest, score_reference_map=encode_reference(references["max"]))
             backend.manifest = manifest
         calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
