@@ -29,10 +29,11 @@ from edge.method.masks import MaskSpec, check_input_size
 # (score_top_fraction). An older riad-edge skips keys it does not know, so it would score
 # such a model differently from the threshold export set; it refuses the newer version
 # instead. Version 4: the image score may count the map's rise above the good maps'
-# per-pixel maximum (score_reference_map). Older manifests still load here: without those
-# keys they mean the paper's map and score.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# per-pixel maximum (score_reference_map). Version 5: the image score may weigh the map by
+# how little good maps vary at each pixel (score_weight_map). Older manifests still load
+# here: without those keys they mean the paper's map and score.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
@@ -102,6 +103,10 @@ class Manifest:
     # maximum of the same good maps, stored as reference_map is. Empty: the score counts the
     # shown map itself (manifests before it, and export --score-reference mean).
     score_reference_map: dict = field(default_factory=dict)
+    # How much of the map the image score counts at each pixel, in (0, 1]
+    # (edge.method.anomaly_map.score_weight), stored as reference_map is. Empty: all of it
+    # (manifests before it, and export --score-reference mean or max).
+    score_weight_map: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -128,6 +133,23 @@ class Manifest:
         image score counts it (edge.method.anomaly_map.scored_part); CPU and GPU use this array."""
         score_reference = decode_reference(self.score_reference_map, self.input_shape, "score_reference_map")
         return score_margin(self.reference, score_reference)
+
+    @cached_property
+    def score_weight(self) -> np.ndarray | None:
+        """(H, W) float32 in (0, 1] or None: the share of the map the image score counts at
+        each pixel (edge.method.anomaly_map.scored_part); CPU and GPU use this array."""
+        weight = decode_reference(self.score_weight_map, self.input_shape, "score_weight_map")
+        if weight is not None and not (weight.min() > 0 and weight.max() <= 1):
+            # A weight above 1 would count more than the map shown: boxes and colours read the two together.
+            raise ValueError(f"score_weight_map holds values from {weight.min():.3g} to {weight.max():.3g}, not within (0, 1]")
+        return weight
+
+    @property
+    def score_reference(self) -> str:
+        """What the image score counts of the map shown (export's --score-reference): "mean", "max" or "spread"."""
+        if self.score_weight_map:
+            return "spread"
+        return "max" if self.score_reference_map else "mean"
 
     def save(self, path: str | Path) -> Path:
         """Write the manifest whole or not at all: `riad-edge calibrate` rewrites a working
@@ -207,6 +229,7 @@ class Manifest:
             check_input_size(manifest.input_height, manifest.input_width, manifest.mask_spec)
             manifest.reference  # decoded now: a damaged one is named at start, not at the first frame
             manifest.score_margin  # ... and the score's
+            manifest.score_weight
             return manifest
         except TypeError as exc:
             raise ManifestError(f"manifest {path} is malformed: {exc}") from None

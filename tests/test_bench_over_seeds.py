@@ -10,10 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def report(image_auroc: float, recall_at_5: float, false_alarms_at_5: float) -> dict:
+def report(image_auroc: float, recall_at_5: float, false_alarms_at_5: float, recall: float = 0.5,
+           false_alarms: float = 0.1) -> dict:
     """The parts of an evaluate report the script reads (trainer/evaluate.py writes these keys)."""
     return {
-        "overall": {"image_auroc": image_auroc},
+        "overall": {"image_auroc": image_auroc, "recall": recall, "false_alarm_rate": false_alarms},
         "threshold_choices": [
             {"target_false_alarm_rate": 0.01, "recall": 0.0, "false_alarm_rate": 0.0},
             {"target_false_alarm_rate": 0.05, "recall": recall_at_5, "false_alarm_rate": false_alarms_at_5},
@@ -84,3 +85,14 @@ def test_line_calibration_sets_the_threshold_on_half_the_good_images_and_judges_
     lines = result.stdout.splitlines()
     assert "calibrated on half the good" in lines[0] and lines[1].count("--:") == 6
     assert lines[-1] == f"| {run} | 1 | 50.0 (50.0-50.0) | 50.0 (50.0-50.0) | 0.0 (0.0-0.0) | 0.0 | 50.0 |"
+
+
+def test_at_threshold_averages_each_draws_recall_and_false_alarms_at_its_own_threshold(tmp_path):
+    run = tmp_path / "bottle-cpu"
+    write_reports(run, {"eval": (0.99, 0.96, 0.05, 1.0, 0.10), "seeds/bottle-cpu-seed1": (0.97, 0.90, 0.05, 0.9, 0.20)})
+    result = over_seeds(run, "--at-threshold")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "recall at the model's threshold" in lines[0] and lines[1].count("--:") == 6
+    assert lines[-1] == (f"| {run} | 2 | 98.0 (97.0-99.0) | 93.0 (90.0-96.0) | 5.0 (5.0-5.0) "
+                         "| 95.0 (90.0-100.0) | 15.0 (10.0-20.0) |")

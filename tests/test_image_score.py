@@ -10,7 +10,7 @@ import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import encode_reference
-from edge.method.anomaly_map import SCORE_TOP_FRACTION, image_score, usable_top_fraction
+from edge.method.anomaly_map import SCORE_TOP_FRACTION, image_score, score_weight, scored_part, usable_top_fraction
 from edge.method.inspection import FrameJudge
 from edge.method.regions import defect_boxes
 from edge.method.preprocess import read_image
@@ -64,16 +64,19 @@ def test_a_good_frame_has_no_boxes_where_a_pixel_crosses_the_threshold(bottle_di
     [(900, (1400, 2000, 3), 700, 300),  # a crop larger than the map: the map is placed at about its own size
      (40, (300, 400, 3), 200, 100)],  # smaller: the map is shrunk to the crop's pixels, fewer of them to average
 )
-@pytest.mark.parametrize("score_reference", [False, True])
+@pytest.mark.parametrize("score_reference", ["mean", "max", "spread"])
 def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_model, side, frame_shape, x, y, score_reference):
     """With an ROI the score is taken on the map in frame geometry, over the crop's area only;
-    with a score reference, on the part of it the score counts, placed the same way."""
+    with a score reference or weight, on the part of it the score counts, placed the same way."""
     import cv2
 
     backend = OnnxCpuBackend(tiny_onnx_model)
-    if score_reference:  # a margin rising across the map: the score counts less on the right
+    if score_reference == "max":  # a margin rising across the map: the score counts less on the right
         ramp = np.tile(np.linspace(0, 0.05, 64, dtype=np.float32), (64, 1))
         backend.manifest = replace(backend.manifest, score_reference_map=encode_reference(ramp))
+    if score_reference == "spread":  # a weight falling across the map: the same
+        ramp = np.tile(np.linspace(1.0, 0.2, 64, dtype=np.float32), (64, 1))
+        backend.manifest = replace(backend.manifest, score_weight_map=encode_reference(ramp))
     part = cv2.resize(read_image(bottle_dir / "test" / "broken_large" / "000.png"), (side, side))
     frame = np.zeros(frame_shape, np.uint8)  # the part a small share of the view
     frame[y : y + side, x : x + side] = part
@@ -83,25 +86,30 @@ def test_a_crop_scores_the_same_placed_in_a_larger_frame(bottle_dir, tiny_onnx_m
     placed = FrameJudge(backend, threshold=0.0, roi=roi).judge(Frame(0, time.time(), time.monotonic(), frame))
     assert placed.anomaly_map.size > 3 * alone.anomaly_map.size  # mostly zeros around the crop
     assert placed.score == pytest.approx(alone.score, rel=0.02)  # which are not averaged in
-    if score_reference:
-        assert alone.score < image_score(alone.anomaly_map, SCORE_TOP_FRACTION) - 0.01  # the margin counts
+    if score_reference != "mean":
+        assert alone.score < image_score(alone.anomaly_map, SCORE_TOP_FRACTION) - 0.01  # the margin or weight counts
 
 
-def test_boxes_and_warm_colours_follow_what_the_score_counts(bottle_dir, tiny_onnx_model):
-    """With a score reference the map shown is higher than what the score counts: a region
-    the good parts also light up there (a large margin) is shown but neither boxed nor warm;
-    the region that rises above it is both."""
+@pytest.mark.parametrize("score_reference", ["max", "spread"])
+def test_boxes_and_warm_colours_follow_what_the_score_counts(bottle_dir, tiny_onnx_model, score_reference):
+    """With a score reference or weight the map shown is higher than what the score counts:
+    a region where the good parts' maps vary a lot (a large margin, a small weight) is shown
+    but neither boxed nor warm; the same rise where they do not vary is both."""
     from edge.sinks.overlay import heatmap_overlay
 
     backend = OnnxCpuBackend(tiny_onnx_model)
-    margin = np.zeros((64, 64), np.float32)
-    margin[:, :32] = 0.2  # the left half: where good parts' maps vary a lot
-    backend.manifest = replace(backend.manifest, score_reference_map=encode_reference(margin))
-    margin = backend.manifest.score_margin  # as stored and decoded
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True  # the left half: where good parts' maps vary a lot
+    if score_reference == "max":
+        backend.manifest = replace(backend.manifest, score_reference_map=encode_reference(np.where(left, 0.2, 0).astype(np.float32)))
+    else:
+        backend.manifest = replace(backend.manifest, score_weight_map=encode_reference(np.where(left, 0.2, 1).astype(np.float32)))
+    margin, weight = backend.manifest.score_margin, backend.manifest.score_weight  # as stored and decoded
     shown = np.zeros((64, 64), np.float32)
-    shown[10:20, 8:18] = 0.15  # below its margin: nothing counted
-    shown[40:50, 40:50] = 0.15  # no margin there: all of it counted
-    counted = np.maximum(shown - margin, 0)
+    shown[10:20, 8:18] = 0.15  # where they vary: nothing counted above the margin, a fifth with the weight
+    shown[40:50, 40:50] = 0.15  # where they do not: all of it counted
+    counted = scored_part(shown, margin, weight)
+    assert counted[15, 12] < 0.05 and counted[45, 45] == pytest.approx(0.15)
     threshold = 0.05
     score = image_score(counted, SCORE_TOP_FRACTION)
     assert score > threshold
@@ -109,5 +117,29 @@ def test_boxes_and_warm_colours_follow_what_the_score_counts(bottle_dir, tiny_on
     assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(40, 40, 10, 10)]
     frame = np.full((64, 64, 3), 128, np.uint8)
     blue, red = heatmap_overlay(frame, shown, threshold, boxes, counted)[[15, 45], [12, 45]].astype(int).T[[0, 2]]
-    assert blue[0] > red[0]  # the left region is drawn cool: below the threshold plus its margin
+    assert blue[0] > red[0]  # the left region is drawn cool: counted below the threshold
     assert red[1] > blue[1]  # the right one warm
+
+
+def test_the_score_weight_counts_still_pixels_whole_and_varying_ones_less():
+    """score_weight turns the good maps' per-pixel spread into the share of the map the
+    score counts: all of it where good maps never vary, half where they vary as much as the
+    map's typical pixel, little where they vary a lot; never above 1 or down to 0."""
+    spread = np.full((32, 32), 0.01, np.float32)
+    spread[:8] = 0.0  # a still background
+    spread[24:] = 0.1  # a highlight that moves from part to part
+    typical = float(spread.mean())
+    weight = score_weight(spread)
+    assert weight.dtype == np.float32 and weight.shape == spread.shape
+    assert weight[0, 0] == 1.0
+    assert weight[12, 0] == pytest.approx(typical / (0.01 + typical))
+    assert weight[30, 0] == pytest.approx(typical / (0.1 + typical))
+    assert weight[30, 0] < 0.3
+    assert 0 < weight.min() and weight.max() <= 1
+    assert score_weight(np.full((8, 8), 0.02, np.float32)) == pytest.approx(0.5)  # even texture: a constant factor,
+    assert score_weight(np.zeros((8, 8), np.float32)) == pytest.approx(1.0)  # so the ranking is the mean's; none: all
+    # A rise where the part varies counts less than the same rise where it is still.
+    amap = np.zeros((32, 32), np.float32)
+    amap[2:6, 2:6] = amap[26:30, 2:6] = 0.2
+    counted = scored_part(amap, None, weight)
+    assert counted[4, 4] == pytest.approx(0.2) and counted[28, 4] < 0.06

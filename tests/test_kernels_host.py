@@ -47,9 +47,9 @@ from tests.host_device import HostDevice, build_host_kernels
 
 def host_map(library: Path, shape: tuple[int, int], masks: np.ndarray, spec: MapSpec,
              reference: np.ndarray | None = None, score_top_fraction: float | None = None,
-             score_margin: np.ndarray | None = None) -> GpuAnomalyMap:
+             score_margin: np.ndarray | None = None, score_weight: np.ndarray | None = None) -> GpuAnomalyMap:
     return GpuAnomalyMap(shape, masks, spec, device=HostDevice(library), reference=reference,
-                         score_top_fraction=score_top_fraction, score_margin=score_margin)
+                         score_top_fraction=score_top_fraction, score_margin=score_margin, score_weight=score_weight)
 
 
 def bottle_pair(bottle_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +185,9 @@ def test_anomaly_map_above_a_reference_matches_reference(host_kernels, bottle_di
     assert score < image_score(plain) - 1e-3
 
 
-def device_scores(library: Path, bottle_dir: Path, fractions, score_margin=None) -> tuple[np.ndarray, dict]:
-    """A bottle's 64 px map as numpy computes it, and the device's score for each top fraction."""
+def device_scores(library: Path, bottle_dir: Path, fractions, score_margin=None, score_weight=None) -> tuple[np.ndarray, dict]:
+    """A bottle's 64 px map as numpy computes it, and the device's score for each top fraction;
+    `score_margin` and `score_weight` make the device's planes from that map."""
     shape = (64, 64)
     original, defect = bottle_pair(bottle_dir, shape)
     map_spec = MapSpec(sigma=default_sigma(*shape))
@@ -194,9 +195,10 @@ def device_scores(library: Path, bottle_dir: Path, fractions, score_margin=None)
     outputs = altered_outputs(original, defect, masks.shape[0] * masks.shape[1], seed=3)
     expected = anomaly_map(original, recombine(outputs, masks), map_spec)
     margin = None if score_margin is None else score_margin(expected)
+    weight = None if score_weight is None else score_weight(expected)
     scores = {}
     for fraction in fractions:
-        gpu = host_map(library, shape, masks, map_spec, score_top_fraction=fraction, score_margin=margin)
+        gpu = host_map(library, shape, masks, map_spec, score_top_fraction=fraction, score_margin=margin, score_weight=weight)
         gpu.variants(original)
         gpu.upload(outputs, gpu.outputs_address)
         amap, scores[fraction] = gpu.score()
@@ -228,6 +230,19 @@ def test_with_a_score_margin_the_device_counts_the_maps_rise_above_it_as_the_cpu
     for fraction, score in scores.items():
         assert score == pytest.approx(image_score(np.maximum(expected - ramp(expected), 0), fraction), abs=1e-5)
         assert score < image_score(expected, fraction) - 1e-3  # the margin took something off
+
+
+def test_with_a_score_weight_the_device_counts_the_weighted_map_as_the_cpu_does(host_kernels, bottle_dir):
+    """The manifest's score_weight (less where good maps vary): the map that comes back is
+    the one shown, the score that of the map times the weight, for the maximum as for the
+    top pixels' mean (the host's scored_part and image_score)."""
+    def falling(amap: np.ndarray) -> np.ndarray:  # counts all of the left, a tenth of the right
+        return np.tile(np.linspace(1.0, 0.1, amap.shape[1], dtype=np.float32), (amap.shape[0], 1))
+
+    expected, scores = device_scores(host_kernels, bottle_dir, (None, 0.01), score_weight=falling)
+    for fraction, score in scores.items():
+        assert score == pytest.approx(image_score(expected * falling(expected), fraction), abs=1e-5)
+        assert score < image_score(expected, fraction) - 1e-3  # the weight took something off
 
 
 def test_excess_over_reference_is_numpys_bit_for_bit(host_kernels):
@@ -267,6 +282,9 @@ def test_a_reference_of_another_size_is_refused(host_kernels):
     masks = fixed_masks(64, 64, MaskSpec(), seed=1)
     with pytest.raises(ValueError, match=r"the reference map is \(32, 32\), the input is 64x64"):
         host_map(host_kernels, (64, 64), masks, MapSpec(), np.zeros((32, 32), np.float32))
+    for name in ("margin", "weight"):
+        with pytest.raises(ValueError, match=rf"the score's {name} is \(32, 32\), the input is 64x64"):
+            host_map(host_kernels, (64, 64), masks, MapSpec(), **{f"score_{name}": np.ones((32, 32), np.float32)})
 
 
 def test_the_host_launcher_knows_every_kernel_gpu_map_launches(host_kernels):

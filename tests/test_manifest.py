@@ -69,7 +69,7 @@ def test_the_reference_map_survives_its_storage_and_an_old_manifest_has_none(tin
     {"height": 1, "width": 1, "float16_base64": base64.b64encode(np.array([np.nan], np.float16).tobytes()).decode()},
     {"height": "x", "width": 1, "float16_base64": ""},
 ])  # fmt: skip
-@pytest.mark.parametrize("key", ["reference_map", "score_reference_map"])
+@pytest.mark.parametrize("key", ["reference_map", "score_reference_map", "score_weight_map"])
 def test_a_damaged_reference_map_is_refused_at_start(tiny_onnx_model, damage, key):
     data = json.loads(manifest_path(tiny_onnx_model).read_text())
     manifest_path(tiny_onnx_model).write_text(json.dumps(data | {key: damage}))
@@ -101,23 +101,56 @@ def test_the_score_counts_the_maps_rise_above_the_score_reference(tiny_onnx_mode
     assert scored.score < image_score(scored.anomaly_map, manifest.score_top_fraction)  # it counts less than it shows
 
 
+def test_a_score_weight_outside_0_to_1_is_refused_at_start(tiny_onnx_model):
+    """A weight above 1 would count more than the map shows (boxes and colours read the two
+    together), and 0 would blind a pixel: neither is what export writes."""
+    data = json.loads(manifest_path(tiny_onnx_model).read_text())
+    for bad in (1.5, 0.0):
+        weight = np.full((64, 64), 0.5, np.float32)
+        weight[10:30, 10:30] = bad
+        manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"score_weight_map": encode_reference(weight)}))
+        with pytest.raises(ManifestError, match=r"score_weight_map holds values from .* not within \(0, 1\]; re-export the model"):
+            Manifest.for_model(tiny_onnx_model)
+
+
+def test_the_score_counts_the_map_weighted_by_the_score_weight(tiny_onnx_model, bottle_dir):
+    """With a score weight the map shown stays the rise above the reference; the score
+    counts that map times the weight, pixel by pixel."""
+    data = json.loads(manifest_path(tiny_onnx_model).read_text())
+    weight = np.tile(np.linspace(0.1, 1.0, 64, dtype=np.float32), (64, 1))  # the left counts a tenth
+    manifest_path(tiny_onnx_model).write_text(json.dumps(data | {"score_weight_map": encode_reference(weight)}))
+    manifest = Manifest.for_model(tiny_onnx_model)
+    assert manifest.score_reference == "spread" and manifest.score_margin is None
+    stored = decode_reference(encode_reference(weight), (64, 64))  # as stored: quarter size, float16
+    np.testing.assert_array_equal(manifest.score_weight, stored)
+    image = prepare(read_image(min((bottle_dir / "test" / "broken_large").glob("*.png"))), (64, 64))
+    with OnnxCpuBackend(tiny_onnx_model, manifest=replace(manifest, score_weight_map={})) as backend:
+        unweighted = backend.score(image)
+    with OnnxCpuBackend(tiny_onnx_model) as backend:
+        scored = backend.score(image)
+    np.testing.assert_array_equal(scored.anomaly_map, unweighted.anomaly_map)  # the map shown
+    assert scored.score == pytest.approx(image_score(unweighted.anomaly_map * stored, manifest.score_top_fraction), abs=1e-6)
+    assert scored.score < unweighted.score
+
+
 def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_onnx_model):
     """An older riad-edge skips keys it does not know, so a new manifest's per-channel map,
-    reference map (version 2), top-pixels score (version 3) or score reference (version 4)
-    would silently change its scores; new exports say version 4, which they refuse. This
-    edge reads all four: older manifests mean the paper's grey map and its maximum as the
-    score, of the map itself."""
+    reference map (version 2), top-pixels score (version 3), score reference (version 4) or
+    score weight (version 5) would silently change its scores; new exports say version 5,
+    which they refuse. This edge reads all five: older manifests mean the paper's grey map
+    and its maximum as the score, of the map itself."""
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 4
-    for version in (1, 2, 3):
-        older = {k: v for k, v in data.items() if k not in ("score_top_fraction", "score_reference_map")}
+    assert data["format_version"] == 5
+    for version in (1, 2, 3, 4):
+        older = {k: v for k, v in data.items() if k not in ("score_top_fraction", "score_reference_map", "score_weight_map")}
         path.write_text(json.dumps(older | {"format_version": version}))
         manifest = Manifest.for_model(tiny_onnx_model)
         assert manifest.score_top_fraction is None and manifest.score_margin is None  # the map's maximum
-    for version in (5, 0, "4", True, None):
+        assert manifest.score_weight is None and manifest.score_reference == "mean"  # ... of all of the map
+    for version in (6, 0, "5", True, None):
         path.write_text(json.dumps(data | {"format_version": version}))
-        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2, 3 and 4: upgrade"):
+        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2, 3, 4 and 5: upgrade"):
             Manifest.for_model(tiny_onnx_model)
     del data["format_version"]
     path.write_text(json.dumps(data))

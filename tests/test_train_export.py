@@ -31,13 +31,14 @@ from edge.method.anomaly_map import (
     gms_constant,
     image_score,
     raw_anomaly_map,
+    score_weight,
     scored_part,
     smooth,
 )
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants, recombine
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
-from edge.method.threshold import DEFAULT_RULE, RATE_RULE, student_t_quantile
+from edge.method.threshold import DEFAULT_RULE, RATE_RULE, student_t_quantile, threshold_from_scores
 from trainer.data import DataError, find_training_set
 from trainer.export import ExportError, export_onnx
 from trainer.train import (
@@ -598,11 +599,39 @@ def test_the_score_can_count_the_maps_rise_above_the_highest_good_map_while_the_
     # With the maximum as the map's own reference there is nothing more to count: one reference.
     both = export_onnx(trained, tmp_path / "refmax.onnx", reference_statistic="max", score_reference="max")
     assert both.score_reference_map == {} and both.reference_map == manifest.score_reference_map
-    for args, words in [(["--score-reference", "median"], "--score-reference must be one of mean, max, not 'median'"),
-                        (["--score-reference", "max", "--no-reference-map"], "--score-reference max needs the reference map")]:
+    for args, words in [(["--score-reference", "median"], "--score-reference must be one of mean, max, spread, not 'median'"),
+                        (["--score-reference", "max", "--no-reference-map"], "--score-reference max needs the reference map"),
+                        (["--score-reference", "spread", "--no-reference-map"], "--score-reference spread needs the reference map")]:
         result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "m.onnx"), *args])
         assert result.exit_code == 2 and words in result.output
         assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_score_can_weigh_the_map_by_how_little_the_good_maps_vary(exported, trained, tmp_path):
+    """export --score-reference spread: the map shown is the same rise above the good maps'
+    mean; the score counts it times score_weight of the same good maps' per-pixel standard
+    deviation, and the threshold is set on those scores."""
+    out, shown = exported
+    state = load_checkpoint(trained)
+    with OnnxCpuBackend(out, manifest=replace(shown, reference_map={})) as backend:
+        plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "spread.onnx"), "--score-reference", "spread"])
+    assert result.exit_code == 0, result.output
+    assert ("score:     the mean of the highest 1 % of pixels of the anomaly map weighted by how little good "
+            "training maps vary at each pixel\n") in result.output
+    manifest = Manifest.for_model(tmp_path / "spread.onnx")
+    assert manifest.metrics["score_reference"] == manifest.score_reference == "spread"
+    assert manifest.score_weight_map == encode_reference(score_weight(np.std(plain_maps, axis=0)))
+    assert manifest.reference_map == shown.reference_map and manifest.score_reference_map == {}
+    held_out = [prepare(read_image(p), (32, 32)) for p in state["held_out_images"]]
+    with OnnxCpuBackend(tmp_path / "spread.onnx") as weighted, OnnxCpuBackend(out) as unweighted:
+        scores = []
+        for image in held_out:
+            a, b = weighted.score(image), unweighted.score(image)
+            np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)  # the same map shown
+            assert a.score == image_score(a.anomaly_map * manifest.score_weight, SCORE_TOP_FRACTION) < b.score
+            scores.append(a.score)
+    assert manifest.threshold == pytest.approx(threshold_from_scores(scores)["threshold"], rel=1e-6)  # set on its own scores
 
 
 def test_cli_refuses_an_unknown_reference_statistic(trained, tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edge.method.anomaly_map import SCORE_TOP_FRACTION, describe_score
+from edge.method.anomaly_map import DEFAULT_SCORE_REFERENCE, SCORE_TOP_FRACTION, describe_score
 
 # What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
 MAP_DESCRIPTIONS = {
@@ -119,11 +119,12 @@ def export(
     score_reference: Annotated[
         str,
         typer.Option(
-            help="what the image score counts of the map: its rise above mean, the good parts' average (the map "
-            "shown), or above max, the highest of their maps at each pixel: ranks parts better on both shared sets, "
-            "but set the threshold from the line's good parts (riad-edge calibrate; docs/benchmarks.md)"
+            help="what the image score counts of the map shown (its rise above the good parts' average): mean, "
+            "all of it; max, its rise above the highest of their maps at each pixel (set the threshold from the "
+            "line's good parts then: riad-edge calibrate); spread, all of it weighted down where good parts' maps "
+            "vary (docs/benchmarks.md)"
         ),
-    ] = "mean",
+    ] = DEFAULT_SCORE_REFERENCE,
     cell_sizes: Annotated[
         str | None,
         typer.Option(
@@ -191,7 +192,7 @@ def export(
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
-        f"score:     {describe_score(manifest.score_top_fraction, bool(manifest.score_reference_map))}\n"
+        f"score:     {describe_score(manifest.score_top_fraction, manifest.score_reference)}\n"
         f"variants:  {manifest.mask_spec.num_variants} a frame ({variants_summary(manifest.cell_sizes, manifest.num_sets)}), "
         f"cells drawn from mask seed {manifest.mask_seed}\n"
         f"onnx vs torch max abs diff: {manifest.metrics['onnx_max_abs_diff']:.1e}"

@@ -81,7 +81,7 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
         for item, frame, mask, result in tqdm(score_items(backend, items), total=len(items), desc="evaluating", unit="image"):
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
-                write_overlay(overlay_path, frame, result, manifest.threshold, mask, manifest.score_margin)
+                write_overlay(overlay_path, frame, result, manifest.threshold, mask, manifest.score_margin, manifest.score_weight)
             map_mask = None if mask is None else at_map_size(mask, result.anomaly_map)
             scored.append(ScoredImage(item, result.score, result.anomaly_map, map_mask))
 
@@ -141,13 +141,13 @@ def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
 
 
 def write_overlay(path: Path, frame: np.ndarray, scored: FrameScore, threshold: float, mask: np.ndarray | None,
-                  margin: np.ndarray | None = None) -> None:
+                  margin: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
     """The edge's heatmap overlay at the image's own size, the ground truth (if any) outlined in green;
     boxes, as the edge draws them, on a defective image only."""
     amap = scored.anomaly_map
-    counted = scored_part(amap, margin)
+    counted = scored_part(amap, margin, weight)
     boxes = defect_boxes(counted, scored.score, threshold, frame.shape)
-    image = heatmap_overlay(frame, amap, threshold, boxes, None if margin is None else counted)
+    image = heatmap_overlay(frame, amap, threshold, boxes, None if counted is amap else counted)
     if mask is not None:
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(image, contours, -1, GROUND_TRUTH_COLOUR, max(1, round(min(image.shape[:2]) / 200)))
@@ -187,7 +187,7 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
         "test_set": str(category_dir.resolve()),
         "category": category_dir.resolve().name,
         "threshold": manifest.threshold,
-        "image_score": describe_score(manifest.score_top_fraction, bool(manifest.score_reference_map)),
+        "image_score": describe_score(manifest.score_top_fraction, manifest.score_reference),
         "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",
         "pro_max_fpr": MAX_FPR,
         "overall": detection_metrics(scored, manifest.threshold),

@@ -21,10 +21,13 @@ import torch
 
 from edge.method.anomaly_map import (
     GMS_C,
+    DEFAULT_SCORE_REFERENCE,
+    SCORE_REFERENCES,
     SCORE_TOP_FRACTION,
     MapSpec,
     default_sigma,
     gms_constant,
+    score_weight,
     usable_gms_constant,
     usable_top_fraction,
 )
@@ -120,13 +123,6 @@ REFERENCE_IMAGES = 64  # training images the reference map is measured on: the m
 # their maximum. The maximum ranks parts a little better but blanks most of a defect's map
 # and makes the threshold from held-out images flag many new good parts (docs/benchmarks.md).
 REFERENCE_STATISTICS = ("mean", "max")
-# What the image score counts: the map shown ("mean", the default), or its rise above the
-# highest of those good maps at each pixel ("max"), while the map shown keeps its rise
-# above their mean, the whole extent of a defect. Over five mask draws on both shared
-# sets "max" ranks parts better, but its threshold from held-out images sits so close to
-# them that bottle's test photographs cross it: a line that sets its threshold from its
-# own good parts (riad-edge calibrate) can choose it (docs/benchmarks.md).
-SCORE_REFERENCES = ("mean", "max")
 
 
 def spread(paths: list[str], count: int) -> list[Path]:
@@ -136,15 +132,11 @@ def spread(paths: list[str], count: int) -> list[Path]:
 
 
 def reference_anomaly_maps(backend: Backend, images: np.ndarray) -> dict[str, np.ndarray]:
-    """{"mean": ..., "max": ...}: (H, W) float32, the per-pixel mean and maximum of the
-    images' anomaly maps, as the backend's manifest has them (no reference)."""
-    total = np.zeros(backend.manifest.input_shape, np.float64)
-    highest = np.zeros(backend.manifest.input_shape, np.float32)  # maps are never below 0
-    for image in images:
-        amap = backend.score(image).anomaly_map
-        total += amap
-        highest = np.maximum(highest, amap)
-    return {"mean": (total / max(1, len(images))).astype(np.float32), "max": highest}
+    """{"mean": ..., "max": ..., "std": ...}: (H, W) float32, the per-pixel mean, maximum and
+    standard deviation of the images' anomaly maps, as the backend's manifest has them (no reference)."""
+    maps = np.stack([backend.score(image).anomaly_map for image in images])  # 64 maps of ~25,000 pixels: small
+    return {"mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32), "max": maps.max(axis=0),
+            "std": maps.std(axis=0, dtype=np.float64).astype(np.float32)}
 
 
 def parse_cell_sizes(text: str) -> tuple[int, ...]:
@@ -184,7 +176,7 @@ def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None, mask_draws: int = 1,
     mask_seed: int | None = None, reference_statistic: str = "mean", map_c: float | None = None,
-    score_top_fraction: float | None = SCORE_TOP_FRACTION, score_reference: str = "mean",
+    score_top_fraction: float | None = SCORE_TOP_FRACTION, score_reference: str = DEFAULT_SCORE_REFERENCE,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -206,9 +198,10 @@ def export_onnx(
     (edge.method.anomaly_map.gms_constant), or with `map_c` set to it (0.0026: the paper's).
     The image score is the mean of the map's highest `score_top_fraction` of pixels, or
     with None its maximum (the paper's; edge.method.anomaly_map.image_score), of the map
-    itself (`score_reference` "mean", the default) or of its rise above the reference
-    images' per-pixel maximum ("max": edge.method.anomaly_map.score_margin; the same as
-    the map itself with the maximum as the map's reference).
+    itself (`score_reference` "mean"), of its rise above the reference images' per-pixel
+    maximum ("max": edge.method.anomaly_map.score_margin; the same as the map itself with
+    the maximum as the map's reference), or of the map weighted down where the reference
+    images' maps vary ("spread": edge.method.anomaly_map.score_weight).
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -224,8 +217,8 @@ def export_onnx(
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
     if score_reference not in SCORE_REFERENCES:
         raise ExportError(f"--score-reference must be one of {', '.join(SCORE_REFERENCES)}, not {score_reference!r}")
-    if score_reference == "max" and not reference_map:  # both are measured on the same good images' maps
-        raise ExportError("--score-reference max needs the reference map; leave out --no-reference-map")
+    if score_reference != "mean" and not reference_map:  # both are measured on the same good images' maps
+        raise ExportError(f"--score-reference {score_reference} needs the reference map; leave out --no-reference-map")
     if map_c is not None and not usable_gms_constant(map_c):
         raise ExportError(f"--map-c must be a number above 0 (the paper's is {GMS_C}), not {map_c}")
     if not usable_top_fraction(score_top_fraction):
@@ -311,6 +304,8 @@ def export_onnx(
             # shown; with the maximum as the map's own reference the map is what the score counts.
             if score_reference == "max" and reference_statistic == "mean":
                 manifest = replace(manifest, score_reference_map=encode_reference(references["max"]))
+            if score_reference == "spread":
+                manifest = replace(manifest, score_weight_map=encode_reference(score_weight(references["std"])))
             backend.manifest = manifest
         calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
@@ -318,7 +313,7 @@ def export_onnx(
         "calibration": calibration,
         "reference_images": len(reference_paths),
         "reference_statistic": reference_statistic if reference_paths else None,
-        "score_reference": score_reference if manifest.score_reference_map else None,
+        "score_reference": None if manifest.score_reference == "mean" else manifest.score_reference,
         "epochs_trained": state["epoch"],
         "final_train_loss": state["losses"][-1],
         "onnx_max_abs_diff": diff,

@@ -37,7 +37,7 @@ class Backend(ABC):
         """A shown map (H, W) with its image score: of the part the score counts
         (edge.method.anomaly_map.scored_part), summed up as the manifest says."""
         m = self.manifest
-        return FrameScore(amap, image_score(scored_part(amap, m.score_margin), m.score_top_fraction))
+        return FrameScore(amap, image_score(scored_part(amap, m.score_margin, m.score_weight), m.score_top_fraction))
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
         """Score several frames; a backend that runs them as one network batch overrides this."""

@@ -276,6 +276,7 @@ class GpuAnomalyMap:
         reference: np.ndarray | None = None,
         score_top_fraction: float | None = None,
         score_margin: np.ndarray | None = None,
+        score_weight: np.ndarray | None = None,
     ):
         """`device`: where the kernels run; by default GPU 0 through pycuda or CuPy
         (tests pass one that runs them on the host). `reference`: the manifest's (H, W)
@@ -286,7 +287,8 @@ class GpuAnomalyMap:
         fraction the mean of its highest pixels on the host, from the map that comes back
         anyway (image_score, the CPU's own code: a partial sort of ~25,000 values, well
         under a millisecond). `score_margin`: the manifest's; where there is one, the score
-        counts only the map's rise above it (scored_part, on the host as well)."""
+        counts only the map's rise above it; `score_weight`: the manifest's, the share of
+        the map the score counts at each pixel (both scored_part, on the host as well)."""
         num_sizes, num_sets, height, width = masks.shape
         if (height, width) != tuple(input_shape):
             raise ValueError(
@@ -302,14 +304,13 @@ class GpuAnomalyMap:
             )
         self.height, self.width = height, width
         self.num_sizes, self.num_sets, self.spec = num_sizes, num_sets, map_spec
-        if score_margin is not None and score_margin.shape != (height, width):
-            raise ValueError(
-                f"the score's margin is {score_margin.shape}, the input is {height}x{width}"
-            )
+        for name, plane in (("margin", score_margin), ("weight", score_weight)):
+            if plane is not None and plane.shape != (height, width):
+                raise ValueError(f"the score's {name} is {plane.shape}, the input is {height}x{width}")
         self.score_top_fraction = score_top_fraction
-        self.score_margin = score_margin
+        self.score_margin, self.score_weight = score_margin, score_weight
         # The device's max_value only where the score is the plain map's maximum.
-        self.score_on_device = score_top_fraction is None and score_margin is None
+        self.score_on_device = score_top_fraction is None and score_margin is None and score_weight is None
         self.num_variants = num_sizes * num_sets
         # Planes compared per image: the grey mean, or R, G and B (MapSpec.per_channel);
         # a gray pyramid per plane of the original and of each recombination, a GMS pyramid per pair.
@@ -366,7 +367,7 @@ class GpuAnomalyMap:
         if device is None:
             device = open_device(manifest.kernels, folder)
         return cls((height, width), masks, manifest.map_spec, device, manifest.reference, manifest.score_top_fraction,
-                   manifest.score_margin)
+                   manifest.score_margin, manifest.score_weight)
 
     @property
     def stream_handle(self) -> int:
@@ -451,7 +452,7 @@ class GpuAnomalyMap:
         amap = self.map_host.copy()
         if self.score_on_device:
             return amap, float(self.score_host[0])
-        return amap, image_score(scored_part(amap, self.score_margin), self.score_top_fraction)
+        return amap, image_score(scored_part(amap, self.score_margin, self.score_weight), self.score_top_fraction)
 
     def download(self, address: int, shape: Sequence[int]) -> np.ndarray:
         """A float32 device buffer as a host array (synchronous; for checks, not per frame)."""

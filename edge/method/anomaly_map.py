@@ -241,16 +241,28 @@ def usable_top_fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
-def describe_score(top_fraction: float | None, above_highest_good: bool = False) -> str:
+# What the image score counts of the map shown (the rise above the good maps' mean):
+# "mean", all of it; "max", its rise above the highest good map at each pixel; "spread",
+# all of it, weighted down where good parts' maps vary (score_weight). Export's
+# --score-reference; Manifest.score_reference reads it back. "max" ranks parts better than
+# "mean", but its threshold from held-out images sits so close to them that bottle's test
+# photographs cross it (docs/benchmarks.md).
+SCORE_REFERENCES = ("mean", "max", "spread")
+DEFAULT_SCORE_REFERENCE = "mean"
+
+
+def describe_score(top_fraction: float | None, score_reference: str = "mean") -> str:
     """What a manifest's image score computes, in words (export's summary, evaluate's report)."""
-    if not above_highest_good:
-        if top_fraction is None:
-            return "the anomaly map's maximum (the paper's)"
-        return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
-    rise = "the anomaly map's rise above the good training maps' per-pixel maximum"
+    counted = {
+        "mean": "the anomaly map",
+        "max": "the anomaly map's rise above the good training maps' per-pixel maximum",
+        "spread": "the anomaly map weighted by how little good training maps vary at each pixel",
+    }[score_reference]
     if top_fraction is None:
-        return f"the maximum of {rise}"
-    return f"the mean of the highest {100 * top_fraction:g} % of pixels of {rise}"
+        return "the anomaly map's maximum (the paper's)" if score_reference == "mean" else f"the maximum of {counted}"
+    if score_reference == "mean":
+        return f"the mean of the anomaly map's highest {100 * top_fraction:g} % of pixels"
+    return f"the mean of the highest {100 * top_fraction:g} % of pixels of {counted}"
 
 
 def score_margin(reference: np.ndarray | None, score_reference: np.ndarray | None) -> np.ndarray | None:
@@ -267,11 +279,33 @@ def score_margin(reference: np.ndarray | None, score_reference: np.ndarray | Non
     return np.maximum(score_reference - (0 if reference is None else reference), 0).astype(np.float32)
 
 
-def scored_part(amap: np.ndarray, margin: np.ndarray | None) -> np.ndarray:
+def score_weight(good_maps_spread: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in (0, 1]: how much of the map shown the image score counts at each
+    pixel, from the per-pixel standard deviation of good parts' maps (measured at export).
+
+    Where good parts' maps vary a lot (edges, highlights, a texture the net paints back
+    unevenly) a good part's map rises there by chance, and a defect's rise must be larger
+    to mean as much; where they hardly vary, a small rise is already news. The weight is
+    typical / (spread + typical), typical being the mean spread over the map: a pixel that
+    varies as much as a typical one counts half, a still one counts whole, and the floor
+    keeps a pixel that never varied from turning the camera's noise into a score. The map
+    divided by spread + typical is the map's rise in units of that spread (a z-score with a
+    floor); times the typical spread it stays in the map's units, so the threshold and the
+    heatmap's colours keep theirs. On a part of even texture it scales every score alike.
+    """
+    typical = float(good_maps_spread.mean())
+    if not typical > 0:  # good maps identical everywhere: nothing to weigh by
+        return np.ones(good_maps_spread.shape, np.float32)
+    return (typical / (good_maps_spread + typical)).astype(np.float32)
+
+
+def scored_part(amap: np.ndarray, margin: np.ndarray | None, weight: np.ndarray | None = None) -> np.ndarray:
     """The part of a shown map (minus the mean reference, clipped at 0) that the image score
-    counts: its rise above the margin, which is exactly the raw map minus the score's
-    reference, clipped at 0. The map itself where there is no margin."""
-    return amap if margin is None else np.maximum(amap - margin, 0)
+    counts: its rise above the margin (exactly the raw map minus the score's reference,
+    clipped at 0), times the weight (score_weight). The map itself where there is neither.
+    Never more than the map, so warm colours and boxes can be read off the two together."""
+    counted = amap if margin is None else np.maximum(amap - margin, 0)
+    return counted if weight is None else counted * weight
 
 
 def image_score(amap: np.ndarray, top_fraction: float | None = None, pixels: int | None = None) -> float:

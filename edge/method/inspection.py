@@ -70,7 +70,9 @@ class FrameJudge:
         amap = self.in_frame(scored.anomaly_map, shape)
         # What the score counts of the map (scored_part), placed and masked as the map is:
         # the boxes mark where it crosses the threshold, as the score compares it.
-        counted = amap if m.score_margin is None else self.in_frame(scored_part(scored.anomaly_map, m.score_margin), shape)
+        counted = amap
+        if m.score_margin is not None or m.score_weight is not None:
+            counted = self.in_frame(scored_part(scored.anomaly_map, m.score_margin, m.score_weight), shape)
         score = scored.score
         if self.ignore is not None or self.roi is not None:
             pixels = self.roi.pixels_in_frame_map(scored.anomaly_map.shape, shape) if self.roi else None
