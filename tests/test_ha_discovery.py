@@ -70,6 +70,16 @@ def retained(broker, subscribe, topic: str = "homeassistant/#") -> dict[str, byt
     return {t: payload for t, payload, was_retained in consumer.messages if was_retained}
 
 
+def retained_when(broker, subscribe, count: int, topic: str = "homeassistant/#") -> dict[str, bytes]:
+    """The retained messages under `topic`, once `count` are there or after 10 s: an
+    announcement is queued on paho's thread and the broker may not have taken it all yet
+    (on a loaded machine, a second camera's a moment after the first's)."""
+    deadline = time.monotonic() + 10
+    while len(messages := retained(broker, subscribe, topic)) < count and time.monotonic() < deadline:
+        pass
+    return messages
+
+
 # --- the payloads, against the schemas ------------------------------------------------
 
 
@@ -222,16 +232,8 @@ def test_run_announces_the_camera_and_remove_clears_it(bottle_dir, tiny_onnx_mod
 def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(broker, tmp_path, subscribe):
     discovery = HaDiscovery("riad", "line1", ha_prefix="ha", model_id="bottle-w16")
     publisher = MqttPublisher(parse_broker_url(broker.url), "line1", tmp_path / "spool.db", connect_hooks=[discovery.on_connected])
-    def retained_configs() -> dict:
-        """The retained configs, once all 9 are there or after 10 s: the hook queues them on
-        paho's thread and counts the announcement before the broker has taken them all."""
-        deadline = time.monotonic() + 10
-        while len(configs := retained(broker, subscribe, "ha/#")) < 9 and time.monotonic() < deadline:
-            pass
-        return configs
-
     try:
-        configs = retained_configs()
+        configs = retained_when(broker, subscribe, 9, "ha/#")
         assert len(configs) == 9 and discovery.announcements == 1  # the 3 empty ones (no commands) are not kept
         for topic, payload in configs.items():
             # The topic of the publisher's last will: the entities turn unavailable when the inspector dies.
@@ -255,7 +257,7 @@ def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(
         broker.kill()
         broker.start()
         assert watcher.wait_for(lambda: discovery.announcements == 4, timeout=30)
-        assert len(retained_configs()) == 9
+        assert len(retained_when(broker, subscribe, 9, "ha/#")) == 9
     finally:
         publisher.close()
 
@@ -282,7 +284,7 @@ def test_a_station_announces_every_camera(bottle_dir, tmp_path, broker, subscrib
     model = write_tiny_onnx(tmp_path / "tiny.onnx")
     cameras = [CameraConfig(cid, str(bottle_dir / "test" / "good"), model, spool=tmp_path / f"{cid}.spool") for cid in ("cam-a", "cam b")]
     with Station(StationConfig(cameras), parse_broker_url(broker.url), console=False, ha_prefix="homeassistant"):
-        configs = retained(broker, subscribe)
+        configs = retained_when(broker, subscribe, 18)
     devices = {check_config_message("homeassistant", t, p)["device"]["name"] for t, p in configs.items()}
     assert len(configs) == 18 and devices == {"cam-a", "cam b"}
 
