@@ -353,7 +353,7 @@ def test_the_reference_map_is_what_the_training_images_score_and_the_edge_subtra
         for image, plain_map in zip(train_images, plain_maps):
             scored = backend.score(image)
             np.testing.assert_array_equal(scored.anomaly_map, np.maximum(plain_map - manifest.reference, 0))
-            counted = scored_part(scored.anomaly_map, manifest.score_margin)  # test_the_score_counts_... below
+            counted = scored_part(scored.anomaly_map, manifest.score_margin, manifest.score_weight)  # test_the_score_... below
             assert scored.score == image_score(counted, manifest.score_top_fraction) < image_score(
                 plain_map, manifest.score_top_fraction
             )
@@ -515,10 +515,10 @@ def test_export_refuses_cell_sizes_the_model_never_inpainted(trained, tmp_path, 
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
-def test_the_reference_map_can_be_the_highest_of_the_good_maps(exported, trained, tmp_path):
-    _, by_mean = exported
+def test_the_reference_map_can_be_the_highest_of_the_good_maps(trained, tmp_path):
+    by_mean = export_onnx(trained, tmp_path / "mean.onnx", score_reference="mean")
     out = tmp_path / "max.onnx"
-    manifest = export_onnx(trained, out, reference_statistic="max")
+    manifest = export_onnx(trained, out, reference_statistic="max", score_reference="mean")
     state = load_checkpoint(trained)
     with OnnxCpuBackend(out, manifest=replace(manifest, reference_map={})) as backend:
         plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
@@ -556,7 +556,7 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
     assert top.score_top_fraction == SCORE_TOP_FRACTION
     result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "max.onnx"), "--score-top-fraction", "0"])
     assert result.exit_code == 0, result.output
-    assert "score:     the anomaly map's maximum (the paper's)" in result.output
+    assert "score:     the maximum of the anomaly map weighted by how little good training maps vary" in result.output
     paper = Manifest.for_model(tmp_path / "max.onnx")
     assert paper.score_top_fraction is None
     # The same maps scored two ways, and each threshold set on its own scores.
@@ -565,7 +565,7 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
         for image in held_out:
             a, b = by_top.score(image), by_max.score(image)
             np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
-            counted = scored_part(a.anomaly_map, top.score_margin)  # the rise above the good maps' maximum
+            counted = scored_part(a.anomaly_map, top.score_margin, top.score_weight)  # what the score counts
             assert b.score == counted.max() >= a.score == image_score(counted, SCORE_TOP_FRACTION)
     assert paper.threshold >= top.threshold
     for bad in ("-0.5", "1.5", "nan"):
@@ -575,9 +575,11 @@ def test_the_image_score_is_the_mean_of_the_maps_highest_pixels_or_its_maximum(e
 
 
 def test_the_score_can_count_the_maps_rise_above_the_highest_good_map_while_the_map_shows_the_rise_above_their_mean(
-        exported, trained, tmp_path):
-    out, shown = exported  # the default: the score counts the map shown
+        trained, tmp_path):
+    out = tmp_path / "mean.onnx"
+    shown = export_onnx(trained, out, score_reference="mean")  # the score counts the map shown
     assert shown.score_reference_map == {} and shown.metrics["score_reference"] is None and shown.score_margin is None
+    assert shown.score_weight_map == {} and shown.score_weight is None and shown.score_reference == "mean"
     state = load_checkpoint(trained)
     with OnnxCpuBackend(out, manifest=replace(shown, reference_map={})) as backend:
         plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
@@ -611,11 +613,12 @@ def test_the_score_can_weigh_the_map_by_how_little_the_good_maps_vary(exported, 
     """export --score-reference spread: the map shown is the same rise above the good maps'
     mean; the score counts it times score_weight of the same good maps' per-pixel standard
     deviation, and the threshold is set on those scores."""
-    out, shown = exported
+    out = tmp_path / "mean.onnx"
+    shown = export_onnx(trained, out, score_reference="mean")
     state = load_checkpoint(trained)
     with OnnxCpuBackend(out, manifest=replace(shown, reference_map={})) as backend:
         plain_maps = [backend.score(prepare(read_image(p), (32, 32))).anomaly_map for p in state["train_images"]]
-    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "spread.onnx"), "--score-reference", "spread"])
+    result = CliRunner().invoke(app, ["export", str(trained), "--out", str(tmp_path / "spread.onnx")])  # the default
     assert result.exit_code == 0, result.output
     assert ("score:     the mean of the highest 1 % of pixels of the anomaly map weighted by how little good "
             "training maps vary at each pixel\n") in result.output
@@ -663,6 +666,9 @@ def test_cli_train_then_export(parts, tmp_path):
     assert "reference: none (the plain map)" in result.output
     plain = Manifest.for_model(tmp_path / "plain.onnx")
     assert plain.reference_map == {} and plain.reference is None and plain.metrics["reference_images"] == 0
+    # No good maps measured, nothing to weigh the score by: it counts the whole map, unasked.
+    assert plain.score_weight_map == {} and plain.score_reference == "mean"
+    assert "score:     the mean of the anomaly map's highest 1 % of pixels\n" in result.output
 
 
 @pytest.mark.parametrize("tiny_disk", ["8m"], indirect=True)

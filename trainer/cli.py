@@ -117,14 +117,14 @@ def export(
         ),
     ] = "mean",
     score_reference: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="what the image score counts of the map shown (its rise above the good parts' average): mean, "
             "all of it; max, its rise above the highest of their maps at each pixel (set the threshold from the "
             "line's good parts then: riad-edge calibrate); spread, all of it weighted down where good parts' maps "
-            "vary (docs/benchmarks.md)"
+            f"vary (default: {DEFAULT_SCORE_REFERENCE}; mean with --no-reference-map; docs/benchmarks.md)"
         ),
-    ] = DEFAULT_SCORE_REFERENCE,
+    ] = None,
     cell_sizes: Annotated[
         str | None,
         typer.Option(

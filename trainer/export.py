@@ -176,7 +176,7 @@ def export_onnx(
     checkpoint: str | Path, out_path: str | Path, int8: bool = False, false_alarm_rate: float | None = None,
     reference_map: bool = True, cell_sizes: tuple[int, ...] | None = None, mask_draws: int = 1,
     mask_seed: int | None = None, reference_statistic: str = "mean", map_c: float | None = None,
-    score_top_fraction: float | None = SCORE_TOP_FRACTION, score_reference: str = DEFAULT_SCORE_REFERENCE,
+    score_top_fraction: float | None = SCORE_TOP_FRACTION, score_reference: str | None = None,
 ) -> Manifest:
     """Write `out_path` (.onnx) and its manifest beside it; return the manifest.
 
@@ -201,7 +201,9 @@ def export_onnx(
     itself (`score_reference` "mean"), of its rise above the reference images' per-pixel
     maximum ("max": edge.method.anomaly_map.score_margin; the same as the map itself with
     the maximum as the map's reference), or of the map weighted down where the reference
-    images' maps vary ("spread": edge.method.anomaly_map.score_weight).
+    images' maps vary ("spread": edge.method.anomaly_map.score_weight); None: "spread"
+    (DEFAULT_SCORE_REFERENCE), or "mean" without a reference map, as there are no good
+    maps measured to weigh by.
     """
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     if out_path.suffix.lower() != ".onnx":
@@ -215,6 +217,8 @@ def export_onnx(
         raise ExportError(f"mask draws must be 1 to {MAX_MASK_DRAWS}, not {mask_draws}")
     if reference_statistic not in REFERENCE_STATISTICS:
         raise ExportError(f"--reference-statistic must be one of {', '.join(REFERENCE_STATISTICS)}, not {reference_statistic!r}")
+    if score_reference is None:
+        score_reference = DEFAULT_SCORE_REFERENCE if reference_map else "mean"
     if score_reference not in SCORE_REFERENCES:
         raise ExportError(f"--score-reference must be one of {', '.join(SCORE_REFERENCES)}, not {score_reference!r}")
     if score_reference != "mean" and not reference_map:  # both are measured on the same good images' maps

@@ -248,7 +248,7 @@ def usable_top_fraction(value) -> bool:
 # "mean", but its threshold from held-out images sits so close to them that bottle's test
 # photographs cross it (docs/benchmarks.md).
 SCORE_REFERENCES = ("mean", "max", "spread")
-DEFAULT_SCORE_REFERENCE = "mean"
+DEFAULT_SCORE_REFERENCE = "spread"
 
 
 def describe_score(top_fraction: float | None, score_reference: str = "mean") -> str:
