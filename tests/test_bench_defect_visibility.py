@@ -135,3 +135,18 @@ def test_a_model_trained_on_an_roi_is_scored_on_its_roi(bottle_dir, tmp_path):
     np.testing.assert_allclose(good_in_roi, good, rtol=1e-5)
     np.testing.assert_allclose([defect_in_roi.inside, defect_in_roi.outside], [defect.inside, defect.outside], rtol=1e-5)
     assert defect.inside > defect.outside  # the bottle's break is where its map peaks
+
+
+def test_the_split_is_of_what_the_score_counts(bottle_dir, tmp_path):
+    """The bundled model's score weighs the map by the good maps' spread: the defect's region and the
+    rest are scored on that weighted map, so neither earns more than the image's own score."""
+    data = tmp_path / "bottle"
+    for folder, names in {"test/good": ["000.png", "001.png"], "test/broken_large": ["000.png"],
+                          "ground_truth/broken_large": ["000_mask.png"]}.items():
+        (data / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(bottle_dir / folder / name, data / folder / name)
+    model = ROOT / "engines" / "bottle-cpu.onnx"
+    assert Manifest.for_model(model).score_weight is not None
+    _, (defect,) = load_script().score_test_set(model, data)
+    assert 0 < defect.outside <= defect.inside <= defect.score + 1e-9
