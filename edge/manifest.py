@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.method.anomaly_map import MapSpec, score_margin, usable_gms_constant, usable_top_fraction
+from edge.method.anomaly_map import MapSpec, score_margin, scored_part, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
@@ -143,6 +143,11 @@ class Manifest:
             # A weight above 1 would count more than the map shown: boxes and colours read the two together.
             raise ValueError(f"score_weight_map holds values from {weight.min():.3g} to {weight.max():.3g}, not within (0, 1]")
         return weight
+
+    def counted_part(self, amap: np.ndarray) -> np.ndarray:
+        """The part of a shown map (H, W) this model's image score counts, with its margin and
+        weight (edge.method.anomaly_map.scored_part); `amap` itself where it counts all of it."""
+        return scored_part(amap, self.score_margin, self.score_weight)
 
     @property
     def score_reference(self) -> str:

@@ -30,7 +30,7 @@ from edge.backends.base import FrameScore
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
-from edge.method.anomaly_map import describe_score, scored_part
+from edge.method.anomaly_map import describe_score
 from edge.method.preprocess import prepare, read_image
 from edge.method.roi import Roi
 from edge.method.regions import defect_boxes
@@ -81,7 +81,7 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
         for item, frame, mask, result in tqdm(score_items(backend, items), total=len(items), desc="evaluating", unit="image"):
             if overlays:
                 overlay_path = out_dir / "overlays" / item.defect_type / f"{item.image_path.stem}.jpg"
-                write_overlay(overlay_path, frame, result, manifest.threshold, mask, manifest.score_margin, manifest.score_weight)
+                write_overlay(overlay_path, frame, result, manifest.threshold, mask, manifest.counted_part(result.anomaly_map))
             map_mask = None if mask is None else at_map_size(mask, result.anomaly_map)
             scored.append(ScoredImage(item, result.score, result.anomaly_map, map_mask))
 
@@ -141,11 +141,12 @@ def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
 
 
 def write_overlay(path: Path, frame: np.ndarray, scored: FrameScore, threshold: float, mask: np.ndarray | None,
-                  margin: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
+                  counted: np.ndarray | None = None) -> None:
     """The edge's heatmap overlay at the image's own size, the ground truth (if any) outlined in green;
-    boxes, as the edge draws them, on a defective image only."""
+    boxes, as the edge draws them, on a defective image only. `counted`: the part of the map
+    the score counts (Manifest.counted_part); None or the map itself where it counts all of it."""
     amap = scored.anomaly_map
-    counted = scored_part(amap, margin, weight)
+    counted = amap if counted is None else counted
     boxes = defect_boxes(counted, scored.score, threshold, frame.shape)
     image = heatmap_overlay(frame, amap, threshold, boxes, None if counted is amap else counted)
     if mask is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.manifest import Manifest
-from edge.method.anomaly_map import image_score, scored_part
+from edge.method.anomaly_map import image_score
 
 
 @dataclass
@@ -35,9 +35,9 @@ class Backend(ABC):
 
     def frame_score(self, amap: np.ndarray) -> FrameScore:
         """A shown map (H, W) with its image score: of the part the score counts
-        (edge.method.anomaly_map.scored_part), summed up as the manifest says."""
+        (Manifest.counted_part), summed up as the manifest says."""
         m = self.manifest
-        return FrameScore(amap, image_score(scored_part(amap, m.score_margin, m.score_weight), m.score_top_fraction))
+        return FrameScore(amap, image_score(m.counted_part(amap), m.score_top_fraction))
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
         """Score several frames; a backend that runs them as one network batch overrides this."""

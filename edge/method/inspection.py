@@ -5,8 +5,9 @@ verdict and a defect event can never disagree about the same frame. With an ROI 
 result's map is in frame geometry (zero outside the ROI), so boxes and overlays are
 in full-frame pixels; the score (edge.method.anomaly_map.image_score) is taken after
 the ignore mask, over the crop's area. Only a defective frame has boxes: the regions
-where the part of its map the score counts (the map, or with a score reference its rise
-above the highest good map: edge.method.anomaly_map.scored_part) is above the threshold.
+where the part of its map the score counts (the map, its rise above the highest good map,
+or the map weighted by the good maps' spread: edge.method.anomaly_map.scored_part) is
+above the threshold.
 A good frame's map may cross the threshold at a pixel or two, since its score is the
 mean of its highest pixels, not the single highest.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
-from edge.method.anomaly_map import image_score, scored_part
+from edge.method.anomaly_map import image_score
 from edge.method.preprocess import prepare
 from edge.method.regions import defect_boxes
 from edge.results import FrameResult
@@ -68,11 +69,10 @@ class FrameJudge:
         scored = self.backend.score(image)
         m, shape = self.backend.manifest, frame.image.shape
         amap = self.in_frame(scored.anomaly_map, shape)
-        # What the score counts of the map (scored_part), placed and masked as the map is:
-        # the boxes mark where it crosses the threshold, as the score compares it.
-        counted = amap
-        if m.score_margin is not None or m.score_weight is not None:
-            counted = self.in_frame(scored_part(scored.anomaly_map, m.score_margin, m.score_weight), shape)
+        # What the score counts of the map (Manifest.counted_part), placed and masked as the
+        # map is: the boxes mark where it crosses the threshold, as the score compares it.
+        part = m.counted_part(scored.anomaly_map)
+        counted = amap if part is scored.anomaly_map else self.in_frame(part, shape)
         score = scored.score
         if self.ignore is not None or self.roi is not None:
             pixels = self.roi.pixels_in_frame_map(scored.anomaly_map.shape, shape) if self.roi else None
