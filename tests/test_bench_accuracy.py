@@ -1,0 +1,69 @@
+"""bench/accuracy --train-images: a shared set cut down to a few good images, its test set whole."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trainer.testset import load_test_set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_accuracy():
+    loader = importlib.machinery.SourceFileLoader("bench_accuracy", str(ROOT / "bench" / "accuracy"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def small_set(bottle_dir, tmp_path) -> Path:
+    root = tmp_path / "shared" / "bottle"
+    for folder, names in {"train/good": ["000.png", "001.png", "002.png", "003.png", "004.png"],
+                          "test/good": ["000.png"], "test/broken_large": ["000.png"],
+                          "ground_truth/broken_large": ["000_mask.png"]}.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(bottle_dir / folder / name, root / folder / name)
+    return root
+
+
+def good_names(subset: Path) -> set[str]:
+    return {p.name for p in (subset / "train" / "good").iterdir()}
+
+
+def test_it_links_a_seeded_draw_of_the_good_images_and_the_whole_test_set(small_set, tmp_path):
+    bench = bench_accuracy()
+    subset = bench.with_fewer_good_images(small_set, 3, seed=0, folder=tmp_path / "out" / "data")
+
+    assert subset == tmp_path / "out" / "data" / "bottle"  # the set keeps its name: runs and tables are named by it
+    drawn = good_names(subset)
+    assert len(drawn) == 3 and drawn <= good_names(small_set)
+    assert all((subset / "train" / "good" / name).resolve() == (small_set / "train" / "good" / name).resolve()
+               for name in drawn)
+    assert [(i.defect_type, i.image_path.name, i.has_pixel_labels) for i in load_test_set(subset)] == \
+        [(i.defect_type, i.image_path.name, i.has_pixel_labels) for i in load_test_set(small_set)]
+
+    again = bench.with_fewer_good_images(small_set, 3, seed=0, folder=tmp_path / "out" / "data")
+    assert good_names(again) == drawn  # the same seed draws the same images (--resume trains on what it trained on)
+    others = {frozenset(good_names(bench.with_fewer_good_images(small_set, 3, seed, tmp_path / f"s{seed}" / "data")))
+              for seed in range(1, 6)}
+    assert len(others | {frozenset(drawn)}) > 1  # the seed picks the images
+
+
+def test_a_smaller_count_replaces_the_earlier_draw(small_set, tmp_path):
+    bench = bench_accuracy()
+    bench.with_fewer_good_images(small_set, 4, seed=0, folder=tmp_path / "data")
+    assert len(good_names(bench.with_fewer_good_images(small_set, 2, seed=0, folder=tmp_path / "data"))) == 2
+
+
+@pytest.mark.parametrize("count", [0, 5, 9])
+def test_a_count_that_leaves_nothing_out_or_nothing_in_is_refused(small_set, tmp_path, count):
+    with pytest.raises(SystemExit, match=r"between 1 and 4 .*\(5 good training images\), not "):
+        bench_accuracy().with_fewer_good_images(small_set, count, seed=0, folder=tmp_path / "data")
