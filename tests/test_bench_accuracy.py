@@ -67,3 +67,23 @@ def test_a_smaller_count_replaces_the_earlier_draw(small_set, tmp_path):
 def test_a_count_that_leaves_nothing_out_or_nothing_in_is_refused(small_set, tmp_path, count):
     with pytest.raises(SystemExit, match=r"between 1 and 4 .*\(5 good training images\), not "):
         bench_accuracy().with_fewer_good_images(small_set, count, seed=0, folder=tmp_path / "data")
+
+
+def test_a_set_of_the_same_name_elsewhere_gets_its_own_test_set(small_set, tmp_path):
+    bench = bench_accuracy()
+    other = tmp_path / "elsewhere" / "bottle"
+    shutil.copytree(small_set, other)
+    (other / "test" / "broken_large").rename(other / "test" / "contamination")
+    shutil.rmtree(other / "ground_truth")  # and no masks
+    bench.with_fewer_good_images(small_set, 3, seed=0, folder=tmp_path / "data")
+    subset = bench.with_fewer_good_images(other, 3, seed=0, folder=tmp_path / "data")
+    tested = load_test_set(subset)
+    assert [i.image_path.resolve() for i in tested] == [i.image_path.resolve() for i in load_test_set(other)]
+    assert {i.defect_type for i in tested} == {"good", "contamination"} and not any(i.has_pixel_labels for i in tested if i.is_defective)
+    assert not (subset / "ground_truth").exists()
+
+
+def test_a_folder_without_train_good_is_refused_by_name(tmp_path):
+    (tmp_path / "part" / "test" / "good").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"part/train/good, which is not a folder"):
+        bench_accuracy().with_fewer_good_images(tmp_path / "part", 3, seed=0, folder=tmp_path / "data")
