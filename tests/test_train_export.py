@@ -654,6 +654,9 @@ def test_cli_train_then_export(parts, tmp_path):
     result = runner.invoke(app, ["export", str(run / "last.pt"), "--out", str(tmp_path / "engines" / "mini.onnx")])
     assert result.exit_code == 0, result.output
     assert "threshold:" in result.output
+    # 4 held-out images set it: the user is told to set it on the line before trusting it.
+    assert "\nadvice:    a threshold from 4 images is a rough guess; before a line trusts it, set it from good parts " \
+           "on the line with `riad-edge calibrate` (or train with --held-out 10 or more)\nreference:" in result.output
     assert "reference: the mean of the anomaly maps of 2 training images" in result.output
     assert "map:       gradients of R, G and B each (the training images have colour), GMS constant c " in result.output
     assert Manifest.for_model(tmp_path / "engines" / "mini.onnx").category == "bottle-mini"
@@ -669,6 +672,20 @@ def test_cli_train_then_export(parts, tmp_path):
     # No good maps measured, nothing to weigh the score by: it counts the whole map, unasked.
     assert plain.score_weight_map == {} and plain.score_reference == "mean"
     assert "score:     the mean of the anomaly map's highest 1 % of pixels\n" in result.output
+
+
+def test_a_threshold_from_ten_held_out_images_comes_without_the_advice(bottle_dir, tmp_path):
+    parts = tmp_path / "bottle-twelve"
+    parts.mkdir()
+    for source in sorted((bottle_dir / "train" / "good").glob("*.png"))[:12]:
+        cv2.imwrite(str(parts / source.name), cv2.resize(read_image(source), (32, 32), interpolation=cv2.INTER_AREA))
+    runner = CliRunner()
+    args = ["train", str(parts), "--out", str(tmp_path / "run"), "--input-size", "32", "--width", "4", "--epochs", "1",
+            "--held-out", "10"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["export", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "10 held-out good images" in result.output and "riad-edge calibrate" not in result.output
 
 
 @pytest.mark.parametrize("tiny_disk", ["8m"], indirect=True)

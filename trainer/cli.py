@@ -164,7 +164,7 @@ def export(
     """Write the edge model: ONNX checked against torch, threshold calibrated, manifest beside it."""
     from edge.manifest import ManifestError, manifest_path
     from edge.method.threshold import rule_summary
-    from trainer.data import DataError
+    from trainer.data import FEW_HELD_OUT, DataError
     from trainer.export import ExportError, export_onnx, parse_cell_sizes
     from trainer.train import TrainError
 
@@ -182,6 +182,10 @@ def export(
     rule = rule_summary(calibration["false_alarm_rate"], held_out)
     if calibration["false_alarm_rate"] is not None:
         rule += f"; {calibration['held_out_above_threshold']} of them score above it"
+    advice = ""
+    if calibration["count"] < FEW_HELD_OUT:  # a spread from so few images is a guess
+        advice = (f"advice:    a threshold from {calibration['count']} images is a rough guess; before a line trusts it, set it "
+                  f"from good parts on the line with `riad-edge calibrate` (or train with --held-out {FEW_HELD_OUT} or more)\n")
     images = manifest.metrics.get("reference_images")
     reference = "none (the plain map)"
     if manifest.reference_map:
@@ -190,6 +194,7 @@ def export(
     typer.echo(
         f"model:     {out}\nmanifest:  {manifest_path(out)}\nmodel id:  {manifest.model_id}\n"
         f"threshold: {manifest.threshold:.4f} ({rule})\n"
+        f"{advice}"
         f"reference: {reference}\n"
         f"map:       {MAP_DESCRIPTIONS[manifest.map_channels]}, GMS constant c {manifest.map_c:.2g}\n"
         f"score:     {describe_score(manifest.score_top_fraction, manifest.score_reference)}\n"

@@ -23,6 +23,9 @@ from edge.method.roi import Roi
 HOLDOUT_FRACTION = 0.1
 MIN_HELD_OUT = 4  # fewer cannot give a spread for the threshold
 MAX_HELD_OUT = 20  # beyond this the threshold barely moves; train on the rest
+# Under this many, export advises setting the threshold from the line's own good parts: a
+# spread measured on so few is a guess (docs/benchmarks.md, "How many good images").
+FEW_HELD_OUT = 10
 MIN_TRAINING = 2
 GOOD_FOLDERS = ("good", "ok")  # what MVTec AD (LOCO, MPDD) and BTAD call their good images
 
