@@ -6,8 +6,12 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 import threading
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -27,6 +31,16 @@ DATA = Path(os.environ.get("RIAD_DATA") or Path(__file__).resolve().parents[2] /
 # The 128 px bottle model the tests of known scores use (threshold 0.1995; tests/data/README.md).
 OLD_BOTTLE_MODEL = Path(__file__).resolve().parent / "data" / "bottle-128px-v1.onnx"
 BOTTLE = DATA / "mvtec" / "bottle"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """bench/<name> as a module (the scripts have no .py suffix), for tests of its functions."""
+    loader = SourceFileLoader(f"bench_{name}", str(BENCH / name))
+    module = module_from_spec(spec_from_loader(loader.name, loader))
+    sys.modules[loader.name] = module  # a dataclass in the script looks its module up there
+    loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

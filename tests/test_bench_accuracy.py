@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench_script
 from trainer.testset import load_test_set
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bench_accuracy():
-    loader = importlib.machinery.SourceFileLoader("bench_accuracy", str(ROOT / "bench" / "accuracy"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -39,7 +28,7 @@ def good_names(subset: Path) -> set[str]:
 
 
 def test_it_links_a_seeded_draw_of_the_good_images_and_the_whole_test_set(small_set, tmp_path):
-    bench = bench_accuracy()
+    bench = load_bench_script("accuracy")
     subset = bench.with_fewer_good_images(small_set, 3, seed=0, folder=tmp_path / "out" / "data")
 
     assert subset == tmp_path / "out" / "data" / "bottle"  # the set keeps its name: runs and tables are named by it
@@ -58,7 +47,7 @@ def test_it_links_a_seeded_draw_of_the_good_images_and_the_whole_test_set(small_
 
 
 def test_a_smaller_count_replaces_the_earlier_draw(small_set, tmp_path):
-    bench = bench_accuracy()
+    bench = load_bench_script("accuracy")
     bench.with_fewer_good_images(small_set, 4, seed=0, folder=tmp_path / "data")
     assert len(good_names(bench.with_fewer_good_images(small_set, 2, seed=0, folder=tmp_path / "data"))) == 2
 
@@ -66,11 +55,11 @@ def test_a_smaller_count_replaces_the_earlier_draw(small_set, tmp_path):
 @pytest.mark.parametrize("count", [0, 5, 9])
 def test_a_count_that_leaves_nothing_out_or_nothing_in_is_refused(small_set, tmp_path, count):
     with pytest.raises(SystemExit, match=r"between 1 and 4 .*\(5 good training images\), not "):
-        bench_accuracy().with_fewer_good_images(small_set, count, seed=0, folder=tmp_path / "data")
+        load_bench_script("accuracy").with_fewer_good_images(small_set, count, seed=0, folder=tmp_path / "data")
 
 
 def test_a_set_of_the_same_name_elsewhere_gets_its_own_test_set(small_set, tmp_path):
-    bench = bench_accuracy()
+    bench = load_bench_script("accuracy")
     other = tmp_path / "elsewhere" / "bottle"
     shutil.copytree(small_set, other)
     (other / "test" / "broken_large").rename(other / "test" / "contamination")
@@ -86,4 +75,4 @@ def test_a_set_of_the_same_name_elsewhere_gets_its_own_test_set(small_set, tmp_p
 def test_a_folder_without_train_good_is_refused_by_name(tmp_path):
     (tmp_path / "part" / "test" / "good").mkdir(parents=True)
     with pytest.raises(SystemExit, match=r"part/train/good, which is not a folder"):
-        bench_accuracy().with_fewer_good_images(tmp_path / "part", 3, seed=0, folder=tmp_path / "data")
+        load_bench_script("accuracy").with_fewer_good_images(tmp_path / "part", 3, seed=0, folder=tmp_path / "data")

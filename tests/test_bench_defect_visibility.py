@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import cv2
@@ -14,21 +12,13 @@ import numpy as np
 
 from edge.manifest import Manifest, manifest_path
 from edge.method.roi import Roi
-from tests.conftest import OLD_BOTTLE_MODEL
+from tests.conftest import OLD_BOTTLE_MODEL, load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    loader = SourceFileLoader("defect_visibility", str(ROOT / "bench" / "defect_visibility"))
-    module = module_from_spec(spec_from_loader(loader.name, loader))
-    sys.modules[loader.name] = module  # its dataclass looks its module up there
-    loader.exec_module(module)
-    return module
-
-
 def test_the_peak_is_split_at_the_widened_defect():
-    script = load_script()
+    script = load_bench_script("defect_visibility")
     anomaly_map = np.zeros((32, 32), np.float32)
     anomaly_map[5, 5] = 0.9  # far from the defect: a highlight that outscores it
     anomaly_map[20, 23] = 0.4  # 3 px right of the marked defect, within the smoothing's reach
@@ -41,7 +31,7 @@ def test_the_peak_is_split_at_the_widened_defect():
 def test_each_side_is_scored_as_the_image_is_when_the_score_is_the_top_pixels_mean():
     """With the mean of the top 2 % (20 of 1024 pixels), a 10-pixel defect earns half its brightness: the score
     the image would have if it alone lit up, never more than the image's own score."""
-    script = load_script()
+    script = load_bench_script("defect_visibility")
     anomaly_map = np.zeros((32, 32), np.float32)
     anomaly_map[20, 10:20] = 0.8  # the defect: a 10-pixel line
     anomaly_map[2:6, 2:7] = 0.1  # a faint 20-pixel patch elsewhere
@@ -54,7 +44,7 @@ def test_each_side_is_scored_as_the_image_is_when_the_score_is_the_top_pixels_me
 
 
 def test_it_tells_defects_caught_by_their_own_region_from_those_caught_by_luck():
-    script = load_script()
+    script = load_bench_script("defect_visibility")
     good = np.linspace(0.10, 0.29, 20)  # 5 % false alarms allows one: the threshold lies between 0.28 and 0.29
     defects = [
         script.Defect("a", score=0.50, inside=0.50, outside=0.20),  # seen and caught
@@ -129,7 +119,7 @@ def test_a_model_trained_on_an_roi_is_scored_on_its_roi(bottle_dir, tmp_path):
     manifest.model_file, manifest.roi = roi_model.name, Roi(x, y, 900, 900).as_dict()
     manifest.save(manifest_path(roi_model))
 
-    script = load_script()
+    script = load_bench_script("defect_visibility")
     good, (defect,) = script.score_test_set(OLD_BOTTLE_MODEL, plain)
     good_in_roi, (defect_in_roi,) = script.score_test_set(roi_model, framed)
     np.testing.assert_allclose(good_in_roi, good, rtol=1e-5)
@@ -148,5 +138,5 @@ def test_the_split_is_of_what_the_score_counts(bottle_dir, tmp_path):
             shutil.copy(bottle_dir / folder / name, data / folder / name)
     model = ROOT / "engines" / "bottle-cpu.onnx"
     assert Manifest.for_model(model).score_weight is not None
-    _, (defect,) = load_script().score_test_set(model, data)
+    _, (defect,) = load_bench_script("defect_visibility").score_test_set(model, data)
     assert 0 < defect.outside <= defect.inside <= defect.score + 1e-9

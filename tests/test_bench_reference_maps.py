@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import load_bench_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    loader = SourceFileLoader("reference_maps", str(ROOT / "bench" / "reference_maps"))
-    module = module_from_spec(spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
-
-
 def test_max_lies_above_every_good_map_and_the_mean_does_not():
-    script = load_script()
+    script = load_bench_script("reference_maps")
     maps = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
     candidates = script.references(maps)
     np.testing.assert_array_equal(candidates["max"], maps.max(axis=0))
@@ -33,7 +26,7 @@ def test_max_lies_above_every_good_map_and_the_mean_does_not():
 
 
 def test_the_reference_is_compared_as_the_manifest_stores_it():
-    script = load_script()
+    script = load_bench_script("reference_maps")
     reference = np.tile(np.linspace(0, 0.2, 32, dtype=np.float32), (32, 1))
     stored = script.as_stored(reference)
     assert stored.shape == (32, 32)
