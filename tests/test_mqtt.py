@@ -22,6 +22,7 @@ from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.sinks.mqtt import MqttPublisher, iso_utc
 from edge.local_broker import MOSQUITTO
 from edge.results import DefectTracker
+from tests.conftest import fill
 
 CAMERA = "line1"
 AVAILABLE, DEFECT, STATS = f"riad/{CAMERA}/available", f"riad/{CAMERA}/defect", f"riad/{CAMERA}/stats"
@@ -185,6 +186,31 @@ def test_a_full_spool_holds_events_in_memory_and_says_so(broker, publisher_facto
     sub = subscribe(broker, [DEFECT])
     assert sub.wait_for(lambda: len(sub.on(DEFECT)) == 8, timeout=15)
     assert [json.loads(p)["frame_index"] for p in sub.on(DEFECT)] == list(range(8))
+
+
+def test_events_sent_from_memory_and_never_acknowledged_go_back_to_the_spool_at_close(
+    tiny_disk, broker, publisher_factory, subscribe, make_result
+):  # tiny_disk first: unmounted after the publishers close
+    # The chaos test's loss: the disk full, events held in memory went to a broker that never
+    # acknowledged them (here: stopped, so the connection stays up and silent). At the end the
+    # disk had room again; they were in no spool, and were counted lost.
+    spool = tiny_disk / "spool.db"
+    publisher = publisher_factory(broker, spool_path=spool)
+    broker.process.send_signal(signal.SIGSTOP)
+    try:
+        fill(tiny_disk)
+        for i in range(3):
+            publisher.handle(make_result(i))
+        handed = lambda: len(publisher._in_flight) == 3 and not publisher._memory_queue  # noqa: E731 (sent, unanswered)
+        assert eventually(handed)
+        (tiny_disk / "filler").unlink()
+        publisher.close(timeout=0.5)
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    assert (publisher.lost, publisher.undelivered) == (0, 3)
+    sub = subscribe(broker, [DEFECT])
+    publisher_factory(broker, spool_path=spool)  # the next start delivers them
+    assert sub.wait_for(lambda: sorted(json.loads(p)["frame_index"] for p in sub.on(DEFECT))[-3:] == [0, 1, 2], timeout=15)
 
 
 def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):

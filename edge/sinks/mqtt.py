@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,6 +43,14 @@ MEMORY_QUEUE_LIMIT = 1000  # defect events held in memory while the spool is ful
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S = (1, 30)  # paho doubles the delay after each failed attempt, up to the maximum
 PROBLEM_INTERVAL_S = 60.0  # while the broker cannot be used, find out why and say so this often
+
+
+class HeldEvent(NamedTuple):
+    """A defect event the full spool could not take, kept in memory until it can, or until acknowledged."""
+
+    topic: str
+    event: bytes
+    retain: bool
 
 
 def iso_utc(epoch: float) -> str:
@@ -107,9 +116,10 @@ class MqttPublisher:
         self._lock = threading.Lock()  # guards the state below (pipeline and sender threads)
         self._kick = threading.Event()  # wakes the sender: new event, acknowledgement, connection
         self._acked_mids: queue.SimpleQueue[int] = queue.SimpleQueue()  # from paho's thread
-        self._in_flight: dict[int, int | None] = {}  # paho mid -> spool id (None: sent from memory)
+        # paho mid -> spool id, or the held event itself (sent from memory: in no spool until acknowledged)
+        self._in_flight: dict[int, int | HeldEvent] = {}
         self._last_handed = 0  # highest spool id handed to paho by this process
-        self._memory_queue: collections.deque[tuple[str, bytes, bool]] = collections.deque()  # topic, payload, retain
+        self._memory_queue: collections.deque[HeldEvent] = collections.deque()
         self._to_delete: collections.deque[int] = collections.deque()  # delivered spool ids
         self._dropped = 0
         self._connections = 0
@@ -291,13 +301,13 @@ class MqttPublisher:
             self._dropped += 1
             log.error("DROPPED %s: spool full and %d events already held in memory", label, MEMORY_QUEUE_LIMIT)
             return
-        self._memory_queue.append((topic, event, retain))
+        self._memory_queue.append(HeldEvent(topic, event, retain))
 
     def _drain_memory_queue(self) -> None:
         while self._memory_queue:
-            topic, event, retain = self._memory_queue[0]
+            held = self._memory_queue[0]
             try:
-                self.spool.put(topic, event, QOS_EVENTS, retain)
+                self.spool.put(held.topic, held.event, QOS_EVENTS, held.retain)
             except SpoolError:
                 return
             self._memory_queue.popleft()
@@ -337,8 +347,8 @@ class MqttPublisher:
 
     def _collect_acks(self) -> None:
         while not self._acked_mids.empty():
-            spool_id = self._in_flight.pop(self._acked_mids.get(), None)  # None too for availability
-            if spool_id is not None:
+            spool_id = self._in_flight.pop(self._acked_mids.get(), None)  # None for availability and stats
+            if isinstance(spool_id, int):
                 self._to_delete.append(spool_id)
 
     def _delete_delivered(self) -> None:
@@ -368,9 +378,9 @@ class MqttPublisher:
             self._put_aside(message.id, message.topic, problem)
         # Held events go out only when nothing older waits in the spool; paho keeps them until acknowledged.
         while room > 0 and self._memory_queue and not self.spool.pending(1, after=self._last_handed):
-            topic, event, retain = self._memory_queue.popleft()
-            info = self._client.publish(topic, event, QOS_EVENTS, retain)
-            self._in_flight[info.mid] = None
+            held = self._memory_queue.popleft()
+            info = self._client.publish(held.topic, held.event, QOS_EVENTS, held.retain)
+            self._in_flight[info.mid] = held
             room -= 1
 
     def _put_aside(self, message_id: int, topic: str, problem: str) -> None:
@@ -443,9 +453,12 @@ class MqttPublisher:
         with self._lock:
             self._collect_acks()
             self._delete_delivered()
+            # Held events handed to paho but never acknowledged are in no spool: back into the
+            # spool with the rest (the disk may have room again), ahead of the newer ones.
+            unacknowledged = [held for held in self._in_flight.values() if isinstance(held, HeldEvent)]
+            self._memory_queue.extendleft(reversed(unacknowledged))
             self._drain_memory_queue()
-            # Held events handed to paho but not acknowledged are in no spool either.
-            lost = len(self._memory_queue) + sum(1 for spool_id in self._in_flight.values() if spool_id is None)
+            lost = len(self._memory_queue)
         self.undelivered = self.spool.depth()
         self.lost = self._dropped + lost
         self.spool.close()
