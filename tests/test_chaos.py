@@ -76,6 +76,10 @@ def test_every_printed_defect_arrives_through_kills_a_silent_broker_and_a_full_d
         actions = [a if a != "disk full" else "calm" for a in actions]
     assert len(actions) == RUNS
 
+    def told(err: str) -> str:
+        """The run's stderr and the broker's log, to tell what happened when an assertion fails."""
+        return f"{err}\n--- {persistent_broker.log} ---\n{persistent_broker.log.read_text(errors='replace')[-4000:]}"
+
     def broker_back() -> None:
         consumer._subscribed.clear()
         persistent_broker.start()
@@ -107,15 +111,15 @@ def test_every_printed_defect_arrives_through_kills_a_silent_broker_and_a_full_d
         if action == "kill edge":
             assert process.returncode == -signal.SIGKILL
         else:
-            assert len(frames) == FRAMES, err
+            assert len(frames) == FRAMES, told(err)
             # 0, or 5 with messages left in the spool for the next run; never 6 (lost).
-            assert process.returncode in (0, 5), err
-            assert "LOST" not in err and "DROPPED" not in err
+            assert process.returncode in (0, 5), told(err)
+            assert "LOST" not in err and "DROPPED" not in err, told(err)
 
     # A last calm run delivers whatever the chaos left in the spool.
     process = start_run(clip, tiny_onnx_model, persistent_broker.url, spool, "final")
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    assert process.returncode == 0, told(err)
     printed["final"] = {int(m.group(1)) for m in map(DEFECT_LINE.match, out.splitlines()) if m}
 
     expected = {(prefix, frame) for prefix, frames in printed.items() for frame in frames}
