@@ -9,9 +9,10 @@ pixel back from the copy in which it was hidden. The loss compares that recombin
 image with the original. The learning rate follows a cosine from `lr` down to 0 over the
 epochs, or over `minutes` of training where a time budget is set, whichever ends first.
 Progress is checkpointed every epoch to `<out>/last.pt`, which `--resume` continues and
-`export` turns into a model. On a CUDA GPU the network runs in bfloat16 autocast with
-channels-last weights, the form its tensor cores take (the loss stays float32, and the
-exported model is float32 as always).
+`export` turns into a model. The weights are channels-last, the layout the CPU's oneDNN
+and a GPU's tensor cores convolve fastest (1.4 times faster steps on the EPYC, the same
+float32 arithmetic); on a CUDA GPU the network also runs in bfloat16 autocast (the loss
+stays float32, and the exported model is float32 as always).
 """
 
 from __future__ import annotations
@@ -148,6 +149,19 @@ def inpaint(model: UNet, images: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     """(len(K), B, C, H, W) reconstructions of a batch, one per cell size in `masks`."""
     outputs = model(masked_inputs(images, masks))
     return recombine(outputs.reshape(masks.shape[0] * masks.shape[1], *images.shape), masks)
+
+
+def training_step(
+    model: UNet, optimizer: torch.optim.Optimizer, loss_fn: RiadLoss, batch: torch.Tensor, masks: torch.Tensor, bf16: bool
+) -> float:
+    """One step on a batch with one set of masks; the loss. `bf16`: the net in bfloat16 autocast."""
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+        reconstruction = inpaint(model, batch, masks)[0]
+    loss = loss_fn(reconstruction.float(), batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()  # on a GPU, each item() waits for the step: once per step
 
 
 def random_crops(images: torch.Tensor, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
@@ -331,11 +345,12 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     mask_rng = np.random.default_rng(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     epoch, losses, seconds = 0, [], 0.0
-    # bfloat16 autocast and channels-last are what a GPU's tensor cores want; the CPU keeps
-    # the float32 the cpu recipe was measured with.
+    # Channels-last: the same float32 arithmetic, faster convolutions on CPU and GPU alike.
+    # bfloat16 autocast is what a GPU's tensor cores want; the CPU keeps float32, the
+    # precision the cpu recipe was measured with.
+    model = model.to(memory_format=torch.channels_last)
     on_gpu = device.type == "cuda"
     if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
 
     path = checkpoint_path(out_dir)
@@ -408,13 +423,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 batch = random_crops(batch, *crop, mask_rng).to(device)
                 k = spec.cell_sizes[mask_rng.integers(len(spec.cell_sizes))]
                 masks = make_masks(*crop, MaskSpec((k,), spec.num_sets), mask_rng)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                    reconstruction = inpaint(model, batch, torch.from_numpy(masks).to(device))[0]
-                loss = loss_fn(reconstruction.float(), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = loss.item()  # on a GPU, each item() waits for the step: once per step
+                value = training_step(model, optimizer, loss_fn, batch, torch.from_numpy(masks).to(device), bf16=on_gpu)
                 total, count = total + value * len(batch), count + len(batch)
                 bar.set_postfix(loss=f"{value:.4f}")
             epoch += 1
