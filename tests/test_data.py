@@ -102,6 +102,8 @@ def test_too_few_images_to_hold_out(bottle_dir, tmp_path):
     folder = small_good_folder(bottle_dir, tmp_path / "few", 5)
     with pytest.raises(DataError, match=r"few has 5 images; at least 6"):
         find_training_set(folder)
+    with pytest.raises(DataError, match=r"one has 1 image; at least 6"):
+        find_training_set(small_good_folder(bottle_dir, tmp_path / "one", 1))
 
 
 def test_corrupt_image_is_named(bottle_dir, tmp_path):

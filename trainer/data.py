@@ -87,7 +87,7 @@ def find_training_set(
     n_held = held_out or held_out_count(len(images), holdout_fraction)
     if len(images) < n_held + MIN_TRAINING:
         raise DataError(
-            f"{folder} has {len(images)} images; at least {n_held + MIN_TRAINING} are needed "
+            f"{folder} has {len(images)} image{'s' if len(images) != 1 else ''}; at least {n_held + MIN_TRAINING} are needed "
             f"({n_held} held out to set the threshold, the rest to train on)"
         )
     order = np.random.default_rng(seed).permutation(len(images))
