@@ -204,6 +204,21 @@ def test_checkpoint_holds_the_run(trained, parts):
     assert TrainConfig.from_dict(state["config"]) == recipe("cpu", **TINY | {"epochs": 2})
 
 
+def test_bf16_trains_the_net_in_bfloat16_on_the_cpu_and_may_change_on_resume(parts, trained, tmp_path):
+    """--bf16 on a CPU: the checkpoint says so, the weights stay float32 and move as float32 training moves them."""
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path), "--input-size", "32", "--width", "4",
+                                      "--batch-size", "2", "--epochs", "1", "--bf16", "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["precision"] == "bfloat16 autocast" and TrainConfig.from_dict(state["config"]).bf16 is True
+    assert all(w.dtype == torch.float32 for w in state["model"].values() if w.is_floating_point())
+    first = load_checkpoint(trained)  # the same seed in float32, two epochs; its first epoch's loss is comparable
+    assert state["losses"][0] == pytest.approx(first["losses"][0], rel=0.05) and state["losses"][0] != first["losses"][0]
+    assert load_checkpoint(trained)["precision"] == "float32"  # the CPU's default
+    config = resume_config(tmp_path, epochs=2, bf16=False)  # precision is no part of what was learnt
+    assert load_checkpoint(train(parts, tmp_path, config, resume=True))["precision"] == "float32"
+
+
 def test_resume_continues_exactly_where_it_stopped(parts, trained, tmp_path):
     """One epoch, then a resumed second, gives the very weights of two epochs in one go."""
     first = train(parts, tmp_path, recipe("cpu", **TINY))

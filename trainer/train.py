@@ -10,9 +10,9 @@ image with the original. The learning rate follows a cosine from `lr` down to 0 
 epochs, or over `minutes` of training where a time budget is set, whichever ends first.
 Progress is checkpointed every epoch to `<out>/last.pt`, which `--resume` continues and
 `export` turns into a model. The weights are channels-last, the layout the CPU's oneDNN
-and a GPU's tensor cores convolve fastest (1.4 times faster steps on the EPYC, the same
-float32 arithmetic); on a CUDA GPU the network also runs in bfloat16 autocast (the loss
-stays float32, and the exported model is float32 as always).
+and a GPU's tensor cores convolve fastest (1.3 times faster steps on the EPYC, the same
+float32 arithmetic); on a CUDA GPU, or with `bf16` set, the network also runs in bfloat16
+autocast (the loss stays float32, and the exported model is float32 as always).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from trainer.model import UNet
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
 # What a resumed run may change; anything else would make it a different model.
-RESUMABLE_FIELDS = {"epochs", "device", "minutes", "max_images_seen"}
+RESUMABLE_FIELDS = {"epochs", "device", "minutes", "max_images_seen", "bf16"}
 # The epoch cap of a run given only a time budget (train --minutes without --epochs).
 UNLIMITED_EPOCHS = 1_000_000
 UNET_DEPTH = 4  # the paper's four poolings; fixed, so a checkpoint needs only its width
@@ -84,6 +84,10 @@ class TrainConfig:
     # Images held out to set the threshold; 0: holdout_fraction of them, 4 to 20.
     held_out: int = 0
     roi: str = ""  # x,y,width,height[,rotation]: every image cropped as the edge crops it (edge/method/roi.py); "" for whole images
+    # The net in bfloat16 autocast (the loss stays float32). None: on a CUDA GPU only. On a CPU
+    # with bfloat16 instructions, 1.6 times faster trainings at the same accuracy
+    # (docs/benchmarks.md, "Training steps"); a CPU without them emulates it, 3 to 8 times slower.
+    bf16: bool | None = None
 
     @property
     def mask_spec(self) -> MaskSpec:
@@ -346,10 +350,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     shuffle = torch.Generator().manual_seed(config.seed)
     epoch, losses, seconds = 0, [], 0.0
     # Channels-last: the same float32 arithmetic, faster convolutions on CPU and GPU alike.
-    # bfloat16 autocast is what a GPU's tensor cores want; the CPU keeps float32, the
-    # precision the cpu recipe was measured with.
+    # bfloat16 autocast is what a GPU's tensor cores want; a CPU keeps float32 unless asked.
     model = model.to(memory_format=torch.channels_last)
     on_gpu = device.type == "cuda"
+    bf16 = on_gpu if config.bf16 is None else config.bf16
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # one input shape for the whole run
 
@@ -387,7 +391,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 "epoch": epoch,
                 "losses": losses,
                 "train_seconds": schedule.seconds,
-                "precision": "bfloat16 autocast" if on_gpu else "float32",
+                "precision": "bfloat16 autocast" if bf16 else "float32",
                 "config": config.to_dict(),
                 "input_shape": list(shape),
                 "category": data.category,
@@ -423,7 +427,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 batch = random_crops(batch, *crop, mask_rng).to(device)
                 k = spec.cell_sizes[mask_rng.integers(len(spec.cell_sizes))]
                 masks = make_masks(*crop, MaskSpec((k,), spec.num_sets), mask_rng)
-                value = training_step(model, optimizer, loss_fn, batch, torch.from_numpy(masks).to(device), bf16=on_gpu)
+                value = training_step(model, optimizer, loss_fn, batch, torch.from_numpy(masks).to(device), bf16=bf16)
                 total, count = total + value * len(batch), count + len(batch)
                 bar.set_postfix(loss=f"{value:.4f}")
             epoch += 1
