@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,19 @@ def test_a_folder_without_train_good_is_refused_by_name(tmp_path):
     (tmp_path / "part" / "test" / "good").mkdir(parents=True)
     with pytest.raises(SystemExit, match=r"part/train/good, which is not a folder"):
         load_bench_script("accuracy").with_fewer_good_images(tmp_path / "part", 3, seed=0, folder=tmp_path / "data")
+
+
+def test_the_table_names_a_training_that_left_the_recipe_and_record_refuses_it():
+    script = load_bench_script("accuracy")
+    recipe = script.RECIPES["cpu"].to_dict()
+    assert script.training_note({"recipe": "cpu", "config": recipe}) == ""
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"bf16": True}}) == " bf16"
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"base_width": 24, "bf16": True}}) == " 24 wide bf16"
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"bf16": None}}) == ""  # an earlier summary's default
+
+
+def test_record_refuses_a_bf16_training():
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "bench" / "accuracy"), "--bf16", "--record"],
+                         capture_output=True, text=True, cwd=root, timeout=60)  # fmt: skip
+    assert run.returncode == 2 and "--bf16 run is printed only" in run.stderr
