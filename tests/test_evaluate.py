@@ -351,6 +351,17 @@ def test_masks_that_exist_are_used_for_their_images(category, tmp_path):
     assert "| contamination | 1 | " in table and "| not measured | not measured |" in table
 
 
+def test_an_all_black_mask_is_named_in_the_report(category, tmp_path):
+    """A mask exported wrongly (all zero) says nothing is defective there: the report says so instead of a bare n/a."""
+    for mask in (category / "ground_truth").glob("*/*.png"):
+        cv2.imwrite(str(mask), np.zeros_like(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)))
+    report = evaluate(write_tiny_onnx(tmp_path / "tiny.onnx"), category, tmp_path / "eval", overlays=False)
+    assert report["overall"]["pixel_auroc"] is None and report["overall"]["defective_masks_empty"] == 2
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "2 of those masks mark no defect pixel at that resolution (all black" in table
+    assert "pixel metrics need at least one marked pixel; check ground_truth/." in table
+
+
 def _without(category: Path, defect: str, tmp_path: Path) -> Path:
     copy = tmp_path / "copy" / category.name
     shutil.copytree(category, copy)

@@ -171,6 +171,8 @@ def detection_metrics(scored: list[ScoredImage], threshold: float) -> dict:
     return {
         "defective_images": sum(labels),
         "defective_images_with_masks": sum(s.item.is_defective for s in labelled),
+        # All black, or a defect thinner than a map pixel: such an image adds good pixels only.
+        "defective_masks_empty": sum(s.item.is_defective and not s.mask.any() for s in labelled),
         "good_images": len(labels) - sum(labels),
         "image_auroc": image_auroc(scores, labels),
         "pixel_auroc": pixel_auroc(maps, masks) if has_defect_pixels else None,
@@ -304,14 +306,19 @@ def _pixel_metrics_note(report: dict) -> list[str]:
     overall = report["overall"]
     masked, defective = overall["defective_images_with_masks"], overall["defective_images"]
     resolution = f"at {report['pixel_metrics_resolution']}; PRO integrated up to FPR {report['pro_max_fpr']}"
-    if masked == defective:
-        return [f"Pixel metrics {resolution}."]
     if masked == 0:
         return [f"Pixel metrics not measured: no defective image has a mask ({MASK_LAYOUTS})."]
-    return [
-        f"Pixel metrics {resolution}, on the {masked} of {defective} defective images that have a mask "
-        f"({MASK_LAYOUTS}); the others count for the image metrics only."
-    ]
+    if masked == defective:
+        note = f"Pixel metrics {resolution}."
+    else:
+        note = (f"Pixel metrics {resolution}, on the {masked} of {defective} defective images that have a mask "
+                f"({MASK_LAYOUTS}); the others count for the image metrics only.")
+    empty = overall.get("defective_masks_empty", 0)
+    if empty:
+        note += (f" {empty} of those masks mark{'s' if empty == 1 else ''} no defect pixel at that resolution (all black, or a defect thinner "
+                 f"than a map pixel): {'pixel metrics need at least one marked pixel; ' if empty == masked else ''}"
+                 f"check ground_truth/.")
+    return [note]
 
 
 def _number(value: float | None) -> str:
