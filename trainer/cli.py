@@ -30,7 +30,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
         str | None, typer.Option(help="cpu: 16-wide net, 160x160 px, 40 epochs or 8,000 images seen, whichever ends first: about "
-                    "30 minutes on 2 cores (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
+                    "8 to 37 minutes for 200 images on 2 cores, by the CPU (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="train this many epochs in all, however many images (may grow on --resume)")] = None,
     minutes: Annotated[

@@ -106,7 +106,7 @@ class TrainConfig:
 
 
 RECIPES = {
-    # Two CPU cores, 30 minutes for bottle's 189 training images (docs/benchmarks.md): a
+    # Two CPU cores, 8 to 37 minutes for bottle's 189 training images by the CPU (docs/benchmarks.md): a
     # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has about 160 x 160
     # pixels (INT8 on a 2-core AVX2 CPU: 5 frames/s; 192 px, the default until the map's c
     # was measured per part, detects no better at 4), trained on 128 px crops so a step
