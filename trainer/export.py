@@ -132,11 +132,29 @@ def spread(paths: list[str], count: int) -> list[Path]:
 
 
 def reference_anomaly_maps(backend: Backend, images: np.ndarray) -> dict[str, np.ndarray]:
+    """map_statistics of the images' anomaly maps, as the backend's manifest has them (no reference)."""
+    return map_statistics(np.stack([backend.score(image).anomaly_map for image in images]))  # 64 maps of ~25,000 pixels
+
+
+def map_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
     """{"mean": ..., "max": ..., "std": ...}: (H, W) float32, the per-pixel mean, maximum and
-    standard deviation of the images' anomaly maps, as the backend's manifest has them (no reference)."""
-    maps = np.stack([backend.score(image).anomaly_map for image in images])  # 64 maps of ~25,000 pixels: small
+    standard deviation of good images' anomaly maps (N, H, W)."""
     return {"mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32), "max": maps.max(axis=0),
             "std": maps.std(axis=0, dtype=np.float64).astype(np.float32)}
+
+
+def with_reference_maps(manifest: Manifest, statistics: dict[str, np.ndarray], reference_statistic: str,
+                        score_reference: str) -> Manifest:
+    """The manifest with its reference map (the good maps' `reference_statistic`) and what the
+    image score counts of the map shown (`score_reference`, export's --score-reference)."""
+    manifest = replace(manifest, reference_map=encode_reference(statistics[reference_statistic]))
+    # Only the maximum above a map shown as the rise above the mean counts less than the map
+    # shown; with the maximum as the map's own reference the map is what the score counts.
+    if score_reference == "max" and reference_statistic == "mean":
+        manifest = replace(manifest, score_reference_map=encode_reference(statistics["max"]))
+    if score_reference == "spread":
+        manifest = replace(manifest, score_weight_map=encode_reference(score_weight(statistics["std"])))
+    return manifest
 
 
 def parse_cell_sizes(text: str) -> tuple[int, ...]:
@@ -302,14 +320,8 @@ def export_onnx(
         # ones, so the held-out scores are those of parts the reference has not seen.
         if reference_paths:
             good = load_images(reference_paths, (height, width), config.roi)
-            references = reference_anomaly_maps(backend, good)
-            manifest = replace(manifest, reference_map=encode_reference(references[reference_statistic]))
-            # Only the maximum above a map shown as the rise above the mean counts less than the map
-            # shown; with the maximum as the map's own reference the map is what the score counts.
-            if score_reference == "max" and reference_statistic == "mean":
-                manifest = replace(manifest, score_reference_map=encode_reference(references["max"]))
-            if score_reference == "spread":
-                manifest = replace(manifest, score_weight_map=encode_reference(score_weight(references["std"])))
+            statistics = reference_anomaly_maps(backend, good)
+            manifest = with_reference_maps(manifest, statistics, reference_statistic, score_reference)
             backend.manifest = manifest
         calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
     threshold = calibration.pop("threshold")
