@@ -123,3 +123,20 @@ def test_the_input_keeps_the_parts_aspect_ratio_at_about_the_named_pixel_count(b
     square = input_shape(sorted((bottle_dir / "train" / "good").glob("*.png"))[:5], 192, 16)
     assert square == (192, 192)
     assert tall == (304, 128) and abs(tall[0] * tall[1] / 192**2 - 1) < 0.1
+
+
+def test_the_input_never_enlarges_images_smaller_than_the_named_pixel_count(bottle_dir, tmp_path):
+    from trainer.data import input_shape
+
+    def shrunk(name: str, width: int, height: int) -> list:
+        folder = tmp_path / name
+        folder.mkdir()
+        for source in sorted((bottle_dir / "train" / "good").glob("*.png"))[:3]:
+            cv2.imwrite(str(folder / source.name), cv2.resize(cv2.imread(str(source)), (width, height)))
+        return sorted(folder.iterdir())
+
+    assert input_shape(shrunk("80", 80, 80), 160, 16) == (80, 80)  # their own size, not 160 x 160
+    assert input_shape(shrunk("40", 40, 40), 160, 16) == (32, 32)  # rounded down to the U-Net's multiple
+    assert input_shape(shrunk("tall", 50, 130), 160, 16) == (128, 48)  # the aspect kept within 130 x 50
+    assert input_shape(shrunk("8", 8, 8), 160, 16) == (16, 16)  # the smallest the net takes
+    assert input_shape(shrunk("240", 240, 240), 160, 16) == (160, 160)  # larger images: the named count

@@ -38,8 +38,9 @@ def test_train_and_export_with_an_roi_the_edge_then_requires(parts, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = Manifest.for_model(model)
     assert manifest.roi == {"x": 8, "y": 4, "width": 48, "height": 32, "rotate": 90}
-    # The input takes the upright crop's aspect (taller than wide), not the square frames'.
-    assert manifest.input_shape == (64, 32)
+    # The input takes the upright crop's aspect (taller than wide), not the square frames',
+    # and no more pixels than the 48 x 32 crop has (48 x 48 asked for).
+    assert manifest.input_shape == (48, 32)
     backend = OnnxCpuBackend(model)
     FrameJudge(backend, roi=Roi.parse(ROI))  # the camera's ROI: accepted
     with pytest.raises(ManifestError, match="trained on ROI 8,4,48,32,90"):

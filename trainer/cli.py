@@ -39,7 +39,7 @@ def train(
                      "schedule spans them); without --epochs, time alone ends the run"),
     ] = None,
     input_size: Annotated[
-        int | None, typer.Option(help="the input has about SIZE x SIZE pixels, in the images' aspect ratio; a multiple of 16")
+        int | None, typer.Option(help="the input has about SIZE x SIZE pixels, in the images' aspect ratio, never more than they have; a multiple of 16")
     ] = None,
     crop_size: Annotated[int | None, typer.Option(help="train on random crops of this side (0: whole images); a multiple of 16")] = None,
     width: Annotated[int | None, typer.Option(help="U-Net base width (64 = the paper's net)")] = None,

@@ -59,7 +59,7 @@ class TrainError(Exception):
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = "cpu"
-    # The input has about input_size x input_size pixels, in the images' aspect ratio.
+    # The input has about input_size x input_size pixels, in the images' aspect ratio, never more than they have.
     input_size: int = 160
     # Training crops' side (0: whole images); inference always sees the whole input.
     crop_size: int = 128
