@@ -77,8 +77,11 @@ def test_every_printed_defect_arrives_through_kills_a_silent_broker_and_a_full_d
     assert len(actions) == RUNS
 
     def told(err: str) -> str:
-        """The run's stderr and the broker's log, to tell what happened when an assertion fails."""
-        return f"{err}\n--- {persistent_broker.log} ---\n{persistent_broker.log.read_text(errors='replace')[-4000:]}"
+        """The run's stderr, the broker's state and its log (without the autosave lines), to tell what happened."""
+        log = [line for line in persistent_broker.log.read_text(errors="replace").splitlines() if "Saving in-memory" not in line]
+        process = persistent_broker.process
+        state = "none" if process is None else f"pid {process.pid}, exit status {process.poll()}"
+        return f"{err}\n--- broker {state}; {persistent_broker.log} ---\n" + "\n".join(log[-60:])
 
     def broker_back() -> None:
         consumer._subscribed.clear()

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -212,6 +213,44 @@ def test_events_sent_from_memory_and_never_acknowledged_go_back_to_the_spool_at_
     publisher_factory(broker, spool_path=spool)  # the next start delivers them
     assert sub.wait_for(lambda: sorted(json.loads(p)["frame_index"] for p in sub.on(DEFECT))[-3:] == [0, 1, 2], timeout=15)
 
+
+
+def test_at_close_events_held_in_memory_wait_for_the_disk_to_get_room(
+    tiny_disk, broker, publisher_factory, caplog, make_result
+):  # tiny_disk first: unmounted after the publishers close
+    # The broker gone and the disk full when the run ends: room that comes back within the
+    # close timeout (a log rotated, a file removed) saves the held events instead of losing them.
+    spool = tiny_disk / "spool.db"
+    broker.stop()
+    publisher = publisher_factory(broker, spool_path=spool)
+    fill(tiny_disk)
+    for i in range(3):
+        publisher.handle(make_result(i))
+    assert len(publisher._memory_queue) == 3
+    room = threading.Timer(1.0, (tiny_disk / "filler").unlink)
+    room.start()
+    with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
+        publisher.close(timeout=5.0)
+    room.join()
+    assert "3 defect event(s) held in memory and spool" in caplog.text and "retrying for" in caplog.text
+    assert (publisher.lost, publisher.undelivered) == (0, 3)
+    assert "LOST" not in caplog.text
+
+
+def test_at_close_events_held_in_memory_are_lost_if_the_disk_stays_full(
+    tiny_disk, broker, publisher_factory, caplog, make_result
+):
+    spool = tiny_disk / "spool.db"
+    broker.stop()
+    publisher = publisher_factory(broker, spool_path=spool)
+    fill(tiny_disk)
+    publisher.handle(make_result(0))
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
+        publisher.close(timeout=1.5)
+    assert time.monotonic() - started >= 1.5  # it waited for room as long as the timeout allows
+    assert publisher.lost == 1 and "LOST 1 defect event(s) held in memory" in caplog.text
+    (tiny_disk / "filler").unlink()
 
 def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):
     wrong = parse_broker_url(broker_with_login.url, username="edge", password="wrong")

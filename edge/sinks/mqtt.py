@@ -436,6 +436,7 @@ class MqttPublisher:
 
         Whatever is still in the spool is delivered by the next start on the same spool.
         """
+        started = time.monotonic()
         with self._lock:
             if self._closing:
                 return
@@ -457,8 +458,8 @@ class MqttPublisher:
             # spool with the rest (the disk may have room again), ahead of the newer ones.
             unacknowledged = [held for held in self._in_flight.values() if isinstance(held, HeldEvent)]
             self._memory_queue.extendleft(reversed(unacknowledged))
-            self._drain_memory_queue()
-            lost = len(self._memory_queue)
+        self._spool_held_events(deadline=started + timeout)
+        lost = len(self._memory_queue)
         self.undelivered = self.spool.depth()
         self.lost = self._dropped + lost
         self.spool.close()
@@ -469,3 +470,23 @@ class MqttPublisher:
             log.error("%d message(s) set aside in spool %s in this run: the broker can never take them", self.set_aside, self.spool.path)
         if lost:
             log.error("LOST %d defect event(s) held in memory: the spool was full at shutdown", lost)
+
+    def _spool_held_events(self, deadline: float) -> None:
+        """At shutdown, events held in memory go into the spool; while it is full, retried until
+        `deadline` (at least a second), as a disk often gets room back soon (a log rotated, a file removed)."""
+        deadline = max(deadline, time.monotonic() + 1.0)
+        waiting = False
+        while True:
+            with self._lock:
+                self._drain_memory_queue()
+                if not self._memory_queue:
+                    return
+                if not waiting:
+                    waiting = True
+                    log.error(
+                        "%d defect event(s) held in memory and spool %s is full; retrying for %.0f s before they are lost",
+                        len(self._memory_queue), self.spool.path, deadline - time.monotonic(),
+                    )  # fmt: skip
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
