@@ -231,6 +231,10 @@ def build_model(config: TrainConfig) -> UNet:
     return UNet(base_width=config.base_width, depth=UNET_DEPTH)
 
 
+def build_loss(config: TrainConfig) -> RiadLoss:
+    return RiadLoss(w_gms=config.w_gms, w_ssim=config.w_ssim, w_l2=config.w_l2)
+
+
 @contextmanager
 def _ctrl_c_held():
     """Hold a Ctrl-C until the block is done, then deliver it.
@@ -345,7 +349,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     torch.manual_seed(config.seed)  # the initial weights; masks and shuffling have their own
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = RiadLoss(w_gms=config.w_gms, w_ssim=config.w_ssim, w_l2=config.w_l2)
+    loss_fn = build_loss(config)
     mask_rng = np.random.default_rng(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     epoch, losses, seconds = 0, [], 0.0
