@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edge.sinks.broker import BrokerError, parse_broker_url
-from edge.sinks.mqtt import MqttPublisher, iso_utc
+from edge.sinks.mqtt import MqttPublisher, close_all, iso_utc
 from edge.local_broker import MOSQUITTO
 from edge.results import DefectTracker
 from tests.conftest import fill
@@ -251,6 +251,22 @@ def test_at_close_events_held_in_memory_are_lost_if_the_disk_stays_full(
     assert time.monotonic() - started >= 1.5  # it waited for room as long as the timeout allows
     assert publisher.lost == 1 and "LOST 1 defect event(s) held in memory" in caplog.text
     (tiny_disk / "filler").unlink()
+
+def test_a_station_closes_its_cameras_publishers_together(tiny_disk, broker, publisher_factory, caplog, make_result):
+    # Each camera waits up to the close timeout for room on a full disk: one after the other,
+    # a station's shutdown would take that per camera, beyond systemd's stop timeout.
+    broker.stop()
+    publishers = [publisher_factory(broker, spool_path=tiny_disk / f"cam{i}.spool") for i in range(3)]
+    fill(tiny_disk)
+    for publisher in publishers:
+        publisher.handle(make_result(0))
+    with caplog.at_level(logging.ERROR, logger="edge.sinks.mqtt"):
+        close_all(publishers, timeout=1.0)
+    said = [r.getMessage() for r in caplog.records if "retrying for" in r.getMessage() or "LOST" in r.getMessage()]
+    assert len(said) == 6 and all("retrying for" in m for m in said[:3]), said  # all waited at once
+    assert [p.lost for p in publishers] == [1, 1, 1]
+    (tiny_disk / "filler").unlink()
+
 
 def test_a_refused_login_is_a_clear_error(broker_with_login, tmp_path):
     wrong = parse_broker_url(broker_with_login.url, username="edge", password="wrong")

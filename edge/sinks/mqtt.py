@@ -20,7 +20,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -490,3 +491,12 @@ class MqttPublisher:
             if time.monotonic() >= deadline:
                 return
             time.sleep(0.1)
+
+
+def close_all(publishers: Iterable[MqttPublisher], timeout: float = 5.0) -> None:
+    """Closes several cameras' publishers at once: a station's shutdown takes one close
+    timeout, not one per camera (systemd's stop timeout would kill it before the last)."""
+    publishers = list(publishers)
+    with ThreadPoolExecutor(max_workers=max(1, len(publishers)), thread_name_prefix="mqtt-close") as pool:
+        for closing in [pool.submit(publisher.close, timeout) for publisher in publishers]:
+            closing.result()

@@ -21,6 +21,7 @@ from edge.pipeline import Pipeline
 from edge.runner import ConsoleSink, open_publisher
 from edge.sinks.commands import CommandListener, attach_controls, camera_controls
 from edge.sinks.lifecycle import VERDICT
+from edge.sinks.mqtt import close_all
 from edge.sources.cameras import SourceError, open_source
 from edge.station.batching import SharedBackend
 from edge.station.config import CameraConfig, StationConfig
@@ -204,7 +205,6 @@ class Station:
             cam.stop()
         for controls in self.controls.values():
             controls.lifecycle.close()  # a free camera's pipeline has closed it already; a triggered camera's has not
-        for publisher in self.publishers.values():
-            publisher.close()
+        close_all(self.publishers.values())
         self.publishers.clear()
         self._stack.close()
