@@ -45,6 +45,7 @@ from trainer.train import (
     TrainConfig,
     TrainError,
     build_model,
+    cpu_has_bf16,
     load_checkpoint,
     masked_inputs,
     recipe,
@@ -209,6 +210,7 @@ def test_bf16_trains_the_net_in_bfloat16_on_the_cpu_and_may_change_on_resume(par
     result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path), "--input-size", "32", "--width", "4",
                                       "--batch-size", "2", "--epochs", "1", "--bf16", "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert ("warning: --bf16 on a CPU without bfloat16 instructions" in result.output) == (cpu_has_bf16() is False)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["precision"] == "bfloat16 autocast" and TrainConfig.from_dict(state["config"]).bf16 is True
     assert all(w.dtype == torch.float32 for w in state["model"].values() if w.is_floating_point())
@@ -217,6 +219,16 @@ def test_bf16_trains_the_net_in_bfloat16_on_the_cpu_and_may_change_on_resume(par
     assert first["precision"] == "float32"  # the CPU's default
     config = resume_config(tmp_path, epochs=2, bf16=False)  # precision is no part of what was learnt
     assert load_checkpoint(train(parts, tmp_path, config, resume=True))["precision"] == "float32"
+
+
+def test_cpu_has_bf16_reads_the_cpus_flags():
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    zen5 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+    sapphire_rapids = "flags\t\t: avx512f amx_bf16 amx_tile\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    orin = "processor\t: 0\nFeatures\t: fp asimd atomics asimddp\n"
+    assert [cpu_has_bf16(text) for text in (zen3, zen5, sapphire_rapids, graviton3, orin)] == [False, True, True, True, False]
+    assert cpu_has_bf16("") is None  # cannot tell: no warning
 
 
 def test_resume_continues_exactly_where_it_stopped(parts, trained, tmp_path):

@@ -62,7 +62,7 @@ def train(
 ):
     """Learn what a good part looks like from defect-free images."""
     from trainer.data import DataError
-    from trainer.train import UNLIMITED_EPOCHS, TrainError, checkpoint_path, resolve_device, resume_config
+    from trainer.train import UNLIMITED_EPOCHS, TrainError, checkpoint_path, cpu_has_bf16, resolve_device, resume_config
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
@@ -81,6 +81,9 @@ def train(
         if recipe == "gpu" and resolve_device(config.device).type == "cpu":
             typer.echo("warning: the gpu recipe (the paper's net, 300 epochs) on the CPU takes days; "
                        "use --recipe cpu here, or a machine with a CUDA GPU. Ctrl-C keeps the progress.", err=True)
+        if config.bf16 and resolve_device(config.device).type == "cpu" and cpu_has_bf16() is False:
+            typer.echo("warning: --bf16 on a CPU without bfloat16 instructions (AVX512_BF16, AMX) is emulated, "
+                       "several times slower than float32 (docs/benchmarks.md); drop --bf16 here", err=True)
         checkpoint = run_training(data_dir, out, config, resume=resume)
     except (DataError, TrainError) as exc:
         typer.echo(f"error: {exc}", err=True)
