@@ -436,6 +436,7 @@ class MqttPublisher:
         """Delivers what it can within `timeout`, publishes `offline` and disconnects.
 
         Whatever is still in the spool is delivered by the next start on the same spool.
+        Events held in memory (the spool was full) wait for room in it until `timeout`.
         """
         started = time.monotonic()
         with self._lock:
