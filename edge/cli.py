@@ -256,7 +256,7 @@ def doctor_command(
     Prints OK / WARN / FAIL per check with what to fix. Exit code 0 when nothing FAILs, 1 otherwise.
     """
     from edge.doctor import FAIL, format_table, run_checks
-    from edge.runner import default_spool_path
+    from edge.sinks.spool import default_spool_path
 
     configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(source)])
     if camera is not None and source is not None:

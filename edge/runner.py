@@ -36,7 +36,7 @@ from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
 from edge.sinks.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
 from edge.sources.cameras import SourceError, open_source, without_passwords
-from edge.sinks.spool import SpoolError
+from edge.sinks.spool import SpoolError, default_spool_path
 from edge.sinks.topics import TopicError, check_names
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,6 @@ def format_summary(summary: dict) -> str:
         f"{summary['reconnects']} reconnects; {summary['fps']:.1f} fps, latency p50 "
         f"{summary['latency_p50_ms']:.1f} ms, p99 {summary['latency_p99_ms']:.1f} ms"
     )
-
-
-def default_spool_path(camera_id: str) -> Path:
-    """Undelivered MQTT events survive restarts here (XDG state folder)."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "riad-edge" / f"{camera_id}.spool"
 
 
 def fail(message: str, code: int) -> int:

@@ -102,6 +102,8 @@ def test_run_config_from_the_command_line(line):
         ("cameras:\n  - {id: a, source: x, model: m.onnx, treshold: 0.3}", "unknown key(s) treshold"),
         ("cameras:\n  - {id: a, source: x}", "lacks 'model'"),
         ("cameras:\n  - {id: a, source: x, model: m.onnx}\n  - {id: a, source: y, model: m.onnx}", "more than once"),
+        ("cameras:\n  - {id: a, source: x, model: m.onnx, spool: q.spool}\n  - {id: b, source: y, model: m.onnx, spool: ./q.spool}",
+         "cameras a and b share spool"),
         ("cameras:\n  - {id: a/b, source: x, model: m.onnx}", "no '/'"),
         ("cameras:\n  - {id: a, source: x, model: m.onnx, mode: sometimes}", "mode must be one of"),
         ("cameras:\n  - {id: a, source: x, model: m.onnx, threshold: .nan}", "finite number"),

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def default_spool_path(camera_id: str) -> Path:
+    """Undelivered MQTT events survive restarts here (XDG state folder)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "riad-edge" / f"{camera_id}.spool"
 
 
 class SpoolError(Exception):

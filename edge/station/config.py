@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from edge.method.roi import IgnoreMask, Roi, RoiError
+from edge.sinks.spool import default_spool_path
 from edge.station.triggered import DEFAULT_DEADLINE_S
 
 MODES = ("free", "triggered")
@@ -80,6 +81,7 @@ def load_config(path: Path) -> StationConfig:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"config {path}: camera id(s) {', '.join(duplicates)} appear more than once")
+    _one_spool_per_camera(parsed, f"config {path}")
     broker = data.get("broker")
     if broker is not None and not isinstance(broker, str):
         raise ConfigError(f"config {path}: broker must be a URL like mqtt://host")
@@ -87,6 +89,17 @@ def load_config(path: Path) -> StationConfig:
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "+#"):
         raise ConfigError(f"config {path}: topic_prefix must be a topic without wildcards, not {prefix!r}")
     return StationConfig(parsed, broker, prefix, *_monitoring(data, f"config {path}"))
+
+
+def _one_spool_per_camera(cameras: list[CameraConfig], where: str) -> None:
+    """A spool is one camera's queue and one user's lock: two cameras on one file would leave
+    the second down with "in use by another process", though it is this process."""
+    owners: dict[Path, str] = {}
+    for camera in cameras:
+        spool = (camera.spool or default_spool_path(camera.camera_id)).resolve()
+        if spool in owners:
+            raise ConfigError(f"{where}: cameras {owners[spool]} and {camera.camera_id} share spool {spool}; give each camera its own")
+        owners[spool] = camera.camera_id
 
 
 def _monitoring(data: dict, where: str) -> tuple[int | None, str | None, float | None]:
