@@ -56,6 +56,9 @@ class Spool:
             self._db.execute("PRAGMA synchronous=FULL")
             # Without this the WAL file keeps its largest size; checkpoints then truncate it.
             self._db.execute("PRAGMA journal_size_limit=1048576")
+            # A checkpoint every 64 pages (256 kB) instead of SQLite's 1000 (4 MB): on a small
+            # disk the WAL alone would otherwise fill it (a 4 MB disk held 45 events of 5 kB, now 755).
+            self._db.execute("PRAGMA wal_autocheckpoint=64")
             if max_bytes is not None:
                 page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
                 self._db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}")
