@@ -111,6 +111,16 @@ def test_on_a_small_disk_the_spool_holds_messages_not_its_write_ahead_log(tiny_d
         spool.close()  # before the disk is unmounted
 
 
+def test_a_spool_path_that_cannot_be_a_spool_is_a_clear_error(tmp_path):
+    with pytest.raises(SpoolError, match=r"is a folder; give a file in it, such as .*line\.spool"):
+        Spool(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpoolError, match=r"cannot open spool .*file/line\.spool: .*file is a file, not a folder"):
+        Spool(tmp_path / "file" / "line.spool")
+    with pytest.raises(SpoolError, match=r"cannot open spool /proc/riad-test\.spool: "):
+        Spool("/proc/riad-test.spool")  # a folder no one may create files in
+
+
 def test_a_symlink_to_a_spool_in_use_is_refused_too(tmp_path):
     # Two names for one spool would let two inspectors send the same messages.
     spool = Spool(tmp_path / "s.db")

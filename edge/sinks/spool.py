@@ -77,8 +77,15 @@ class Spool:
             raise self._error("open", e) from None
 
     def _take_process_lock(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 (held open: the lock)
+        if self.path.is_dir():
+            raise SpoolError(f"spool {self.path} is a folder; give a file in it, such as {self.path / 'line.spool'}")
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise SpoolError(f"cannot open spool {self.path}: {self.path.parent} is a file, not a folder")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 (held open: the lock)
+        except OSError as e:
+            raise SpoolError(f"cannot open spool {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
