@@ -214,7 +214,6 @@ def test_events_sent_from_memory_and_never_acknowledged_go_back_to_the_spool_at_
     assert sub.wait_for(lambda: sorted(json.loads(p)["frame_index"] for p in sub.on(DEFECT))[-3:] == [0, 1, 2], timeout=15)
 
 
-
 def test_at_close_events_held_in_memory_wait_for_the_disk_to_get_room(
     tiny_disk, broker, publisher_factory, caplog, make_result
 ):  # tiny_disk first: unmounted after the publishers close
@@ -251,6 +250,7 @@ def test_at_close_events_held_in_memory_are_lost_if_the_disk_stays_full(
     assert time.monotonic() - started >= 1.5  # it waited for room as long as the timeout allows
     assert publisher.lost == 1 and "LOST 1 defect event(s) held in memory" in caplog.text
     (tiny_disk / "filler").unlink()
+
 
 def test_a_station_closes_its_cameras_publishers_together(tiny_disk, broker, publisher_factory, caplog, make_result):
     # Each camera waits up to the close timeout for room on a full disk: one after the other,

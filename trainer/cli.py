@@ -78,10 +78,11 @@ def train(
             config = resume_config(out, recipe=recipe, **options)
         else:
             config = named_recipe(recipe or "cpu", **options)
-        if recipe == "gpu" and resolve_device(config.device).type == "cpu":
+        on_cpu = resolve_device(config.device).type == "cpu"
+        if recipe == "gpu" and on_cpu:
             typer.echo("warning: the gpu recipe (the paper's net, 300 epochs) on the CPU takes days; "
                        "use --recipe cpu here, or a machine with a CUDA GPU. Ctrl-C keeps the progress.", err=True)
-        if config.bf16 and resolve_device(config.device).type == "cpu" and cpu_has_bf16() is False:
+        if config.bf16 and on_cpu and cpu_has_bf16() is False:
             typer.echo("warning: --bf16 on a CPU without bfloat16 instructions (AVX512_BF16, AMX) is emulated, "
                        "several times slower than float32 (docs/benchmarks.md); drop --bf16 here", err=True)
         checkpoint = run_training(data_dir, out, config, resume=resume)
