@@ -87,10 +87,14 @@ def test_the_table_names_a_training_that_left_the_recipe_and_record_refuses_it()
     assert script.training_note({"recipe": "cpu", "config": recipe | {"bf16": True}}) == " bf16"
     assert script.training_note({"recipe": "cpu", "config": recipe | {"base_width": 24, "bf16": True}}) == " 24 wide bf16"
     assert script.training_note({"recipe": "cpu", "config": recipe | {"bf16": None}}) == ""  # an earlier summary's default
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"loss_gms": "map"}}) == " loss map"
+    del recipe["loss_gms"]  # a summary from before the option
+    assert script.training_note({"recipe": "cpu", "config": recipe}) == ""
 
 
-def test_record_refuses_a_bf16_training():
+@pytest.mark.parametrize("option", [["--bf16"], ["--loss-gms", "map"]])
+def test_record_refuses_a_training_off_the_recipe(option):
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, str(root / "bench" / "accuracy"), "--bf16", "--record"],
+    run = subprocess.run([sys.executable, str(root / "bench" / "accuracy"), *option, "--record"],
                          capture_output=True, text=True, cwd=root, timeout=60)  # fmt: skip
-    assert run.returncode == 2 and "--bf16 run is printed only" in run.stderr
+    assert run.returncode == 2 and "run is printed only" in run.stderr and option[0] in run.stderr

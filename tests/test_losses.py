@@ -83,3 +83,32 @@ def test_riad_loss_is_the_weighted_sum_of_its_terms(bottle_pair):
     assert l2_loss(b, a).item() == pytest.approx(float(((image - damaged) ** 2).mean()), rel=1e-5)
     terms = l2_loss(b, a) + 2.0 * msgms_loss(b, a) + 0.5 * ssim_loss(b, a)
     assert RiadLoss(w_gms=2.0, w_ssim=0.5)(b, a).item() == pytest.approx(terms.item(), rel=1e-6)
+
+
+def test_per_channel_loss_compares_each_channel_as_the_colour_map_does(bottle_pair):
+    image, damaged = bottle_pair
+    a, b = torch.from_numpy(image)[None], torch.from_numpy(damaged)[None]
+    for c in (reference.GMS_C, 0.02):
+        colour_map = reference.raw_anomaly_map(image, damaged[None], reference.MapSpec(c=c, per_channel=True))
+        assert msgms_loss(b, a, c, per_channel=True).item() == pytest.approx(float(colour_map.mean()), rel=1e-4)
+    # A change in one channel that leaves the grey image alone counts only per channel.
+    swapped = image[[1, 0, 2]].copy()
+    grey_equal = torch.from_numpy(swapped)[None]
+    assert msgms_loss(grey_equal, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert msgms_loss(grey_equal, a, per_channel=True).item() > 0.01
+
+
+def test_a_run_whose_loss_follows_the_map_measures_c_and_channels_on_its_images(bottle_pair):
+    from trainer.train import TrainConfig, build_loss
+
+    colour = np.stack([bottle_pair[0], bottle_pair[1]])
+    grey = np.repeat(colour.mean(axis=1, keepdims=True), 3, axis=1)
+    paper = build_loss(TrainConfig(), colour)
+    assert (paper.gms_c, paper.per_channel) == (reference.GMS_C, False)
+    channels = build_loss(TrainConfig(loss_gms="channels"), colour)
+    assert (channels.gms_c, channels.per_channel) == (reference.GMS_C, True)
+    for images, per_channel in ((colour, True), (grey, False)):
+        loss = build_loss(TrainConfig(loss_gms="map"), images)
+        spec = reference.MapSpec(per_channel=per_channel)
+        assert (loss.gms_c, loss.per_channel) == (pytest.approx(reference.gms_constant(images, spec)), per_channel)
+        assert loss.gms_c != reference.GMS_C

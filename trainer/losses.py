@@ -52,8 +52,12 @@ def msgms_map(a: torch.Tensor, b: torch.Tensor, levels: int = PYRAMID_LEVELS, c:
     return total / levels
 
 
-def msgms_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (1.0 - msgms_map(a, b)).mean()
+def msgms_loss(a: torch.Tensor, b: torch.Tensor, c: float = GMS_C, per_channel: bool = False) -> torch.Tensor:
+    """1 - MSGMS averaged over pixels: of the grey images (the paper's), or with `per_channel`
+    of each colour channel alone, as the map compares a colour part (MapSpec.per_channel)."""
+    if per_channel:
+        a, b = a.flatten(0, 1)[:, None], b.flatten(0, 1)[:, None]
+    return (1.0 - msgms_map(a, b, c=c)).mean()
 
 
 def _gaussian_window(channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -94,13 +98,15 @@ def l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class RiadLoss(nn.Module):
-    def __init__(self, w_gms: float = 1.0, w_ssim: float = 1.0, w_l2: float = 1.0):
+    def __init__(self, w_gms: float = 1.0, w_ssim: float = 1.0, w_l2: float = 1.0, gms_c: float = GMS_C,
+                 per_channel: bool = False):
         super().__init__()
         self.w_gms, self.w_ssim, self.w_l2 = w_gms, w_ssim, w_l2
+        self.gms_c, self.per_channel = gms_c, per_channel
 
     def forward(self, reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
         return (
             self.w_l2 * l2_loss(reconstruction, original)
-            + self.w_gms * msgms_loss(reconstruction, original)
+            + self.w_gms * msgms_loss(reconstruction, original, self.gms_c, self.per_channel)
             + self.w_ssim * ssim_loss(reconstruction, original)
         )
