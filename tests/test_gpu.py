@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -380,3 +381,13 @@ def test_engine_check_refuses_a_foreign_engine(
     with pytest.raises(EngineMismatchError, match=re.escape(message)) as error:
         check_engine(manifest, engine, trt_version, device)
     assert "riad-trainer build-engine" in str(error.value)
+
+
+def test_the_rebuild_advice_pastes_into_a_shell_whatever_the_engine_is_called(tmp_path):
+    folder = tmp_path / "line 1's engines"
+    folder.mkdir()
+    manifest, engine = engine_manifest(folder)
+    with pytest.raises(EngineMismatchError) as error:
+        check_engine(manifest, engine, "10.13.0", CudaDevice("Orin", "8.7"))
+    command = re.search(r"riad-trainer build-engine .*? \(engines", str(error.value)).group(0).removesuffix(" (engines")
+    assert shlex.split(command)[2:] == ["MODEL.onnx", "--out", str(engine)]

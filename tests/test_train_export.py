@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -169,6 +170,15 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     assert result.exit_code == 0, result.output
     state = load_checkpoint(budgeted / "last.pt")
     assert state["epoch"] == 3 and state["config"]["max_images_seen"] == 0
+
+
+def test_the_printed_next_step_pastes_into_a_shell(parts, tmp_path):
+    run = tmp_path / "line 1's run"
+    args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1", "--epochs", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    command = next(line for line in result.output.splitlines() if line.startswith("next: "))
+    assert shlex.split(command.removeprefix("next: "))[:3] == ["riad-trainer", "export", str(run / "last.pt")]
 
 
 def test_held_out_sets_how_many_images_set_the_threshold(parts, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -95,7 +96,8 @@ def train(
         else:
             typer.echo("\ninterrupted before the first checkpoint; nothing was saved", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"trained: {checkpoint}\nnext: riad-trainer export {checkpoint} --out engines/NAME.onnx")
+    # Quoted: the line is meant to be pasted into a shell, and folder names have spaces.
+    typer.echo(f"trained: {checkpoint}\nnext: riad-trainer export {shlex.quote(str(checkpoint))} --out engines/NAME.onnx")
 
 
 @app.command()

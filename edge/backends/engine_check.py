@@ -7,6 +7,7 @@ the manifest, and the backend refuses a mismatch before deserialising anything.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from edge.backends.gpu_available import CudaDevice
@@ -24,7 +25,7 @@ def check_engine(
     device: CudaDevice,
 ) -> None:
     rebuild = (
-        f"rebuild the engine on this device: riad-trainer build-engine MODEL.onnx --out {engine_path} "
+        f"rebuild the engine on this device: riad-trainer build-engine MODEL.onnx --out {shlex.quote(str(engine_path))} "
         "(engines are not portable; see docs/gpu.md)"
     )
     facts = manifest.engine
