@@ -155,6 +155,15 @@ def test_no_command_prints_the_password(broker_with_login, clip, tiny_onnx_model
         assert not [piece for piece in pieces if piece in output], output
 
 
+@pytest.mark.parametrize("save_dir", ["a file", "a file/snaps"])
+def test_a_file_in_the_way_of_the_snapshot_folder_is_named(clip, tiny_onnx_model, tmp_path, save_dir):
+    (tmp_path / "a file").write_text("kept")
+    code, out, err = run(clip, tiny_onnx_model, "--save-dir", tmp_path / save_dir)
+    assert code == 2, err
+    assert err.strip() == f"error: cannot use snapshot folder {tmp_path / save_dir}: {tmp_path / 'a file'} is a file, not a folder"
+    assert (tmp_path / "a file").read_text() == "kept"
+
+
 def test_a_read_only_snapshot_folder_is_refused_at_start(clip, tiny_onnx_model, tmp_path):
     folder = tmp_path / "snaps"
     folder.mkdir()
