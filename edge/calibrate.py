@@ -49,6 +49,9 @@ class Calibration:
     skipped: dict[Path, str]  # unreadable images, and why
     overlays: int  # heatmap overlays of `riad-edge run --save-dir` left out
     written: bool
+    # The highest-scoring image, its score, and the other images' mean and threshold, where it
+    # lies far above them (lone_outlier); else None.
+    outlier: tuple[Path, float, float, float] | None = None
 
     def flagged(self, threshold: float) -> int:
         """How many of the good images score above `threshold`: false alarms, had they run on the line."""
@@ -103,6 +106,7 @@ def calibrate_model(
         )
     result = threshold_from_scores(list(scores.values()), false_alarm_rate)
     threshold = result.pop("threshold")
+    outlier = lone_outlier(scores)
     record = {
         **result,
         "images": str(folder.resolve()),
@@ -112,13 +116,34 @@ def calibrate_model(
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "by": "riad-edge calibrate",
     }
+    if outlier:
+        record["outlier"] = outlier[0].name
     if write:
         updated = replace(manifest, threshold=threshold, metrics={**manifest.metrics, "calibration": record})
         try:
             updated.save(target)
         except OSError as exc:
             raise CalibrationError(f"cannot write {target}: {exc.strerror or exc}; the old manifest is intact") from None
-    return Calibration(target, manifest.threshold, threshold, record, scores, skipped, overlays, write)
+    return Calibration(target, manifest.threshold, threshold, record, scores, skipped, overlays, write, outlier)
+
+
+def lone_outlier(scores: dict[Path, float]) -> tuple[Path, float, float, float] | None:
+    """(image, score, the others' mean, the others' threshold) where the highest-scoring image
+    lies more than twice as far above the other images' mean as the threshold they set by
+    export's rule; else None.
+
+    One defective or foreign part among the good ones alone lifts the threshold over it and
+    blinds the inspector to every defect scoring less. The top image of a large folder of
+    good parts often sits a little above the threshold the rest set (their maximum is part
+    of it); twice as far out is another kind of image (README, "calibrate"). So
+    calibrate names it and writes the threshold anyway: the user decides what the part is.
+    """
+    if len(scores) < 3:  # the others' spread needs two of them
+        return None
+    path, top = max(scores.items(), key=lambda item: item[1])
+    others = threshold_from_scores([score for other, score in scores.items() if other != path])
+    mean = others["good_mean"]
+    return (path, top, mean, others["threshold"]) if top - mean > 2 * (others["threshold"] - mean) else None
 
 
 def _good_images(folder: Path) -> tuple[list[Path], int]:

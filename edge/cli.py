@@ -350,6 +350,12 @@ def format_calibration(result: Calibration, false_alarm_rate: float | None) -> s
         f"threshold: {result.old_threshold:.4f} -> {result.threshold:.4f} ({rule})",
         f"flagged:   {result.flagged(result.old_threshold)} of {n} at the old threshold, {result.flagged(result.threshold)} at the new",
     ]
+    if result.outlier:
+        path, score, mean, others = result.outlier
+        lines.append(
+            f"check:     {path.name} scores {score:.4f}; the other {n - 1} images average {mean:.4f} and set {others:.4f}. "
+            "A good part is seldom that far out: if it is not one, remove it and calibrate again"
+        )
     if result.overlays:
         lines.append(f"skipped:   {result.overlays} heatmap overlays (the *_overlay.jpg of riad-edge run --save-dir)")
     named = list(result.skipped.items())[:SKIPPED_NAMED]

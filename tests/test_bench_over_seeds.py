@@ -96,3 +96,20 @@ def test_at_threshold_averages_each_draws_recall_and_false_alarms_at_its_own_thr
     assert "recall at the model's threshold" in lines[0] and lines[1].count("--:") == 6
     assert lines[-1] == (f"| {run} | 2 | 98.0 (97.0-99.0) | 93.0 (90.0-96.0) | 5.0 (5.0-5.0) "
                          "| 95.0 (90.0-100.0) | 15.0 (10.0-20.0) |")
+
+
+def test_slipped_defect_counts_the_defects_calibrate_names_among_the_good_images(tmp_path):
+    """Good scores 0.010 to 0.014: a defect at 0.5 is far out and named, one at 0.015 barely
+    above them is not; one of the two."""
+    run = tmp_path / "bottle-cpu"
+    images = [{"image": f"test/good/{i}.png", "defect_type": "good", "score": 0.010 + 0.001 * (i % 5)} for i in range(20)]
+    images += [{"image": "test/broken/0.png", "defect_type": "broken", "score": 0.5},
+               {"image": "test/broken/1.png", "defect_type": "broken", "score": 0.015}]
+    write_reports(run, {"eval": (0.5, 0.5, 0.0)})
+    (run / "eval" / "metrics.json").write_text(json.dumps(report(0.5, 0.5, 0.0) | {"images": images}))
+
+    result = over_seeds(run, "--slipped-defect")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "named by calibrate" in lines[0] and lines[1].count("--:") == 5
+    assert lines[-1] == f"| {run} | 1 | 50.0 (50.0-50.0) | 50.0 (50.0-50.0) | 0.0 (0.0-0.0) | 50.0 (50.0-50.0) |"

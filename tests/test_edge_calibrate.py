@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
+from edge.calibrate import lone_outlier
 from edge.cli import app
 from edge.manifest import Manifest, manifest_path
 from edge.method.preprocess import prepare, read_image
@@ -181,6 +182,35 @@ def test_a_full_disk_keeps_the_old_manifest(tiny_disk, good_folder):
     assert "the old manifest is intact" in result.output
     assert manifest_path(model).read_bytes() == before
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "tiny.onnx", "tiny.onnx.json"]
+
+
+def test_a_defective_part_among_the_good_ones_is_named(bottle_dir, good_folder, tmp_path):
+    # The bundled model, trained on bottle: a broken bottle scores far above good ones.
+    engines = Path(__file__).resolve().parents[1] / "engines"
+    model = tmp_path / "bottle-cpu.onnx"
+    for name in (model.name, model.name + ".json"):
+        shutil.copy(engines / name, tmp_path / name)
+    clean = calibrate(model, good_folder, "--dry-run")
+    assert clean.exit_code == 0 and "check:" not in clean.output, clean.output
+    shutil.copy(bottle_dir / "test" / "broken_large" / "000.png", good_folder / "zz-broken.png")
+
+    result = calibrate(model, good_folder)
+
+    assert result.exit_code == 0, result.output  # written anyway: whether it is a good part is the user's call
+    check = next(line for line in result.output.splitlines() if line.startswith("check:"))
+    assert check.startswith("check:     zz-broken.png scores ") and "the other 5 images average" in check
+    assert "remove it and calibrate again" in check
+    assert Manifest.for_model(model).metrics["calibration"]["outlier"] == "zz-broken.png"
+
+
+def test_only_an_image_far_above_the_rest_is_named():
+    good = {Path(f"{i}.png"): 0.010 + 0.001 * (i % 5) for i in range(100)}  # 0.010 to 0.014
+    assert lone_outlier(good) is None
+    # The top of a large folder a little above the threshold the rest set: not named.
+    assert threshold_from_scores(list(good.values()))["threshold"] == pytest.approx(0.0163, abs=1e-4)
+    assert lone_outlier({**good, Path("top.png"): 0.017}) is None
+    assert lone_outlier({**good, Path("top.png"): 0.030})[:1] == (Path("top.png"),)
+    assert lone_outlier({Path("a.png"): 0.01, Path("b.png"): 0.5}) is None  # one other image has no spread
 
 
 def test_the_edge_runs_with_the_new_threshold(tiny_onnx_model, good_folder):
