@@ -32,6 +32,14 @@ def write_reports(run: Path, reports: dict[str, tuple[float, float, float]]) -> 
         (run / folder / "metrics.json").write_text(json.dumps(report(*values)))
 
 
+def write_scored_run(run: Path, good: list[float], defective: list[float]) -> None:
+    """One draw's report with per-image scores, as `riad-trainer evaluate` writes them."""
+    images = [{"image": f"test/good/{i}.png", "defect_type": "good", "score": score} for i, score in enumerate(good)]
+    images += [{"image": f"test/crack/{i}.png", "defect_type": "crack", "score": score} for i, score in enumerate(defective)]
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics.json").write_text(json.dumps(report(0.5, 0.5, 0.0) | {"images": images}))
+
+
 def test_it_averages_the_own_draw_and_every_other_seed(tmp_path):
     run = tmp_path / "kolektorsdd-cpu"
     write_reports(run, {"eval": (0.76, 0.28, 0.029), "seeds/kolektorsdd-cpu-seed1": (0.70, 0.16, 0.029),
@@ -74,11 +82,7 @@ def test_line_calibration_sets_the_threshold_on_half_the_good_images_and_judges_
     """With every good score 0.1, calibrate's rule puts the threshold at 0.1 whichever half it sees:
     the other half passes (0 false alarms) and one of the two defects (0.05, 0.2) is caught."""
     run = tmp_path / "bottle-cpu"
-    images = [{"image": f"test/good/{i}.png", "defect_type": "good", "score": 0.1} for i in range(4)]
-    images += [{"image": "test/crack/0.png", "defect_type": "crack", "score": 0.05},
-               {"image": "test/crack/1.png", "defect_type": "crack", "score": 0.2}]
-    write_reports(run, {"eval": (0.5, 0.5, 0.0)})
-    (run / "eval" / "metrics.json").write_text(json.dumps(report(0.5, 0.5, 0.0) | {"images": images}))
+    write_scored_run(run, good=[0.1] * 4, defective=[0.05, 0.2])
 
     result = over_seeds(run, "--line-calibration")
     assert result.returncode == 0, result.stderr
@@ -102,11 +106,7 @@ def test_slipped_defect_counts_the_defects_calibrate_names_among_the_good_images
     """Good scores 0.010 to 0.014: a defect at 0.5 is far out and named, one at 0.015 barely
     above them is not; one of the two."""
     run = tmp_path / "bottle-cpu"
-    images = [{"image": f"test/good/{i}.png", "defect_type": "good", "score": 0.010 + 0.001 * (i % 5)} for i in range(20)]
-    images += [{"image": "test/broken/0.png", "defect_type": "broken", "score": 0.5},
-               {"image": "test/broken/1.png", "defect_type": "broken", "score": 0.015}]
-    write_reports(run, {"eval": (0.5, 0.5, 0.0)})
-    (run / "eval" / "metrics.json").write_text(json.dumps(report(0.5, 0.5, 0.0) | {"images": images}))
+    write_scored_run(run, good=[0.010 + 0.001 * (i % 5) for i in range(20)], defective=[0.5, 0.015])
 
     result = over_seeds(run, "--slipped-defect")
     assert result.returncode == 0, result.stderr
