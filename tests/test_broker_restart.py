@@ -1,10 +1,14 @@
-"""The broker crashes mid-run and comes back: every defect event arrives, by event id, in order."""
+"""The broker crashes mid-run and comes back: every defect event arrives, by event id, in order.
+And the broker the tests and the demo start stops when asked."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
+from edge.local_broker import LocalBroker
 from edge.sinks.broker import parse_broker_url
 from edge.sinks.mqtt import MqttPublisher
 
@@ -47,3 +51,24 @@ def test_every_event_arrives_once_by_id_and_in_order_across_a_broker_crash(persi
     assert duplicates <= 20, f"{duplicates} re-deliveries: more than the in-flight window"  # at-least-once
     assert consumer.wait_for(lambda: publisher.spool.depth() == 0)
     publisher.close()
+
+
+def test_stopping_the_broker_sends_sigterm_again_until_it_exits(tmp_path):
+    """CI saw mosquitto 2.0.11 miss a SIGTERM sent just after it started listening, and sleep
+    10 s; a second SIGTERM ended it at once. A process that ignores its first SIGTERM stands in."""
+    broker = LocalBroker(tmp_path / "broker")
+    ready = tmp_path / "ready"
+    deaf_once = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    broker.process = subprocess.Popen([sys.executable, "-c", deaf_once])
+    while not ready.exists():
+        time.sleep(0.01)
+    process = broker.process
+    started = time.monotonic()
+    broker.stop()
+    assert process.returncode == 0 and broker.process is None
+    assert time.monotonic() - started < 5  # not the 10 s of the wait's limit
