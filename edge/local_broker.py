@@ -109,16 +109,7 @@ class LocalBroker:
     def _end(self, sig: int) -> None:
         if self.process is None:
             return
-        # Sent again every half second: mosquitto 2.0 can miss a SIGTERM that lands just as it
-        # enters its event loop, and then sleeps until its next timer, 10 s later when idle.
-        deadline = time.monotonic() + 10
-        while self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            try:
-                self.process.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
-                    raise
+        end_process(self.process, sig)
         self.process = None
 
     def stop(self) -> None:
@@ -137,3 +128,19 @@ class LocalBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def end_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Send `sig` until `process` exits; subprocess.TimeoutExpired after `timeout` seconds.
+
+    Sent again every half second: mosquitto 2.0 can miss a SIGTERM that lands just as it
+    enters its event loop, and then sleeps until its next timer, 10 s later when idle.
+    """
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        os.kill(process.pid, sig)
+        try:
+            process.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -18,6 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.local_broker import end_process
 from tests.broker import MOSQUITTO, free_port
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -145,9 +145,7 @@ class ShippedMosquitto:
             wait_for_port(port, self.process, self.log)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            self.process.wait(10)
+        end_process(self.process)
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
