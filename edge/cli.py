@@ -75,7 +75,7 @@ def run_command(
     """Inspect frames from a camera, stream, video or folder; report defects.
 
     Ctrl-C or SIGTERM stops gracefully: queued frames are finished, MQTT says offline.
-    A second Ctrl-C aborts at once.
+    A second Ctrl-C aborts at once, naming any defect events held in memory that it loses.
 
     Exit codes: 0 done or stopped; 1 the inspection stopped on an error (the message says
     which); 2 bad model, manifest, broker settings, topic names or options; 3 source

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -292,8 +293,11 @@ class _stop_on_signals:
         # os.write, not print: a handler interrupting a print must not print itself.
         if self.received:
             # The graceful stop hangs (a slow frame, a broker that does not answer): leave now.
-            # The broker's last will still says offline, and the spool is safe on disk.
-            os.write(2, b"aborted\n")
+            # The broker's last will still says offline, and the spool is safe on disk; only
+            # events held in memory because the spool's disk was full go, and are counted.
+            mqtt = sys.modules.get("edge.sinks.mqtt")  # not imported: nothing was published
+            lost = mqtt.events_only_in_memory() if mqtt else 0
+            os.write(2, f"aborted: LOST {lost} defect event(s) held in memory (the spool was full)\n".encode() if lost else b"aborted\n")
             os._exit(128 + signum)
         self.received = True
         os.write(2, f"{signal.Signals(signum).name}: finishing queued frames (again to abort)\n".encode())

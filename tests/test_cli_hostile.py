@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +106,27 @@ def test_a_spool_disk_that_fills_up_mid_run_loses_events_and_exits_6(bottle_dir,
     assert kept.depth() >= 1
     kept.ack(kept.put("riad/line/defect", b"{}", 1, False))
     kept.close()
+
+
+def test_a_second_ctrl_c_says_how_many_held_events_it_loses(bottle_dir, tiny_onnx_model, tiny_disk, tmp_path):
+    # As above, the disk fills and events wait in memory; at the first Ctrl-C the run waits for
+    # room in the spool, and a second one leaves at once: what goes with it must be said.
+    long_clip = write_video(tmp_path / "long.avi", bottle_frames(bottle_dir, 10) * 30, "MJPG")
+    process = riad_edge("run", "--source", long_clip, "--model", tiny_onnx_model, "--threshold", 0,
+                        "--broker", f"mqtt://127.0.0.1:{free_port()}", "--spool", tiny_disk / "spool.db")  # fmt: skip
+    while not process.stdout.readline().startswith("DEFECT"):
+        assert process.poll() is None, process.stderr.read()
+    fill(tiny_disk)
+    while "holding events in memory" not in process.stderr.readline():
+        assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    while "before they are lost" not in process.stderr.readline():  # the shutdown's wait for room
+        assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert re.search(r"aborted: LOST [1-9]\d* defect event\(s\) held in memory \(the spool was full\)", err), err
+    assert "Traceback" not in err
 
 
 def test_mqtts_to_a_plain_port_is_a_tls_error_not_an_outage(broker, clip, tiny_onnx_model, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edge.sinks.broker import BrokerError, parse_broker_url
-from edge.sinks.mqtt import MqttPublisher, close_all, iso_utc
+from edge.sinks.mqtt import MqttPublisher, close_all, events_only_in_memory, iso_utc
 from edge.local_broker import MOSQUITTO
 from edge.results import DefectTracker
 from tests.conftest import fill
@@ -204,8 +204,10 @@ def test_events_sent_from_memory_and_never_acknowledged_go_back_to_the_spool_at_
             publisher.handle(make_result(i))
         handed = lambda: len(publisher._in_flight) == 3 and not publisher._memory_queue  # noqa: E731 (sent, unanswered)
         assert eventually(handed)
+        assert events_only_in_memory() == 3  # what an abort now (a second Ctrl-C) would lose
         (tiny_disk / "filler").unlink()
         publisher.close(timeout=0.5)
+        assert events_only_in_memory() == 0  # back in the spool
     finally:
         broker.process.send_signal(signal.SIGCONT)
     assert (publisher.lost, publisher.undelivered) == (0, 3)

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -133,6 +134,7 @@ class MqttPublisher:
         self.last_broker_problem: str | None = None  # the latest cause in this run, kept after recovery (stats)
         self._problem_logged: tuple[str, float] | None = None  # (what, when) was last logged
         self.disconnected_since: float | None = time.monotonic()  # None while connected (health, metrics)
+        _OPEN_PUBLISHERS.add(self)
         self._stop_probing = threading.Event()
         self.lost = self.undelivered = self.set_aside = 0  # for the exit code; lost and undelivered set by close()
 
@@ -472,6 +474,12 @@ class MqttPublisher:
             log.error("%d message(s) set aside in spool %s in this run: the broker can never take them", self.set_aside, self.spool.path)
         if lost:
             log.error("LOST %d defect event(s) held in memory: the spool was full at shutdown", lost)
+        _OPEN_PUBLISHERS.discard(self)  # what it could not keep is reported above
+
+    def only_in_memory(self) -> int:
+        """Defect events in no spool (it was full): held, or sent from memory and not yet acknowledged."""
+        in_flight = list(self._in_flight.values())  # one C call: no other thread changes it midway
+        return len(self._memory_queue) + sum(isinstance(held, HeldEvent) for held in in_flight)
 
     def _spool_held_events(self, deadline: float) -> None:
         """At shutdown, events held in memory go into the spool; while it is full, retried until
@@ -492,6 +500,16 @@ class MqttPublisher:
             if time.monotonic() >= deadline:
                 return
             time.sleep(0.1)
+
+
+# Publishers not yet closed: a second Ctrl-C, which exits at once, says what it loses.
+_OPEN_PUBLISHERS: weakref.WeakSet[MqttPublisher] = weakref.WeakSet()
+
+
+def events_only_in_memory() -> int:
+    """Defect events of every open publisher that are in no spool: what exiting now loses.
+    It only reads, so a signal handler may call it."""
+    return sum(publisher.only_in_memory() for publisher in list(_OPEN_PUBLISHERS))
 
 
 def close_all(publishers: Iterable[MqttPublisher], timeout: float = 5.0) -> None:
