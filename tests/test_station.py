@@ -111,6 +111,11 @@ def test_run_config_from_the_command_line(line):
         ("cameras: {id: a}", "lists no cameras"),
         ("- just a list", "must be a mapping"),
         ("cameras: [", "cannot read config"),
+        # A second block pasted below the first: YAML keeps the last, and the first line's cameras would stop.
+        ("cameras:\n  - {id: a, source: x, model: m.onnx}\ncameras:\n  - {id: b, source: y, model: m.onnx}",
+         "line.yaml\", line 3"),  # where the second one is: "'cameras' is given twice\n  in \".../line.yaml\", line 3"
+        ("cameras:\n  - {id: a, source: x, model: m.onnx, threshold: 0.2, threshold: 0.3}", "'threshold' is given twice"),
+        ("cameras:\n  - {? [a]: 1, id: a, source: x, model: m.onnx}", "found unhashable key"),
     ],
 )
 def test_a_bad_config_is_refused_with_its_reason(tmp_path, text, problem):

@@ -18,7 +18,8 @@
         ignore_polygons: [[[0, 0], [200, 0], [200, 80], [0, 80]]]   # or polygons, in frame pixels
 
 Relative paths (model, spool, a file source) are relative to the config file. Unknown
-keys are errors: a misspelt `treshold` must not silently run with the default.
+keys are errors: a misspelt `treshold` must not silently run with the default; so is a
+key given twice (YAML would keep the last).
 """
 
 from __future__ import annotations
@@ -64,9 +65,26 @@ class StationConfig:
     health_grace_s: float | None = None
 
 
+class _NoDuplicateKeys(yaml.SafeLoader):
+    """YAML's loaders keep the last of two equal keys. A second `cameras:` pasted below the first
+    would silently stop every camera of the first; a key given twice is an error instead."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # a list as a key: SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Path) -> StationConfig:
     try:
-        data = yaml.safe_load(Path(path).read_text("utf-8"))
+        with open(path, encoding="utf-8") as stream:  # a stream: YAML's errors name the file
+            data = yaml.load(stream, Loader=_NoDuplicateKeys)  # noqa: S506 - a SafeLoader
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(data, dict):
