@@ -72,3 +72,21 @@ def test_stopping_the_broker_sends_sigterm_again_until_it_exits(tmp_path):
     broker.stop()
     assert process.returncode == 0 and broker.process is None
     assert time.monotonic() - started < 5  # not the 10 s of the wait's limit
+
+
+def test_after_a_long_outage_the_backlog_flows_within_seconds_of_the_broker_coming_back(broker, tmp_path, subscribe, make_result):
+    # paho waits 1 s before its first try and doubles the wait: after 16 s down, with the
+    # usual 30 s cap its next try would come 15 s after the broker is back; the cap of 5 s
+    # (RECONNECT_DELAY_S) brings it within 5 s. A triggered camera's verdicts wait as long.
+    publisher = MqttPublisher(parse_broker_url(broker.url), "line1", tmp_path / "spool.db")
+    try:
+        broker.stop()
+        publisher.handle(make_result(0))
+        time.sleep(16)
+        broker.start()
+        back = time.monotonic()
+        consumer = subscribe(broker, [DEFECT])
+        assert consumer.wait_for(lambda: consumer.on(DEFECT), timeout=7), "not delivered within 7 s of the broker's return"
+        assert time.monotonic() - back < 7
+    finally:
+        publisher.close()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.sinks.broker import BrokerConfig
+from edge.sinks.broker import RECONNECT_DELAY_S, BrokerConfig
 from edge.method.inspection import FrameJudge
 from edge.sinks.mqtt import SCHEMA_VERSION, MqttPublisher, iso_utc
 from edge.results import FrameResult
@@ -197,7 +197,7 @@ class CommandListener:
         )
         broker.apply_to(self._client)
         self._client.max_queued_messages_set(MAX_QUEUED_ANSWERS)
-        self._client.reconnect_delay_set(1, 30)
+        self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

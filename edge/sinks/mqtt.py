@@ -30,7 +30,7 @@ from typing import NamedTuple
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.sinks.broker import BrokerConfig, BrokerError, BrokerTlsFailed, connect_client, connection_failed, refused, silent
+from edge.sinks.broker import RECONNECT_DELAY_S, BrokerConfig, BrokerError, BrokerTlsFailed, connect_client, connection_failed, refused, silent
 from edge.results import FrameResult
 from edge.sinks.spool import Spool, SpoolError
 from edge.sinks.topics import check_names, topic_problem
@@ -43,7 +43,6 @@ QOS_STATS = 0  # superseded every few seconds; losing one costs nothing
 IN_FLIGHT = 20  # messages handed to paho and not yet acknowledged (paho's default window)
 MEMORY_QUEUE_LIMIT = 1000  # defect events held in memory while the spool is full (about 1 kB each)
 KEEPALIVE_S = 30
-RECONNECT_DELAY_S = (1, 30)  # paho doubles the delay after each failed attempt, up to the maximum
 PROBLEM_INTERVAL_S = 60.0  # while the broker cannot be used, find out why and say so this often
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.sinks.broker import BrokerConfig
+from edge.sinks.broker import RECONNECT_DELAY_S, BrokerConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class TriggerSubscriber:
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=paho.MQTTv311
         )
         broker.apply_to(self._client)
-        self._client.reconnect_delay_set(1, 30)
+        self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda client, userdata, mid, reason_codes, properties: self.subscribed.set()
