@@ -133,7 +133,6 @@ class MqttPublisher:
         self.last_broker_problem: str | None = None  # the latest cause in this run, kept after recovery (stats)
         self._problem_logged: tuple[str, float] | None = None  # (what, when) was last logged
         self.disconnected_since: float | None = time.monotonic()  # None while connected (health, metrics)
-        _OPEN_PUBLISHERS.add(self)
         self._stop_probing = threading.Event()
         self.lost = self.undelivered = self.set_aside = 0  # for the exit code; lost and undelivered set by close()
 
@@ -154,6 +153,7 @@ class MqttPublisher:
         self._sender.start()
         self._prober = threading.Thread(target=self._probe_loop, name=f"mqtt-prober-{camera_id[:64]}", daemon=True)
         self._prober.start()
+        _OPEN_PUBLISHERS.add(self)
         left = self.spool.depth()
         if left:
             log.info("%d message(s) left in spool %s by a previous run; delivering them first", left, spool_path)
