@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edge.monitoring.camera import WatchedCamera
 
-DEFAULT_GRACE_S = 60.0  # longer than the longest reconnect backoff of a camera (30 s) or a broker (5 s)
+DEFAULT_GRACE_S = 60.0  # well beyond the longest reconnect wait of a camera or a broker (5 s)
 
 
 @dataclass

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 # Network streams: give up opening or reading after this long, so a dead camera
 # turns into a reconnect instead of a read that blocks forever.
 STREAM_TIMEOUT_MS = 10_000
-RECONNECT_BACKOFF_S = (0.5, 30.0)
+# A camera that drops is tried again after 0.5 s, the wait doubling up to 5 s: a camera
+# plugged back in or rebooted is inspected again within 5 s (each failed try logs at INFO).
+RECONNECT_BACKOFF_S = (0.5, 5.0)
 
 
 class SourceError(Exception):
