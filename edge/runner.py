@@ -32,6 +32,7 @@ from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.logs import set_camera
+from edge.paths import make_folder
 from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
@@ -255,7 +256,7 @@ def open_publisher(broker, camera_id, topic_prefix, spool, manifest, stats_sourc
 
     spool = spool or default_spool_path(camera_id)
     try:
-        spool.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(spool.parent)
     except OSError as exc:
         raise SpoolError(f"cannot create the spool folder {spool.parent}: {exc.strerror or exc}") from None
     return MqttPublisher(

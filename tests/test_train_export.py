@@ -172,6 +172,21 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     assert state["epoch"] == 3 and state["config"]["max_images_seen"] == 0
 
 
+@pytest.mark.parametrize("command", ["train", "export", "evaluate"])
+def test_a_file_in_the_way_of_the_output_folder_is_named(parts, trained, exported, bottle_dir, tmp_path, command):
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    args = {
+        "train": ["train", str(parts), "--out", str(blocker / "bottle"), "--input-size", "32", "--width", "4", "--epochs", "1"],
+        "export": ["export", str(trained), "--out", str(blocker / "bottle" / "m.onnx")],
+        "evaluate": ["evaluate", str(exported[0]), str(bottle_dir), "--out", str(blocker / "eval")],
+    }[command]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"{blocker} is a file, not a folder" in result.output and "Traceback" not in result.output
+    assert blocker.read_text() == "not a folder"
+
+
 def test_the_printed_next_step_pastes_into_a_shell(parts, tmp_path):
     run = tmp_path / "line 1's run"
     args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1", "--epochs", "1"]

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from edge.method.anomaly_map import DEFAULT_SCORE_REFERENCE, SCORE_TOP_FRACTION, describe_score
+from edge.paths import make_folder
 
 # What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
 MAP_DESCRIPTIONS = {
@@ -319,7 +320,7 @@ def build_kernels(
 
     try:
         arch = check_arch(arch or arch_for(cuda_device().compute_capability))
-        out.mkdir(parents=True, exist_ok=True)  # before the compile, which takes a while
+        make_folder(out)  # before the compile, which takes a while
         path = save_prebuilt(compile_kernels(arch), out)
     except GpuUnavailable as missing:
         typer.echo(f"error: {missing}, so no GPU to compile for; pass --arch, e.g. --arch sm_87 for a Jetson Orin", err=True)

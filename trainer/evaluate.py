@@ -34,6 +34,7 @@ from edge.method.anomaly_map import describe_score
 from edge.method.preprocess import prepare, read_image
 from edge.method.roi import Roi
 from edge.method.regions import defect_boxes
+from edge.paths import make_folder
 from trainer.data import load_images
 from trainer.metrics import (
     image_auroc,
@@ -74,7 +75,7 @@ def evaluate(model_path: str | Path, category_dir: str | Path, out_dir: str | Pa
     """
     model_path, category_dir, out_dir = Path(model_path), Path(category_dir), Path(out_dir)
     items = load_test_set(category_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     with OnnxCpuBackend(model_path) as backend:
         manifest = backend.manifest
         scored = []

@@ -37,6 +37,7 @@ from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants
 from edge.method.roi import Roi
 from edge.method.threshold import check_false_alarm_rate
+from edge.paths import make_folder
 from trainer.calibrate import calibrate_threshold
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
@@ -301,7 +302,7 @@ def export_onnx(
         map_c = gms_constant(held_out_images, MapSpec(per_channel=map_channels == "rgb"))
     masks = fixed_masks(height, width, spec, seed)
     variants = masked_variants(held_out_images[0], masks)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out_path.parent)
     float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
     write_onnx(model, torch.from_numpy(variants[:2]), float_path)
     diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)

@@ -40,6 +40,7 @@ from edge.method.masks import (
 )
 from edge.method.anomaly_map import GMS_C, MapSpec, gms_constant
 from edge.method.roi import Roi
+from edge.paths import make_folder
 from trainer.data import HOLDOUT_FRACTION, MIN_HELD_OUT, GoodImages, find_training_set, input_shape, load_images
 from trainer.losses import RiadLoss
 from trainer.model import UNet
@@ -421,6 +422,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
         seconds = checkpoint.get("train_seconds", 0.0)
     elif path.exists():
         raise TrainError(f"{path} already exists; use --resume to continue it or choose another --out")
+    try:  # before the minutes of reading images, not after
+        make_folder(out_dir)
+    except OSError as exc:
+        raise TrainError(f"cannot write the run into {out_dir}: {exc.strerror or exc}") from None
 
     def save() -> None:
         _save_atomically(
@@ -451,7 +456,6 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
     loss_fn = build_loss(config, images.images.numpy())
     if config.loss_gms != "paper":
         tqdm.write(f"loss: GMS c {loss_fn.gms_c:.2e}, {'per channel' if loss_fn.per_channel else 'grey'}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     crop, spec = crop_shape(shape, config.crop_size), config.mask_spec
     epochs = planned_epochs(config, len(images))
     if epochs < config.epochs:

@@ -27,6 +27,7 @@ import cv2
 
 from edge.sinks.overlay import encode_jpeg
 from edge.method.preprocess import to_rgb8
+from edge.paths import make_folder
 from edge.results import FrameResult
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,7 @@ class SnapshotSaver:
         if not limit_mb >= 0:  # NaN too
             raise ValueError(f"snapshot limit must be 0 (none) or a positive size in MB, not {limit_mb}")
         self.save_dir = Path(save_dir)
-        for folder in (self.save_dir, *self.save_dir.parents):  # mkdir's own words for this: "File exists"
-            if folder.exists() and not folder.is_dir():
-                raise NotADirectoryError(f"{folder} is a file, not a folder")
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.save_dir)
         # A folder we cannot write (read-only mount, another owner) is a setup error: say so at start,
         # not as "0 defective frames saved" at the end. A full disk instead is retried per defect.
         with tempfile.TemporaryFile(dir=self.save_dir):

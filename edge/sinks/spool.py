@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.paths import make_folder
+
 
 def default_spool_path(camera_id: str) -> Path:
     """Undelivered MQTT events survive restarts here (XDG state folder)."""
@@ -79,10 +81,8 @@ class Spool:
     def _take_process_lock(self):
         if self.path.is_dir():
             raise SpoolError(f"spool {self.path} is a folder; give a file in it, such as {self.path / 'line.spool'}")
-        if self.path.parent.exists() and not self.path.parent.is_dir():
-            raise SpoolError(f"cannot open spool {self.path}: {self.path.parent} is a file, not a folder")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(self.path.parent)
             lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 (held open: the lock)
         except OSError as e:
             raise SpoolError(f"cannot open spool {self.path}: {e.strerror or e}") from None
