@@ -18,13 +18,13 @@ from edge.method.anomaly_map import (
     MapSpec,
     anomaly_map,
     compared_planes,
+    map_channels_for,
     raw_anomaly_map,
     raw_anomaly_map_pair_by_pair,
 )
 from edge.method.preprocess import prepare, read_image
 from tests.conftest import DATA
 from trainer.data import load_images
-from trainer.export import map_channels_for
 
 SHAPE = (128, 128)
 PATCH = (slice(40, 72), slice(48, 80))  # on the bottle's body

@@ -11,7 +11,7 @@ import typer
 from edge.method.anomaly_map import DEFAULT_SCORE_REFERENCE, SCORE_TOP_FRACTION, describe_score
 from edge.paths import make_folder
 
-# What export's summary says of the manifest's map_channels (trainer.export.map_channels_for).
+# What export's summary says of the manifest's map_channels (edge.method.anomaly_map.map_channels_for).
 MAP_DESCRIPTIONS = {
     "rgb": "gradients of R, G and B each (the training images have colour)",
     "grey": "gradients of the grey image (the training images are grey)",

@@ -27,6 +27,7 @@ from edge.method.anomaly_map import (
     MapSpec,
     default_sigma,
     gms_constant,
+    map_channels_for,
     score_weight,
     usable_gms_constant,
     usable_top_fraction,
@@ -202,15 +203,6 @@ def inference_cell_sizes(config: TrainConfig, chosen: tuple[int, ...] | None) ->
             + (f", not {', '.join(map(str, unknown))}" if unknown else "; none were given")
         )
     return tuple(sorted(set(chosen)))
-
-
-def map_channels_for(images: np.ndarray) -> str:
-    """The manifest's map_channels for a part seen in these (N, 3, H, W) images: "rgb" when
-    any has colour, so a defect that differs from the part only in hue still shows;
-    "grey" when every pixel's channels are equal (a grey camera, grey files), where the
-    per-channel map would measure the same thing at three times the work."""
-    colour = any(not (np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])) for image in images)
-    return "rgb" if colour else "grey"
 
 
 def export_onnx(

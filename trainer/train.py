@@ -38,7 +38,7 @@ from edge.method.masks import (
     check_input_size,
     make_masks,
 )
-from edge.method.anomaly_map import GMS_C, MapSpec, gms_constant
+from edge.method.anomaly_map import GMS_C, MapSpec, gms_constant, map_channels_for
 from edge.method.roi import Roi
 from edge.paths import make_folder
 from trainer.data import HOLDOUT_FRACTION, MIN_HELD_OUT, GoodImages, find_training_set, input_shape, load_images
@@ -265,7 +265,6 @@ def build_loss(config: TrainConfig, images: np.ndarray | None = None) -> RiadLos
     the part seen in `images` (N, 3, H, W), the training images."""
     if config.loss_gms == "paper":
         return RiadLoss(w_gms=config.w_gms, w_ssim=config.w_ssim, w_l2=config.w_l2)
-    from trainer.export import map_channels_for  # noqa: PLC0415 - export imports this module
     spec = MapSpec(per_channel=map_channels_for(images) == "rgb")
     c = gms_constant(images, spec) if config.loss_gms == "map" else GMS_C
     return RiadLoss(w_gms=config.w_gms, w_ssim=config.w_ssim, w_l2=config.w_l2, gms_c=c, per_channel=spec.per_channel)

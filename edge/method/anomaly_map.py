@@ -137,6 +137,15 @@ def smooth(amap: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(amap, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT_101)
 
 
+def map_channels_for(images: np.ndarray) -> str:
+    """The manifest's map_channels for a part seen in these (N, 3, H, W) images: "rgb" when
+    any has colour, so a defect that differs from the part only in hue still shows;
+    "grey" when every pixel's channels are equal (a grey camera, grey files), where the
+    per-channel map would measure the same thing at three times the work."""
+    colour = any(not (np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])) for image in images)
+    return "rgb" if colour else "grey"
+
+
 def compared_planes(image: np.ndarray, spec: MapSpec) -> list[np.ndarray]:
     """What the map compares, as (C, H, W) images that msgms_map greys: the whole image
     (its channel mean), or with spec.per_channel each channel alone, in RGB order."""
