@@ -459,8 +459,7 @@ class MqttPublisher:
             self._delete_delivered()
             # Held events handed to paho but never acknowledged are in no spool: back into the
             # spool with the rest (the disk may have room again), ahead of the newer ones.
-            unacknowledged = [held for held in self._in_flight.values() if isinstance(held, HeldEvent)]
-            self._memory_queue.extendleft(reversed(unacknowledged))
+            self._memory_queue.extendleft(reversed(self._held_in_flight()))
         self._spool_held_events(deadline=started + timeout)
         lost = len(self._memory_queue)
         self.undelivered = self.spool.depth()
@@ -477,8 +476,12 @@ class MqttPublisher:
 
     def only_in_memory(self) -> int:
         """Defect events in no spool (it was full): held, or sent from memory and not yet acknowledged."""
+        return len(self._memory_queue) + len(self._held_in_flight())
+
+    def _held_in_flight(self) -> list[HeldEvent]:
+        """Held events handed to paho and not yet acknowledged, in the order they were sent."""
         in_flight = list(self._in_flight.values())  # one C call: no other thread changes it midway
-        return len(self._memory_queue) + sum(isinstance(held, HeldEvent) for held in in_flight)
+        return [held for held in in_flight if isinstance(held, HeldEvent)]
 
     def _spool_held_events(self, deadline: float) -> None:
         """At shutdown, events held in memory go into the spool; while it is full, retried until
