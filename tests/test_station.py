@@ -116,6 +116,8 @@ def test_run_config_from_the_command_line(line):
          "line.yaml\", line 3"),  # where the second one is: "'cameras' is given twice\n  in \".../line.yaml\", line 3"
         ("cameras:\n  - {id: a, source: x, model: m.onnx, threshold: 0.2, threshold: 0.3}", "'threshold' is given twice"),
         ("cameras:\n  - {? [a]: 1, id: a, source: x, model: m.onnx}", "found unhashable key"),
+        ("cameras:\n  - {id: , source: x, model: m.onnx}", "camera 1 lacks 'id'"),  # not a camera called None
+        ("cameras:\n  - {id: a, source: x, model: [m.onnx]}", "model must be a name or path, not ['m.onnx']"),
     ],
 )
 def test_a_bad_config_is_refused_with_its_reason(tmp_path, text, problem):
@@ -124,6 +126,24 @@ def test_a_bad_config_is_refused_with_its_reason(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=None) as error:
         load_config(path)
     assert problem in str(error.value)
+
+
+def test_ids_and_paths_are_read_as_written_not_as_yaml_numbers_or_booleans(tmp_path):
+    # Unquoted, YAML reads 01 as 1, no as False, 12:30 as 750 and 2024.10 as a float:
+    # the topics would say riad/1/... where the user wrote 01, or the model path was a traceback.
+    path = tmp_path / "line.yaml"
+    path.write_text(
+        "topic_prefix: 2024\n"
+        "cameras:\n"
+        "  - {id: 01, source: 007, model: 2024.10, spool: 12}\n"
+        "  - {id: no, source: 0, model: m.onnx}\n"
+        "  - {id: 12:30, source: \"1\", model: m.onnx, threshold: 0.5}\n"
+    )
+    config = load_config(path)
+    assert [c.camera_id for c in config.cameras] == ["01", "no", "12:30"]
+    assert [c.source for c in config.cameras] == ["007", "0", "1"]
+    assert config.cameras[0].model == tmp_path / "2024.10" and config.cameras[0].spool == tmp_path / "12"
+    assert config.topic_prefix == "2024" and config.cameras[2].threshold == 0.5
 
 
 def test_paths_in_the_config_are_relative_to_it(tmp_path):

@@ -19,7 +19,8 @@
 
 Relative paths (model, spool, a file source) are relative to the config file. Unknown
 keys are errors: a misspelt `treshold` must not silently run with the default; so is a
-key given twice (YAML would keep the last).
+key given twice (YAML would keep the last). Ids, sources and paths are read as written:
+`id: 01` is camera 01, not the number 1.
 """
 
 from __future__ import annotations
@@ -65,26 +66,39 @@ class StationConfig:
     health_grace_s: float | None = None
 
 
-class _NoDuplicateKeys(yaml.SafeLoader):
-    """YAML's loaders keep the last of two equal keys. A second `cameras:` pasted below the first
-    would silently stop every camera of the first; a key given twice is an error instead."""
+# Keys whose values are names or paths: kept as written. YAML would read `id: 01` as the
+# number 1 (topics riad/1/... where the user wrote 01), `id: no` as False, `model: 2024.10`
+# as a float that is no path.
+_TEXT_KEYS = {"id", "source", "model", "spool", "ignore_mask", "broker", "topic_prefix", "metrics_host"}
+
+
+class _StationLoader(yaml.SafeLoader):
+    """YAML's safe loader with two changes for a config people type by hand.
+
+    A key given twice is an error: YAML keeps the last, so a second `cameras:` pasted below
+    the first would silently stop every camera of the first. And the values of _TEXT_KEYS
+    are the text as written (an empty one stays None: missing).
+    """
 
     def construct_mapping(self, node, deep=False):
         seen = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool, type(None))):
                 continue  # a list as a key: SafeLoader's own error names it
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
             seen.add(key)
+            plain_scalar = isinstance(value_node, yaml.ScalarNode) and value_node.style is None
+            if key in _TEXT_KEYS and plain_scalar and value_node.tag != "tag:yaml.org,2002:null":
+                value_node.tag = "tag:yaml.org,2002:str"
         return super().construct_mapping(node, deep)
 
 
 def load_config(path: Path) -> StationConfig:
     try:
         with open(path, encoding="utf-8") as stream:  # a stream: YAML's errors name the file
-            data = yaml.load(stream, Loader=_NoDuplicateKeys)  # noqa: S506 - a SafeLoader
+            data = yaml.load(stream, Loader=_StationLoader)  # noqa: S506 - a SafeLoader
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -141,11 +155,14 @@ def _camera(data, index: int, base: Path) -> CameraConfig:
     where = f"camera {index + 1}"
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping (id, source, model...)")
-    where = f"camera {data.get('id', index + 1)}"
+    where = f"camera {index + 1 if data.get('id') is None else data['id']}"
     _no_unknown(data, _CAMERA_KEYS, where)
     for key in ("id", "source", "model"):
-        if key not in data:
+        if data.get(key) is None:
             raise ConfigError(f"{where} lacks '{key}'")
+    for key in ("id", "source", "model", "spool", "ignore_mask"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{where}: {key} must be a name or path, not {data[key]!r}")
     camera_id = str(data["id"])
     if not camera_id or any(c in camera_id for c in "/+#"):
         raise ConfigError(f"{where}: id must be non-empty and contain no '/', '+' or '#'")
