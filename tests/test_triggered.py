@@ -202,6 +202,13 @@ def test_a_trigger_the_broker_delivers_again_is_answered_once(bottle_dir, tmp_pa
         (b"1234", "1234", None),
         (b'{"part_id": "A1", "frames": 2, "deadline_ms": 250}', "A1", None),
         (b'"quoted"', "quoted", None),
+        # Plain text is the part id as written, however JSON would read it.
+        (b"4711.10\n", "4711.10", None),
+        (b"1e5", "1e5", None),
+        (b"true", "true", None),
+        (b"0012", "0012", None),
+        (b'"unterminated', '"unterminated', None),
+        (b'{"part_id": "A1",}', None, "not valid JSON"),  # a typo in a JSON trigger is named, not taken as a part id
         (b"", None, "no part_id"),
         (b"[1, 2]", None, "JSON object"),
         (b'{"part_id": true}', None, "no part_id"),

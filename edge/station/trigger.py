@@ -56,10 +56,18 @@ def parse_trigger(
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
         return bad("trigger payload is not UTF-8 text")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = text  # a bare part id: what a simple PLC gateway sends
+    if text.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            return bad(f"trigger payload is not valid JSON ({exc}): {text[:80]!r}")
+    else:
+        # A bare part id, what a simple PLC gateway sends, as written: JSON would read
+        # 4711.10 as the number 4711.1, and 1e5 or true not as a part id at all.
+        try:
+            data = json.loads(text) if text.startswith('"') else text
+        except ValueError:
+            data = text
     if isinstance(data, (str, int)) and not isinstance(data, bool):
         data = {"part_id": data}
     if not isinstance(data, dict):
