@@ -37,6 +37,7 @@ def run(clip, model, *args, **kwargs):
     [
         (["--topic-prefix", "#"], "topic prefix '#' cannot be part of an MQTT topic: it contains the wildcard '#'"),
         (["--topic-prefix", "plant/+"], "wildcard '+'"),
+        (["--topic-prefix", "riad/"], "did you mean 'riad'?"),  # events would go to riad//<camera>/...
         (["--camera-id", "line#1"], "camera id 'line#1' cannot be part of an MQTT topic"),
         (["--camera-id", "x" * 70_000], "(70000 bytes)"),
         (["--topic-prefix", "p" * 70_000], "(70000 bytes)"),

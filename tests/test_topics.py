@@ -24,6 +24,10 @@ from edge.sinks.topics import MAX_TOPIC_BYTES, TopicError, check_names, topic_pr
         ("ri\nad", "line1", "control character '\\n'"),
         ("riad", "a/b", "contains '/'"),
         ("", "line1", "the topic prefix is empty"),
+        ("riad/", "line1", "topic prefix 'riad/' has an empty topic level (a leading, trailing or double '/'); did you mean 'riad'?"),
+        ("/plant//riad", "line1", "did you mean 'plant/riad'?"),
+        ("/", "line1", "empty topic level (a leading, trailing or double '/')"),
+        ("$SYS", "line1", "starts with '$'"),
         ("riad", "", "the camera id is empty"),
         ("riad", "\udcff", "not valid UTF-8"),  # what a command line of undecodable bytes gives
         ("riad", "x" * 70_000, "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (70000 bytes)"),
@@ -39,6 +43,7 @@ def test_names_the_broker_would_refuse_are_clear_errors(prefix, camera, message)
 
 def test_names_the_broker_takes():
     check_names("plant 1/riad", "Linie-3_ä")  # several prefix levels, spaces, any letters
+    check_names("riad", "$line1")  # '$' is only the broker's at the topic's start
     assert topic_problem("a" * MAX_TOPIC_BYTES) is None
     assert "over MQTT's limit" in topic_problem("é" * (MAX_TOPIC_BYTES // 2 + 1))  # counted in UTF-8 bytes
 

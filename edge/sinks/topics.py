@@ -56,6 +56,17 @@ def check_names(topic_prefix: str, camera_id: str) -> None:
         raise TopicError("the camera id is empty")
     if "/" in camera_id:
         raise TopicError(f"camera id {shown(camera_id)} contains '/'; it is one topic level")
+    if "" in topic_prefix.split("/"):
+        # Legal MQTT, but riad//line1/... is not what anyone subscribing to riad/# means.
+        levels = "/".join(level for level in topic_prefix.split("/") if level)
+        raise TopicError(
+            f"topic prefix {shown(topic_prefix)} has an empty topic level (a leading, trailing or double '/')"
+            + (f"; did you mean {shown(levels)}?" if levels else "")
+        )
+    if topic_prefix.startswith("$"):
+        # Brokers keep $-topics for themselves ($SYS): most refuse clients' publishes there,
+        # and a subscription to # does not see them.
+        raise TopicError(f"topic prefix {shown(topic_prefix)} starts with '$', which brokers keep for their own topics")
     for what, name in (("topic prefix", topic_prefix), ("camera id", camera_id)):
         problem = topic_problem(name)
         if problem:
