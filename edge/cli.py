@@ -244,6 +244,7 @@ def doctor_command(
     password: Password = None,
     tls_ca: TlsCa = None,
     spool_dir: Annotated[Path | None, typer.Option(help="Folder of the MQTT spool to check (default with --broker: ~/.local/state/riad-edge).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Check every camera of a station config (as run --config starts them): source, model, broker, spools.")] = None,
     log_level: LogLevel_ = LogLevel.warning,
     log_format: LogFormat_ = LogFormat.text,
 ) -> None:
@@ -251,16 +252,33 @@ def doctor_command(
 
     Checks the GPU, and what is given: the source, the model, the broker, and the spool
     (undelivered events wait there) with --broker or --spool-dir. So `doctor --model X`
-    checks only that X loads and scores here.
+    checks only that X loads and scores here. `--config line.yaml` checks each camera of a
+    station: its source, its model through its ROI, the file's broker and the spools.
 
-    Prints OK / WARN / FAIL per check with what to fix. Exit code 0 when nothing FAILs, 1 otherwise.
+    Prints OK / WARN / FAIL per check with what to fix. Exit code 0 when nothing FAILs, 1
+    otherwise; 2 for a config file that cannot be read.
     """
-    from edge.doctor import FAIL, format_table, run_checks
+    from edge.doctor import FAIL, format_table, run_checks, station_checks
     from edge.sinks.spool import default_spool_path
 
     configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(source)])
     if camera is not None and source is not None:
         raise typer.BadParameter("give one of --camera N or --source URI")
+    if config is not None:
+        from edge.runner import fail
+        from edge.station.config import ConfigError, load_config
+
+        if any(v is not None for v in (camera, source, model, spool_dir)):
+            raise typer.BadParameter("with --config the cameras, models and spools come from the file; give only broker and log options beside it")
+        try:
+            station = load_config(config)
+        except ConfigError as exc:
+            raise typer.Exit(fail(str(exc), 2)) from None
+        configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(station.broker),
+                                                  *(p for c in station.cameras for p in url_passwords(c.source))])
+        checks = station_checks(station, broker, username, password, tls_ca)
+        typer.echo(format_table(checks))
+        raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
     uri = str(camera) if camera is not None else source
     if spool_dir is None and broker is not None:
         spool_dir = default_spool_path("cam").parent

@@ -13,8 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.station.config import CameraConfig, StationConfig
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 SOURCE_TIMEOUT_S = 10.0
@@ -32,8 +36,9 @@ class Check:
 
 def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np.ndarray | None]:
     """Opens the source and waits for one frame; the frame is returned for the model check."""
-    from edge.sources.cameras import SourceError, open_source
+    from edge.sources.cameras import SourceError, open_source, quiet_opencv
 
+    quiet_opencv()
     try:
         source = open_source(uri)
     except SourceError as exc:
@@ -73,33 +78,44 @@ def check_gpu(model: Path | None) -> Check:
     return Check("gpu", WARN, f"{what}; ONNX models run on the CPU, slower", fix)
 
 
-def check_model(model: Path, frame: np.ndarray | None) -> Check:
-    """Loads the model as run would (manifest hash, engine built for this GPU) and scores a frame."""
+def check_model(model: Path, frame: np.ndarray | None, camera: CameraConfig | None = None, name: str = "model") -> Check:
+    """Loads the model as run would (manifest hash, engine built for this GPU) and scores a frame.
+
+    With a station `camera`, as that camera's run would: through its ROI, ignore mask and threshold.
+    """
     from edge.backends import BackendError, open_backend
     from edge.backends.engine_check import EngineMismatchError
     from edge.manifest import ManifestError
-    from edge.method.preprocess import prepare
+    from edge.method.inspection import FrameJudge
+    from edge.sources.cameras import Frame
 
     try:
         backend = open_backend(model)
     except EngineMismatchError as exc:
-        return Check("model", FAIL, str(exc), "build the engine on this device: riad-trainer build-engine MODEL.onnx")
+        return Check(name, FAIL, str(exc), "build the engine on this device: riad-trainer build-engine MODEL.onnx")
     except ManifestError as exc:
-        return Check("model", FAIL, str(exc), "use the model file together with the manifest it was exported with")
+        return Check(name, FAIL, str(exc), "use the model file together with the manifest it was exported with")
     except BackendError as exc:  # the runtime it needs is missing here (see the gpu line)
-        return Check("model", FAIL, str(exc), "set up the GPU path (docs/gpu.md), or pass the .onnx model to use the CPU")
+        return Check(name, FAIL, str(exc), "set up the GPU path (docs/gpu.md), or pass the .onnx model to use the CPU")
     with backend:
         m = backend.manifest
-        image = frame if frame is not None else np.full((m.input_height, m.input_width, 3), 128, np.uint8)
+        try:
+            judge = FrameJudge(backend, *((camera.threshold, camera.roi, camera.ignore) if camera else ()))
+        except ManifestError as exc:  # trained on another ROI than the camera's
+            return Check(name, FAIL, str(exc), "give the camera the roi the model was trained with, or train one for it")
+        roi = judge.roi
+        image = frame if frame is not None else np.full(
+            (roi.y + roi.height, roi.x + roi.width, 3) if roi else (m.input_height, m.input_width, 3), 128, np.uint8
+        )
         started = time.perf_counter()
         try:
-            score = backend.score(prepare(image, m.input_shape)).score
+            score = judge.judge(Frame(0, time.time(), time.monotonic(), image)).score
         except Exception as exc:  # noqa: BLE001 - any failure to score is this check's answer
-            return Check("model", FAIL, f"{model} loaded but could not score a frame: {exc}",
-                         "re-export the model with 'riad-trainer export'")
+            fix = "set the camera's roi inside its frames" if roi else "re-export the model with 'riad-trainer export'"
+            return Check(name, FAIL, f"{model} loaded but could not score a frame: {exc}", fix)
         took = (time.perf_counter() - started) * 1000
     what = "a camera frame" if frame is not None else "a grey test frame"
-    return Check("model", OK, f"{m.model_id} ({m.input_width}x{m.input_height} px, threshold {m.threshold:.4f}) on {backend.name}: "
+    return Check(name, OK, f"{m.model_id} ({m.input_width}x{m.input_height} px, threshold {judge.threshold:.4f}) on {backend.name}: "
                  f"{what} scored {score:.4f} in {took:.0f} ms")
 
 
@@ -167,6 +183,29 @@ def run_checks(source: str | None, model: Path | None, broker: str | None, usern
         checks.append(check_broker(broker, username, password, tls_ca))
     if spool_dir is not None:
         checks.append(check_spool(spool_dir))
+    return checks
+
+
+def station_checks(config: StationConfig, broker: str | None, username: str | None, password: str | None,
+                   tls_ca: Path | None) -> list[Check]:
+    """Every camera of a station config as `run --config` would start it: its source, and its
+    model through its ROI; the GPU once; the broker (`broker` wins over the file's, as in run);
+    each folder the cameras' spools are in."""
+    from edge.backends import ENGINE_SUFFIXES
+    from edge.sinks.spool import default_spool_path
+
+    checks = []
+    for camera in config.cameras:
+        check, frame = check_source(camera.source)
+        check.name = f"source {camera.camera_id}"
+        checks += [check, check_model(camera.model, frame, camera, f"model {camera.camera_id}")]
+    engines = [c.model for c in config.cameras if c.model.suffix.lower() in ENGINE_SUFFIXES]
+    checks.insert(0, check_gpu((engines or [config.cameras[0].model])[0]))
+    broker = broker or config.broker
+    if broker is not None:
+        checks.append(check_broker(broker, username, password, tls_ca))
+        folders = dict.fromkeys((c.spool or default_spool_path(c.camera_id)).parent for c in config.cameras)
+        checks += [check_spool(folder) for folder in folders]
     return checks
 
 

@@ -25,7 +25,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 
 from edge.backends import BackendError, open_backend
 from edge.sinks.broker import BrokerError, parse_broker_url
@@ -37,7 +36,7 @@ from edge.pipeline import Pipeline
 from edge.results import FrameResult
 from edge.sinks.ha_discovery import check_ha_prefix, ha_hooks, node_id
 from edge.sinks.snapshots import DEFAULT_LIMIT_MB, SnapshotSaver
-from edge.sources.cameras import SourceError, open_source, without_passwords
+from edge.sources.cameras import SourceError, open_source, quiet_opencv, without_passwords
 from edge.sinks.spool import SpoolError, default_spool_path
 from edge.sinks.topics import TopicError, check_names
 
@@ -117,9 +116,7 @@ def run_inspection(
     commands: bool = False,
 ) -> int:
     """Runs one inspection to its end and returns the process exit code."""
-    # We report failures ourselves, once, naming the URI; keep OpenCV and FFmpeg quiet.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    quiet_opencv()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

@@ -21,6 +21,7 @@ from edge.doctor import (
     check_spool,
 )
 from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.method.roi import Roi
 from tests.broker import USERS, free_port
 from tests.conftest import write_foreign_engine
 from tests.media import bottle_frames, write_image_folder, write_video
@@ -192,3 +193,53 @@ def test_cli_with_only_a_model_checks_only_the_gpu_and_the_model(tiny_onnx_model
 def test_cli_needs_at_most_one_source(tmp_path):
     code, output = doctor("--camera", 0, "--source", tmp_path)
     assert code == 2 and "one of --camera" in output
+
+
+def lines_by_camera_check(output: str) -> dict[str, str]:
+    """'source line1' -> its line: with --config each source and model line names its camera."""
+    return {" ".join(line.split()[:2]): line for line in output.splitlines() if line.split()[:1] in (["source"], ["model"])}
+
+
+def test_cli_config_checks_every_camera_as_run_config_would_start_it(bottle_dir, tmp_path, tiny_onnx_model, broker_with_login):
+    roi_model = tmp_path / "roi.onnx"  # the tiny model, as if trained on the frames' left half
+    roi_model.write_bytes(tiny_onnx_model.read_bytes())
+    manifest = Manifest.read(manifest_path(tiny_onnx_model))
+    manifest.model_file, manifest.roi = roi_model.name, Roi.parse("0,0,64,128").as_dict()
+    manifest.save(manifest_path(roi_model))
+    write_image_folder(tmp_path / "parts", bottle_frames(bottle_dir, 2), ["1.png", "2.png"])
+    config = tmp_path / "line.yaml"
+    config.write_text(
+        f"broker: mqtt://127.0.0.1:{free_port()}\n"  # nobody there: --broker wins over it, as in run
+        "cameras:\n"
+        f"  - {{id: line1, source: parts, model: {tiny_onnx_model}, spool: spools/line1.spool}}\n"
+        f"  - {{id: line2, source: parts, model: roi.onnx, roi: '0,0,64,128', spool: spools/line2.spool}}\n"
+        f"  - {{id: line3, source: '9', model: {tiny_onnx_model}, roi: '0,0,64,128', spool: other/line3.spool}}\n"
+    )
+    user, password = next(iter(USERS.items()))
+    code, output = doctor("--config", config, "--broker", broker_with_login.url, "--username", user, "--password", password)
+    cameras, checks = lines_by_camera_check(output), lines_by_check(output)
+    assert code == 1, output  # line3 cannot run
+    assert all(cameras[f"{what} {cam}"].split()[2] == OK for what in ("source", "model") for cam in ("line1", "line2")), output
+    assert "on cpu (onnxruntime): a camera frame scored" in cameras["model line2"]  # scored through its ROI
+    assert cameras["source line3"].split()[2] == FAIL and "camera 9" in cameras["source line3"]
+    # The whole-frame model on a camera with an ROI: what run --config would refuse at start.
+    assert cameras["model line3"].split()[2] == FAIL and "trained on the whole frame" in cameras["model line3"]
+    assert checks["broker"].split()[1] == OK and password not in output
+    assert f"{tmp_path / 'spools'}:" in output and f"{tmp_path / 'other'}:" in output  # each spool folder, once
+    assert "Traceback" not in output and "tcp @" not in output
+
+
+def test_cli_config_that_cannot_be_read_exits_2(tmp_path, tiny_onnx_model):
+    config = tmp_path / "line.yaml"
+    config.write_text("cameras: []\n")
+    code, output = doctor("--config", config)
+    assert code == 2 and output.startswith("error: ") and "lists no cameras" in output
+    code, output = doctor("--config", config, "--model", tiny_onnx_model)
+    assert code == 2 and "with --config the cameras, models and" in output
+
+
+def test_a_stream_that_cannot_be_opened_is_one_line_without_ffmpegs_own(tmp_path):
+    code, output = doctor("--source", f"rtsp://cam:pw-12345@127.0.0.1:{free_port()}/stream")
+    assert code == 1 and "cannot open stream rtsp://cam:***@127.0.0.1" in output
+    # FFmpeg's "[tcp @ 0x...] Connection to tcp://... failed" and OpenCV's "[ WARN:0@0.4] ..." stay out, as in run.
+    assert "tcp @" not in output and "WARN:0" not in output and "pw-12345" not in output

@@ -30,6 +30,7 @@ a wrong URI should fail loudly, and a service manager restarts us if the camera 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -342,6 +343,13 @@ def _path(uri: str, path: Path) -> VideoSource:
         )
     except SourceError:
         raise SourceError(f"{uri}: cannot read video file (corrupt, or a format FFmpeg does not know)") from None
+
+
+def quiet_opencv() -> None:
+    """We report a source's failures ourselves, once, naming the URI: keep OpenCV and FFmpeg
+    from printing their own lines ("[tcp @ 0x...] Connection refused", "[ WARN:0@0.4] ...")."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def open_source(uri: str) -> VideoSource:

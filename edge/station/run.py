@@ -8,11 +8,9 @@ settings or spool; 3 not one camera could be opened.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
-import cv2
 
 from edge.backends import BackendError
 from edge.sinks.broker import BrokerError, parse_broker_url
@@ -21,6 +19,7 @@ from edge.monitoring.logs import set_camera
 from edge.runner import EXIT_BAD_INPUT, EXIT_INSPECTION_FAILED, EXIT_OK, EXIT_SOURCE_UNAVAILABLE, _stop_on_signals, fail
 from edge.sinks.ha_discovery import check_ha_prefix
 from edge.sinks.spool import SpoolError
+from edge.sources.cameras import quiet_opencv
 from edge.station.config import StationConfig
 from edge.station.station import Station
 
@@ -46,8 +45,7 @@ def run_station(
     ha_prefix: str | None = None,
     commands: bool = False,
 ) -> int:
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    quiet_opencv()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     broker_url = broker_url or config.broker
