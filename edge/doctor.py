@@ -103,18 +103,23 @@ def check_model(model: Path, frame: np.ndarray | None, camera: CameraConfig | No
             judge = FrameJudge(backend, *((camera.threshold, camera.roi, camera.ignore) if camera else ()))
         except ManifestError as exc:  # trained on another ROI than the camera's
             return Check(name, FAIL, str(exc), "give the camera the roi the model was trained with, or train one for it")
-        roi = judge.roi
-        image = frame if frame is not None else np.full(
-            (roi.y + roi.height, roi.x + roi.width, 3) if roi else (m.input_height, m.input_width, 3), 128, np.uint8
-        )
+        roi, ignore = judge.roi, judge.ignore
+        if frame is None:  # a grey frame the camera's roi and ignore mask fit
+            if ignore is not None and ignore.image is not None:
+                size = ignore.image.shape
+            else:
+                size = (roi.y + roi.height, roi.x + roi.width) if roi else m.input_shape
+            frame = np.full((*size, 3), 128, np.uint8)
+            what = "a grey test frame"
+        else:
+            what = "a camera frame"
         started = time.perf_counter()
         try:
-            score = judge.judge(Frame(0, time.time(), time.monotonic(), image)).score
+            score = judge.judge(Frame(0, time.time(), time.monotonic(), frame)).score
         except Exception as exc:  # noqa: BLE001 - any failure to score is this check's answer
             fix = "set the camera's roi inside its frames" if roi else "re-export the model with 'riad-trainer export'"
             return Check(name, FAIL, f"{model} loaded but could not score a frame: {exc}", fix)
         took = (time.perf_counter() - started) * 1000
-    what = "a camera frame" if frame is not None else "a grey test frame"
     return Check(name, OK, f"{m.model_id} ({m.input_width}x{m.input_height} px, threshold {judge.threshold:.4f}) on {backend.name}: "
                  f"{what} scored {score:.4f} in {took:.0f} ms")
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from edge.doctor import (
@@ -243,3 +244,15 @@ def test_a_stream_that_cannot_be_opened_is_one_line_without_ffmpegs_own(tmp_path
     assert code == 1 and "cannot open stream rtsp://cam:***@127.0.0.1" in output
     # FFmpeg's "[tcp @ 0x...] Connection to tcp://... failed" and OpenCV's "[ WARN:0@0.4] ..." stay out, as in run.
     assert "tcp @" not in output and "WARN:0" not in output and "pw-12345" not in output
+
+
+def test_without_a_frame_the_model_is_scored_on_a_grey_frame_the_cameras_ignore_mask_fits(tmp_path, tiny_onnx_model):
+    from edge.doctor import check_model
+    from edge.method.roi import IgnoreMask
+    from edge.station.config import CameraConfig
+
+    mask = np.zeros((150, 200), np.uint8)
+    mask[:20] = 255  # a label strip along the top of a 200 x 150 frame
+    camera = CameraConfig("line1", "9", tiny_onnx_model, ignore=IgnoreMask(image=mask))
+    check = check_model(tiny_onnx_model, None, camera, "model line1")  # the camera gave no frame
+    assert check.status == OK and "a grey test frame scored" in check.detail, check.detail
