@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -15,3 +18,18 @@ def make_folder(folder: Path) -> None:
         if candidate.exists() and not candidate.is_dir():
             raise NotADirectoryError(f"{candidate} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def replaced_when_done(path: Path) -> Iterator[Path]:
+    """Write `path` as `<path>.partial`, the path this yields; it replaces `path` only when the block ends well.
+
+    A model is often written over the one a line runs: an export that fails its checks or
+    is stopped halfway must leave that one as it was, not a half-written or deleted file.
+    """
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

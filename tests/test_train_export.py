@@ -55,7 +55,7 @@ from trainer.train import (
     training_step,
 )
 from trainer.train import recombine as torch_recombine
-from tests.conftest import fill
+from tests.conftest import fill, write_tiny_onnx
 
 TINY = {"input_size": 32, "base_width": 4, "batch_size": 2, "epochs": 1}
 
@@ -533,6 +533,31 @@ def test_export_errors(trained, tmp_path):
     with pytest.raises(DataError, match=copies[-1].name):
         export_onnx(damaged, tmp_path / "out" / "m.onnx")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("failure", ["check against torch", "ctrl-c while scoring"])
+def test_a_failed_re_export_leaves_the_deployed_model_as_it_was(trained, tmp_path, monkeypatch, failure):
+    import trainer.export as export
+
+    deployed = tmp_path / "engines" / "part.onnx"
+    deployed.parent.mkdir()
+    write_tiny_onnx(deployed)  # the model the line runs now
+    manifest = Manifest.for_model(deployed)
+    before = deployed.read_bytes(), manifest_path(deployed).read_bytes()
+    if failure == "check against torch":
+        monkeypatch.setattr(export, "diff_problem", lambda *_: "by 1.00e+00 (limit 1e-04)")
+        expected = pytest.raises(ExportError, match="nothing was written")
+    else:
+        def interrupted(*_args, **_kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(export, "calibrate_threshold", interrupted)
+        expected = pytest.raises(KeyboardInterrupt)
+    with expected:
+        export_onnx(trained, deployed)
+    assert (deployed.read_bytes(), manifest_path(deployed).read_bytes()) == before
+    assert Manifest.for_model(deployed) == manifest  # still a model the edge runs
+    assert sorted(p.name for p in deployed.parent.iterdir()) == [deployed.name, manifest_path(deployed).name]
 
 
 def test_export_with_fewer_cell_sizes_masks_with_those_alone(trained, tmp_path):

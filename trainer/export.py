@@ -38,7 +38,7 @@ from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants
 from edge.method.roi import Roi
 from edge.method.threshold import check_false_alarm_rate
-from edge.paths import make_folder
+from edge.paths import make_folder, replaced_when_done
 from trainer.calibrate import calibrate_threshold
 from trainer.data import load_images
 from trainer.quantize import CALIBRATION_IMAGES, quantize_int8
@@ -295,60 +295,63 @@ def export_onnx(
     masks = fixed_masks(height, width, spec, seed)
     variants = masked_variants(held_out_images[0], masks)
     make_folder(out_path.parent)
-    float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else out_path
-    write_onnx(model, torch.from_numpy(variants[:2]), float_path)
-    diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
-    if int8:
-        calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width), config.roi)
-        try:
-            quantize_int8(float_path, out_path, calibration_images, masks, INPUT_NAME)
-        finally:
-            float_path.unlink()
-        diff = check_against_torch(model, out_path, variants, MAX_ABS_DIFF_INT8, MAX_ABS_DIFF_INT8_ANY)
+    # A re-export over a deployed model that fails its checks, or is stopped halfway, leaves
+    # that model and its manifest as they were.
+    with replaced_when_done(out_path) as partial:
+        float_path = out_path.with_name(out_path.stem + ".float.tmp.onnx") if int8 else partial
+        write_onnx(model, torch.from_numpy(variants[:2]), float_path)
+        diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
+        if int8:
+            calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width), config.roi)
+            try:
+                quantize_int8(float_path, partial, calibration_images, masks, INPUT_NAME)
+            finally:
+                float_path.unlink()
+            diff = check_against_torch(model, partial, variants, MAX_ABS_DIFF_INT8, MAX_ABS_DIFF_INT8_ANY)
 
-    sha = file_sha256(out_path)
-    manifest = Manifest(
-        model_id=f"{state['category']}-w{config.base_width}-{width}x{height}{'-int8' if int8 else ''}-{sha[:8]}",
-        category=state["category"],
-        input_height=height,
-        input_width=width,
-        model_width=config.base_width,
-        precision="int8" if int8 else "fp32",
-        threshold=float("nan"),  # set below, from this very file's scores
-        model_file=out_path.name,
-        model_sha256=sha,
-        cell_sizes=list(spec.cell_sizes),
-        num_sets=spec.num_sets,
-        mask_seed=seed,
-        map_sigma=default_sigma(height, width),
-        map_c=map_c,
-        map_channels=map_channels,
-        score_top_fraction=score_top_fraction,
-        roi=Roi.parse(config.roi).as_dict() if config.roi else {},
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        training_fingerprint=state["fingerprint"],
-        recipe=config.to_dict(),
-    )
-    with OnnxCpuBackend(out_path, manifest=manifest) as backend:
-        # The reference comes from training images and the threshold from the held-out
-        # ones, so the held-out scores are those of parts the reference has not seen.
-        if reference_paths:
-            good = load_images(reference_paths, (height, width), config.roi)
-            statistics = reference_anomaly_maps(backend, good)
-            manifest = with_reference_maps(manifest, statistics, reference_statistic, score_reference)
-            backend.manifest = manifest
-        calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
-    threshold = calibration.pop("threshold")
-    metrics = {
-        "calibration": calibration,
-        "reference_images": len(reference_paths),
-        "reference_statistic": reference_statistic if reference_paths else None,
-        "score_reference": None if manifest.score_reference == "mean" else manifest.score_reference,
-        "epochs_trained": state["epoch"],
-        "final_train_loss": state["losses"][-1],
-        "onnx_max_abs_diff": diff,
-    }
+        sha = file_sha256(partial)
+        manifest = Manifest(
+            model_id=f"{state['category']}-w{config.base_width}-{width}x{height}{'-int8' if int8 else ''}-{sha[:8]}",
+            category=state["category"],
+            input_height=height,
+            input_width=width,
+            model_width=config.base_width,
+            precision="int8" if int8 else "fp32",
+            threshold=float("nan"),  # set below, from this very file's scores
+            model_file=out_path.name,
+            model_sha256=sha,
+            cell_sizes=list(spec.cell_sizes),
+            num_sets=spec.num_sets,
+            mask_seed=seed,
+            map_sigma=default_sigma(height, width),
+            map_c=map_c,
+            map_channels=map_channels,
+            score_top_fraction=score_top_fraction,
+            roi=Roi.parse(config.roi).as_dict() if config.roi else {},
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            training_fingerprint=state["fingerprint"],
+            recipe=config.to_dict(),
+        )
+        with OnnxCpuBackend(partial, manifest=manifest) as backend:
+            # The reference comes from training images and the threshold from the held-out
+            # ones, so the held-out scores are those of parts the reference has not seen.
+            if reference_paths:
+                good = load_images(reference_paths, (height, width), config.roi)
+                statistics = reference_anomaly_maps(backend, good)
+                manifest = with_reference_maps(manifest, statistics, reference_statistic, score_reference)
+                backend.manifest = manifest
+            calibration = calibrate_threshold(backend, held_out_images, false_alarm_rate)
+        threshold = calibration.pop("threshold")
+        metrics = {
+            "calibration": calibration,
+            "reference_images": len(reference_paths),
+            "reference_statistic": reference_statistic if reference_paths else None,
+            "score_reference": None if manifest.score_reference == "mean" else manifest.score_reference,
+            "epochs_trained": state["epoch"],
+            "final_train_loss": state["losses"][-1],
+            "onnx_max_abs_diff": diff,
+        }
     manifest = replace(manifest, threshold=threshold, metrics=metrics)
     manifest.save(manifest_path(out_path))
     return manifest
