@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from edge.backends.gpu_available import cuda_device, import_tensorrt
 from edge.backends.kernel_binary import CompiledKernels, KernelCompileError, NvccNotFound, arch_for, kernels_for_engine
 from edge.manifest import Manifest, file_sha256, manifest_path
+from edge.paths import make_folder, replaced_when_done
 
 if TYPE_CHECKING:
     import tensorrt
@@ -155,9 +156,10 @@ def build_engine(
         raise EngineBuildError(
             "TensorRT could not build the engine (see its messages above)"
         )
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(memoryview(serialized))
+    make_folder(engine_path.parent)
     source.kernels = kernels.save(cubin_path(engine_path))
+    with replaced_when_done(engine_path) as partial:  # a kill mid-write leaves the old engine whole
+        partial.write_bytes(memoryview(serialized))
     if timing_cache:
         timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
 

@@ -32,6 +32,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.paths import replaced_when_done
+
 log = logging.getLogger(__name__)
 
 KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"  # edge/kernels
@@ -119,9 +121,8 @@ class CompiledKernels:
     def save(self, path: Path) -> dict:
         """Write the cubin (whole or not at all); returns its manifest section."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(self.cubin)
-        os.replace(partial, path)
+        with replaced_when_done(path) as partial:
+            partial.write_bytes(self.cubin)
         return {
             "file": path.name,
             "sha256": hashlib.sha256(self.cubin).hexdigest(),
