@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import json
 import math
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from edge.method.anomaly_map import MapSpec, score_margin, scored_part, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
+from edge.paths import replaced_when_done
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
 # (reference_map). Version 3: the image score may be the mean of the map's highest pixels
@@ -160,13 +160,8 @@ class Manifest:
         """Write the manifest whole or not at all: `riad-edge calibrate` rewrites a working
         model's manifest in place, and a kill or a full disk mid-write must leave the old one."""
         path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        try:
+        with replaced_when_done(path) as partial:
             partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod
