@@ -256,3 +256,12 @@ def test_without_a_frame_the_model_is_scored_on_a_grey_frame_the_cameras_ignore_
     camera = CameraConfig("line1", "9", tiny_onnx_model, ignore=IgnoreMask(image=mask))
     check = check_model(tiny_onnx_model, None, camera, "model line1")  # the camera gave no frame
     assert check.status == OK and "a grey test frame scored" in check.detail, check.detail
+
+
+def test_a_model_trained_on_an_roi_is_checked_through_it_without_a_config(tmp_path, tiny_onnx_model):
+    # `doctor --model X` (the compose file's engine check) must not fail a model for its ROI.
+    manifest = Manifest.for_model(tiny_onnx_model)
+    manifest.roi = Roi.parse("10,10,64,64").as_dict()
+    manifest.save(manifest_path(tiny_onnx_model))
+    code, output = doctor("--model", tiny_onnx_model)
+    assert code == 0 and "a grey test frame scored" in lines_by_check(output)["model"], output
