@@ -25,7 +25,6 @@ from edge.backends import open_backend
 from edge.manifest import Manifest, manifest_path
 from edge.method.inspection import CorruptFrameError, FrameJudge
 from edge.method.preprocess import IMAGE_SUFFIXES, list_images, read_image
-from edge.method.roi import Roi
 from edge.method.threshold import check_false_alarm_rate, threshold_from_scores
 from edge.sinks.snapshots import SNAPSHOT_NAME
 from edge.sources.cameras import Frame
@@ -89,7 +88,7 @@ def calibrate_model(
                 f"{model_path} cannot run on this machine (it falls back to {backend.manifest.model_file}); "
                 "calibrate the engine on the device it was built for, or calibrate the .onnx model"
             )
-        judge = FrameJudge(backend, roi=Roi.from_dict(manifest.roi) if manifest.roi else None)
+        judge = FrameJudge(backend, roi=manifest.crop)
         scores, skipped = {}, {}
         for index, path in enumerate(paths):
             try:

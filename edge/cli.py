@@ -184,7 +184,8 @@ def _run_station(config, *, camera, source, model, mode, deadline_ms, threshold,
         if threshold is not None and not math.isfinite(threshold):
             raise typer.BadParameter(f"--threshold must be a finite number, not {threshold}")
         uri = str(camera) if camera is not None else source
-        station = StationConfig([CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool)], topic_prefix=topic_prefix)
+        one = CameraConfig(camera_id, uri, model, mode, threshold, deadline_ms / 1000.0, spool, roi_from_model=True)
+        station = StationConfig([one], topic_prefix=topic_prefix)
     metrics_port, metrics_host, health_grace = monitoring  # given on the command line: they win over the file's
     station.metrics_port = metrics_port or station.metrics_port
     station.metrics_host = metrics_host or station.metrics_host

@@ -87,7 +87,6 @@ def check_model(model: Path, frame: np.ndarray | None, camera: CameraConfig | No
     from edge.backends.engine_check import EngineMismatchError
     from edge.manifest import ManifestError
     from edge.method.inspection import FrameJudge
-    from edge.method.roi import Roi
     from edge.sources.cameras import Frame
 
     try:
@@ -102,7 +101,7 @@ def check_model(model: Path, frame: np.ndarray | None, camera: CameraConfig | No
         m = backend.manifest
         try:
             # Without a camera, through the ROI the model was trained on, as calibrate scores.
-            settings = (camera.threshold, camera.roi, camera.ignore) if camera else (None, Roi.from_dict(m.roi) if m.roi else None)
+            settings = (camera.threshold, camera.roi, camera.ignore) if camera else (None, m.crop)
             judge = FrameJudge(backend, *settings)
         except ManifestError as exc:  # trained on another ROI than the camera's
             return Check(name, FAIL, str(exc), "give the camera the roi the model was trained with, or train one for it")

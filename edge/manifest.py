@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.method.anomaly_map import MapSpec, score_margin, scored_part, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
+from edge.method.roi import Roi
 from edge.paths import replaced_when_done
 
 # Version 2: the map may be per channel (map_channels) and has a reference map to subtract
@@ -93,7 +94,8 @@ class Manifest:
     # (edge/backends/kernel_binary.py): file, sha256, arch, compiler, source_sha256. Empty before.
     kernels: dict = field(default_factory=dict)
     # The crop the model was trained on (riad-trainer train --roi): x, y, width, height,
-    # rotate; empty for whole frames. The edge refuses a camera with another ROI.
+    # rotate; empty for whole frames. One camera's `run` crops its frames to it; a station
+    # camera states its roi, and the edge refuses a camera with another one.
     roi: dict = field(default_factory=dict)
     # What a defect-free part's anomaly map looks like (edge.method.anomaly_map.excess_over_reference),
     # measured at export: height, width, float16_base64, at 1/REFERENCE_SCALE of the input
@@ -113,6 +115,11 @@ class Manifest:
     def input_shape(self) -> tuple[int, int]:
         """(height, width) of the network input, as edge.method.preprocess.prepare takes it."""
         return self.input_height, self.input_width
+
+    @property
+    def crop(self) -> Roi | None:
+        """The ROI the model was trained on (`roi`), or None for whole frames."""
+        return Roi.from_dict(self.roi) if self.roi else None
 
     @property
     def mask_spec(self) -> MaskSpec:

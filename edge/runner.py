@@ -29,6 +29,7 @@ from typing import Protocol
 from edge.backends import BackendError, open_backend
 from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
+from edge.method.inspection import FrameJudge
 from edge.monitoring.camera import WatchedCamera
 from edge.monitoring.logs import set_camera
 from edge.paths import make_folder
@@ -167,7 +168,11 @@ def run_inspection(
                 return fail(str(exc), EXIT_BAD_INPUT)
             sinks.append(live)
             print(f"live view: {live.url}" + (" (password required)" if view_password else ""))
-        pipeline = Pipeline(source, backend, sinks, threshold=threshold, max_frames=max_frames)
+        # One camera's frames are cropped as the model's training images were (train --roi).
+        crop = backend.manifest.crop
+        if crop is not None:
+            print(f"roi: {crop.spec()} (the crop the model was trained on)")
+        pipeline = Pipeline(source, backend, sinks, max_frames=max_frames, judge=FrameJudge(backend, threshold, crop))
         publisher = None
         if broker is not None:
             try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +72,31 @@ def test_a_defect_inside_the_roi_alarms_outside_or_under_the_mask_it_does_not(bo
                 for b in inside.boxes]  # fmt: skip
     masked = FrameJudge(backend, roi=ROI, ignore=IgnoreMask(polygons=polygons)).judge(frame_of(conveyor(broken)))
     assert not masked.is_defect and masked.score < inside.score
+
+
+def test_one_cameras_run_crops_its_frames_as_the_model_was_trained(bottle_dir, roi_model, tmp_path):
+    # `run` has no --roi: the model's own crop is the camera's (it was trained on this camera's frames).
+    good = read_image(bottle_dir / "test" / "good" / "000.png")
+    broken = read_image(bottle_dir / "test" / "broken_large" / "003.png")
+    line = tmp_path / "line"
+    line.mkdir()
+    cv2.imwrite(str(line / "1.png"), conveyor(good, left=broken))  # a broken bottle beside the ROI: not this part
+    cv2.imwrite(str(line / "2.png"), conveyor(broken))
+    done = subprocess.run([sys.executable, "-c", "from edge.cli import app; app()", "run", "--source", str(line), "--model", str(roi_model)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "roi: 400,60,900,900 (the crop the model was trained on)" in done.stdout
+    judge = FrameJudge(OnnxCpuBackend(roi_model), roi=ROI)
+    expected = judge.judge(frame_of(conveyor(broken)))
+    defects = [line for line in done.stdout.splitlines() if line.startswith("DEFECT")]
+    assert len(defects) == 1 and "frame 1 " in defects[0] and f"score {expected.score:.4f}" in defects[0], done.stdout
+    box = expected.boxes[0]
+    assert f"x={box.x} y={box.y} w={box.width} h={box.height}" in defects[0]  # in the frame's pixels
+
+
+def test_a_station_camera_without_its_models_roi_is_told_which_to_give(roi_model):
+    with pytest.raises(ManifestError, match=r"looks at the whole frame; give the camera `roi: 400,60,900,900` if its parts sit there"):
+        FrameJudge(OnnxCpuBackend(roi_model))
 
 
 def test_the_same_mask_as_an_image(bottle_dir, tmp_path):

@@ -18,7 +18,9 @@ import pytest
 
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.sinks.broker import parse_broker_url
+from edge.manifest import Manifest, manifest_path
 from edge.method.inspection import FrameJudge
+from edge.method.roi import Roi
 from edge.sources.cameras import open_source
 from edge.station.config import CameraConfig, StationConfig
 from edge.station.station import Station
@@ -97,6 +99,24 @@ def test_one_verdict_per_trigger_ok_for_good_parts_nok_for_defective(broker, bot
         assert (v["score"] > threshold) == (v["verdict"] == "NOK") == bool(v["boxes"])
         for box in v["boxes"]:  # full-frame pixels (the bottle images are 900 x 900)
             assert 0 <= box["x"] < v["frame_width"] == 900 and 0 <= box["y"] < v["frame_height"] == 900
+
+
+def test_one_triggered_camera_from_run_flags_crops_as_its_model_was_trained(broker, bottle_dir, tmp_path, subscribe, running, tiny_onnx_model):
+    # `run --mode triggered` builds its one camera with roi_from_model, as a free-running run crops.
+    manifest = Manifest.for_model(tiny_onnx_model)
+    manifest.roi = Roi(100, 200, 600, 500).as_dict()
+    manifest.save(manifest_path(tiny_onnx_model))
+    source = line_folder(bottle_dir, tmp_path / "line", [DEFECTIVE[0]])
+    consumer = subscribe(broker, [VERDICTS])
+    camera = CameraConfig("line1", str(source), tiny_onnx_model, mode="triggered", deadline_s=60, spool=tmp_path / "s.spool",
+                          roi_from_model=True)  # fmt: skip
+    running(StationConfig([camera]), broker.url)
+    trigger(broker, "p1")
+    assert consumer.wait_for(lambda: len(verdicts(consumer)) >= 1, timeout=60)
+    (verdict,) = verdicts(consumer)
+    assert verdict["verdict"] == "NOK" and verdict["boxes"], verdict  # the tiny untrained net flags everything
+    for box in verdict["boxes"]:  # within the crop, in the 900 x 900 frame's pixels
+        assert 100 <= box["x"] and box["x"] + box["width"] <= 700 and 200 <= box["y"] and box["y"] + box["height"] <= 700
 
 
 def test_a_bare_part_id_and_several_frames_per_part(broker, bottle_dir, tmp_path, subscribe, running):

@@ -100,7 +100,7 @@ def cut_to_roi(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[Test
     A model trained on an ROI sees only it, so frame and mask are cut to the manifest's ROI.
     Every script that scores a test set reads it through here.
     """
-    roi = Roi.from_dict(manifest.roi) if manifest.roi else None
+    roi = manifest.crop
     for item in items:
         frame = read_image(item.image_path)
         mask = read_mask(item, frame.shape)

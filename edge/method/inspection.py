@@ -47,9 +47,11 @@ class FrameJudge:
             def name(r: dict | None) -> str:
                 return f"ROI {Roi.from_dict(r).spec()}" if r else "the whole frame"
 
+            fix = (f"give the camera `roi: {Roi.from_dict(trained).spec()}` if its parts sit there, or train a model on its frames"
+                   if roi is None else "train it with the same --roi")
             raise ManifestError(
                 f"model {backend.manifest.model_id} was trained on {name(trained)}, but this camera looks at "
-                f"{name(roi.as_dict() if roi else None)}; train it with the same --roi"
+                f"{name(roi.as_dict() if roi else None)}; {fix}"
             )
 
     def in_frame(self, amap: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:

@@ -54,6 +54,7 @@ class CameraConfig:
     spool: Path | None = None
     roi: Roi | None = None
     ignore: IgnoreMask | None = None
+    roi_from_model: bool = False  # one camera from run's flags: crop as the model was trained (its manifest's roi)
 
 
 @dataclass

@@ -92,7 +92,8 @@ class Station:
 
     def _open_camera(self, camera: CameraConfig) -> None:
         backend = self.backends[camera.model.resolve()]
-        judge = FrameJudge(backend, camera.threshold, camera.roi, camera.ignore)
+        roi = backend.manifest.crop if camera.roi_from_model else camera.roi
+        judge = FrameJudge(backend, camera.threshold, roi, camera.ignore)
         try:
             source = self._stack.enter_context(open_source(camera.source))
         except SourceError as exc:
