@@ -201,8 +201,9 @@ def test_held_out_sets_how_many_images_set_the_threshold(parts, tmp_path):
     args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1", "--epochs", "1"]
     result = CliRunner().invoke(app, [*args, "--held-out", "5"])  # of the 6 images: 1 left to train on
     assert result.exit_code == 2 and "at least 7 are needed (5 held out" in result.output
-    result = CliRunner().invoke(app, [*args, "--held-out", "3"])
-    assert result.exit_code == 2 and "held_out must be 0 (about 10 % of the images) or at least 4" in result.output
+    for few in ("3", "0"):  # 0 used to be taken as "the default", 4 held out without a word
+        result = CliRunner().invoke(app, [*args, "--held-out", few])
+        assert result.exit_code == 2 and "--held-out must be at least 4" in result.output, result.output
     assert not run.exists() or not (run / "last.pt").exists()
 
     small = tmp_path / "parts"  # the six parts and two more, so 6 can be held out

@@ -63,11 +63,14 @@ def train(
     ] = None,
 ):
     """Learn what a good part looks like from defect-free images."""
-    from trainer.data import DataError
+    from trainer.data import MIN_HELD_OUT, DataError
     from trainer.train import UNLIMITED_EPOCHS, TrainError, checkpoint_path, cpu_has_bf16, resolve_device, resume_config
     from trainer.train import recipe as named_recipe
     from trainer.train import train as run_training
 
+    if held_out is not None and held_out < MIN_HELD_OUT:  # the config's 0 ("about 10 %") is leaving the option out
+        raise typer.BadParameter(f"--held-out must be at least {MIN_HELD_OUT}, whose spread sets the threshold, not {held_out}; "
+                                 "leave it out to hold out about 10 % of the images")
     options: dict[str, int | str | None] = {"epochs": epochs, "input_size": input_size, "crop_size": crop_size, "base_width": width}
     options |= {"batch_size": batch_size, "seed": seed, "device": device, "roi": roi, "minutes": minutes, "held_out": held_out}
     options["bf16"] = bf16
