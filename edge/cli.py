@@ -202,7 +202,7 @@ def watch_command(
     broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host[:port] or mqtts://...")],
     camera_id: Annotated[str, typer.Option(help="Camera to watch; + for all.")] = "+",
     topic_prefix: Annotated[str, typer.Option(help="First MQTT topic level.")] = "riad",
-    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many defect events.")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many defect events and verdicts.")] = None,
     timeout: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds.")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="Print each message as one JSON line.")] = False,
     username: Username = None,
@@ -213,7 +213,7 @@ def watch_command(
     log_level: LogLevel_ = LogLevel.warning,
     log_format: LogFormat_ = LogFormat.text,
 ) -> None:
-    """Print defect alerts and camera availability as they arrive (see docs/mqtt.md).
+    """Print defect alerts, triggered cameras' verdicts and camera availability as they arrive (see docs/mqtt.md).
 
     Exit codes: 0 done; 1 --timeout passed before --count events; 2 broker unreachable or login refused.
     """
@@ -231,7 +231,7 @@ def watch_command(
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
     if count is not None and seen < count:
-        typer.echo(f"timed out after {timeout:g} s with {seen} of {count} defect events", err=True)
+        typer.echo(f"timed out after {timeout:g} s with {seen} of {count} defect events and verdicts", err=True)
         raise typer.Exit(1)
 
 

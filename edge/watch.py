@@ -1,4 +1,4 @@
-"""`riad-edge watch`: subscribe to the inspector's alerts and print one readable line per event."""
+"""`riad-edge watch`: subscribe to the inspector's alerts and verdicts and print one readable line per event."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def describe(event: dict) -> str:
     )
 
 
+def describe_verdict(verdict: dict) -> str:
+    """One line per part of a triggered camera: OK, NOK or error, and why."""
+    head = f"{verdict['timestamp']}  {verdict['camera_id']}  {verdict['verdict']}  part {verdict['part_id']}"
+    if verdict["verdict"] == "error":
+        return f"{head}  {verdict['error']}"
+    above = verdict["verdict"] == "NOK"
+    return (f"{head}  score {verdict['score']:.3f} {'>' if above else '<='} {verdict['threshold']:.3f}  "
+            f"{verdict['latency_ms']:.0f} ms after its trigger")
+
+
 def watch(
     broker: BrokerConfig,
     camera_id: str = "+",
@@ -42,21 +52,23 @@ def watch(
     out: TextIO = sys.stdout,
     connect_timeout: float = 10.0,
 ) -> int:
-    """Prints defect events and availability changes until `count` events or `timeout` seconds.
+    """Prints defect events, triggered cameras' verdicts and availability changes until
+    `count` events (defects and verdicts) or `timeout` seconds.
 
-    Returns the number of distinct defect events printed. Raises BrokerError when the
+    Returns the number of distinct defect events and verdicts printed. Raises BrokerError when the
     broker cannot be reached or refuses the login: a person is watching, so fail fast;
     TopicError for a prefix or camera id that is no topic level (`+` is all cameras).
     """
     check_names(topic_prefix, "cam" if camera_id == "+" else camera_id)  # a TopicError before any connection
     defect_topic = f"{topic_prefix}/{camera_id}/defect"
     available_topic = f"{topic_prefix}/{camera_id}/available"
+    verdict_topic = f"{topic_prefix}/{camera_id}/verdict"
     inbox: queue.SimpleQueue[paho.MQTTMessage] = queue.SimpleQueue()
 
     def subscribe(client: paho.Client) -> None:
         # The handler first: the retained `available` arrives right after SUBACK.
         client.on_message = lambda c, u, message: inbox.put(message)
-        client.subscribe([(defect_topic, 1), (available_topic, 1)])
+        client.subscribe([(defect_topic, 1), (available_topic, 1), (verdict_topic, 1)])
 
     client = connect_client(broker, connect_timeout, on_connected=subscribe)
     try:
@@ -67,7 +79,7 @@ def watch(
 
 
 def _print_messages(inbox, count, timeout, as_json, out) -> int:
-    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+    seen: collections.OrderedDict[object, None] = collections.OrderedDict()
     printed = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while count is None or printed < count:
@@ -85,12 +97,14 @@ def _print_messages(inbox, count, timeout, as_json, out) -> int:
                 f"{iso_utc(time.time())}  {camera}  {state}{'  (retained)' if message.retain else ''}"
             )
         else:
+            verdict = message.topic.endswith("/verdict")
             try:
                 event = json.loads(message.payload)
-                event_id = event["event_id"]
-                line = json.dumps(event) if as_json else describe(event)
+                # A verdict has no event id: its part and trigger time name it.
+                event_id = (camera, event["part_id"], event["trigger_timestamp"]) if verdict else event["event_id"]
+                line = json.dumps(event) if as_json else describe_verdict(event) if verdict else describe(event)
             except (ValueError, KeyError, TypeError) as e:
-                print(f"ignored a malformed event on {message.topic}: {e}", file=sys.stderr)
+                print(f"ignored a malformed {'verdict' if verdict else 'event'} on {message.topic}: {e}", file=sys.stderr)
                 continue
             if event_id in seen:
                 continue

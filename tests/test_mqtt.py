@@ -308,7 +308,7 @@ def test_watch_prints_availability_and_each_alert_once(broker, publisher_factory
 
 def test_watch_exit_codes(broker, broker_with_login):
     timed_out = riad_edge("watch", "--broker", broker.url, "--count", "1", "--timeout", "0.5")
-    assert timed_out.wait(20) == 1 and "with 0 of 1 defect events" in timed_out.stderr.read()
+    assert timed_out.wait(20) == 1 and "with 0 of 1 defect events and verdicts" in timed_out.stderr.read()
     refused_login = riad_edge("watch", "--broker", broker_with_login.url, "--username", "edge", "--password", "nope")
     assert refused_login.wait(20) == 2
     assert "refused the connection" in refused_login.stderr.read()

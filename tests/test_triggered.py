@@ -119,6 +119,24 @@ def test_one_triggered_camera_from_run_flags_crops_as_its_model_was_trained(brok
         assert 100 <= box["x"] and box["x"] + box["width"] <= 700 and 200 <= box["y"] and box["y"] + box["height"] <= 700
 
 
+def test_watch_prints_each_parts_verdict(broker, bottle_dir, tmp_path, running):
+    source = line_folder(bottle_dir, tmp_path / "line", [GOOD[0], DEFECTIVE[0]])
+    camera = CameraConfig("line1", str(source), OLD_BOTTLE_MODEL, mode="triggered", deadline_s=60, spool=tmp_path / "s.spool")
+    running(StationConfig([camera]), broker.url)
+    watcher = subprocess.Popen([sys.executable, "-c", "from edge.cli import app; app()", "watch", "--broker", broker.url,
+                                "--count", "4", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert "line1  online  (retained)" in watcher.stdout.readline()  # subscribed
+    for part in ("p1", "p2", "p3"):  # the folder holds two parts: p3 gets an error
+        trigger(broker, part)
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    lines = out.splitlines()
+    assert any("line1  OK  part p1  score " in line and " <= " in line and "ms after its trigger" in line for line in lines), out
+    assert any("line1  NOK  part p2  score " in line and " > " in line for line in lines), out
+    assert any("line1  error  part p3  " in line and "no more frames" in line for line in lines), out
+    assert sum("DEFECT" in line for line in lines) == 1  # p2's defective frame, as for a free camera
+
+
 def test_a_bare_part_id_and_several_frames_per_part(broker, bottle_dir, tmp_path, subscribe, running):
     source = line_folder(bottle_dir, tmp_path / "line", [GOOD[0], GOOD[1], DEFECTIVE[0]])
     consumer = subscribe(broker, [VERDICTS])
