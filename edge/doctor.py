@@ -42,7 +42,7 @@ def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np
     try:
         source = open_source(uri)
     except SourceError as exc:
-        return Check("source", FAIL, str(exc), "check the camera number or URI; 'v4l2-ctl --list-devices' lists cameras"), None
+        return Check("source", FAIL, str(exc), _source_fix(uri)), None
     got: list = []
     reader = threading.Thread(target=lambda: got.append(source.read()), daemon=True)
     started = time.monotonic()
@@ -56,6 +56,15 @@ def check_source(uri: str, timeout: float = SOURCE_TIMEOUT_S) -> tuple[Check, np
                      "check the cable, the lighting, and that no other program holds the camera"), None
     h, w = frame.image.shape[:2]
     return Check("source", OK, f"{source.description}: {w}x{h} frame in {time.monotonic() - started:.2f} s"), frame.image
+
+
+def _source_fix(uri: str) -> str:
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        return "check the URL, the login and that the camera streams there (try it with ffplay or VLC from this machine)"
+    if scheme in ("", "v4l2", "file") and not uri.isdigit() and not uri.startswith(("/dev/", "v4l2://")):
+        return "check the path: a video file or a folder of images this user can read"
+    return "check the camera number or device; 'v4l2-ctl --list-devices' lists cameras"
 
 
 def check_gpu(model: Path | None) -> Check:

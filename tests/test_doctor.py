@@ -242,6 +242,7 @@ def test_cli_config_that_cannot_be_read_exits_2(tmp_path, tiny_onnx_model):
 def test_a_stream_that_cannot_be_opened_is_one_line_without_ffmpegs_own(tmp_path):
     code, output = doctor("--source", f"rtsp://cam:pw-12345@127.0.0.1:{free_port()}/stream")
     assert code == 1 and "cannot open stream rtsp://cam:***@127.0.0.1" in output
+    assert "fix: check the URL, the login and that the camera streams there" in output and "v4l2-ctl" not in output
     # FFmpeg's "[tcp @ 0x...] Connection to tcp://... failed" and OpenCV's "[ WARN:0@0.4] ..." stay out, as in run.
     assert "tcp @" not in output and "WARN:0" not in output and "pw-12345" not in output
 
@@ -265,3 +266,8 @@ def test_a_model_trained_on_an_roi_is_checked_through_it_without_a_config(tmp_pa
     manifest.save(manifest_path(tiny_onnx_model))
     code, output = doctor("--model", tiny_onnx_model)
     assert code == 0 and "a grey test frame scored" in lines_by_check(output)["model"], output
+
+
+def test_a_missing_file_is_told_to_check_the_path(tmp_path):
+    check, _ = check_source(str(tmp_path / "line.mp4"))
+    assert check.status == FAIL and "check the path" in check.fix
