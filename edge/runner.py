@@ -25,7 +25,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Protocol
 
-
 from edge.backends import BackendError, open_backend
 from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError

@@ -11,7 +11,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 from edge.backends import BackendError
 from edge.sinks.broker import BrokerError, parse_broker_url
 from edge.manifest import ManifestError
