@@ -402,6 +402,7 @@ def ha_publish_command(
     topic_prefix: RunTopicPrefix = "riad",
     ha_prefix: HaPrefix = None,
     commands: Annotated[bool, typer.Option("--commands", help="Also the controls (inspection switch, threshold, snapshot button) of run --commands.")] = False,
+    triggered: Annotated[bool, typer.Option("--triggered", help="Also the verdict sensor of a camera in triggered mode.")] = False,
     username: Username = None,
     password: Password = None,
     tls_ca: TlsCa = None,
@@ -417,7 +418,7 @@ def ha_publish_command(
 
     prefix = DEFAULT_HA_PREFIX if ha_prefix is None else ha_prefix
     count = _ha_broker_call(publish_configs, broker, username, password, tls_ca, tls_cert, tls_key, topic_prefix, camera_id,
-                            ha_prefix=prefix, commands_enabled=commands)  # fmt: skip
+                            ha_prefix=prefix, commands_enabled=commands, triggered=triggered)  # fmt: skip
     typer.echo(f"published {count} discovery config(s) of camera {camera_id!r} under {prefix}/")
 
 

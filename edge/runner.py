@@ -251,7 +251,7 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def open_publisher(broker, camera_id, topic_prefix, spool, manifest, stats_source, ha_prefix=None, commands=False):
+def open_publisher(broker, camera_id, topic_prefix, spool, manifest, stats_source, ha_prefix=None, commands=False, triggered=False):
     """A camera's MqttPublisher on its spool (default: default_spool_path), announced to Home Assistant with `ha_prefix`."""
     from edge.sinks.mqtt import MqttPublisher
 
@@ -267,7 +267,7 @@ def open_publisher(broker, camera_id, topic_prefix, spool, manifest, stats_sourc
         topic_prefix=topic_prefix,
         model_id=manifest.model_id,
         stats_source=stats_source,
-        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, manifest.model_id, commands_enabled=commands),
+        connect_hooks=ha_hooks(topic_prefix, camera_id, ha_prefix, manifest.model_id, commands_enabled=commands, triggered=triggered),
     )
 
 

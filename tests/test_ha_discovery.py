@@ -83,10 +83,11 @@ def retained_when(broker, subscribe, count: int, topic: str = "homeassistant/#")
 # --- the payloads, against the schemas ------------------------------------------------
 
 
-@pytest.mark.parametrize("commands", [False, True])
+@pytest.mark.parametrize("commands, triggered", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("prefix, camera", HOSTILE)
-def test_every_payload_matches_home_assistants_schema(prefix, camera, commands):
-    messages = discovery_messages(prefix, camera, ha_prefix="homeassistant", model_id="bottle-w16-128-59670fb2", commands_enabled=commands)
+def test_every_payload_matches_home_assistants_schema(prefix, camera, commands, triggered):
+    messages = discovery_messages(prefix, camera, ha_prefix="homeassistant", model_id="bottle-w16-128-59670fb2", commands_enabled=commands,
+                                  triggered=triggered)  # fmt: skip
     configs = {topic: check_config_message("homeassistant", topic, payload) for topic, payload in messages if payload}
     components = sorted({topic.split("/")[1] for topic in configs})
     assert components == sorted({"binary_sensor", "sensor", "image"} | ({"switch", "number", "button"} if commands else set()))
@@ -106,7 +107,12 @@ def test_every_payload_matches_home_assistants_schema(prefix, camera, commands):
     assert by_name["Inspector"]["state_topic"] == f"{base}/available" and "availability_topic" not in by_name["Inspector"]
     assert all(c["availability_topic"] == f"{base}/available" for name, c in by_name.items() if name != "Inspector")
     empties = [topic.split("/")[1] for topic, payload in messages if not payload]
-    assert empties == ([] if commands else ["switch", "number", "button"])  # a run without commands removes stale controls
+    # A run without commands removes stale controls; a free-running camera, a stale verdict sensor.
+    assert empties == ([] if commands else ["switch", "number", "button"]) + ([] if triggered else ["sensor"])
+    if triggered:  # the last part's verdict as an enum, the whole verdict as its attributes
+        verdict = by_name["Verdict"]
+        assert verdict["state_topic"] == verdict["json_attributes_topic"] == f"{base}/verdict"
+        assert verdict["device_class"] == "enum" and verdict["options"] == ["OK", "NOK", "error"]
 
 
 @pytest.mark.parametrize(
@@ -234,21 +240,21 @@ def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(
     publisher = MqttPublisher(parse_broker_url(broker.url), "line1", tmp_path / "spool.db", connect_hooks=[discovery.on_connected])
     try:
         configs = retained_when(broker, subscribe, 9, "ha/#")
-        assert len(configs) == 9 and discovery.announcements == 1  # the 3 empty ones (no commands) are not kept
+        assert len(configs) == 9 and discovery.announcements == 1  # the 4 empty ones (no commands, no verdict) are not kept
         for topic, payload in configs.items():
             # The topic of the publisher's last will: the entities turn unavailable when the inspector dies.
             assert check_config_message("ha", topic, payload).get("availability_topic", publisher.availability_topic) == publisher.availability_topic
 
-        # Home Assistant (re)started: it says `online` on its status topic, and all 12 come again, live, within the delay.
+        # Home Assistant (re)started: it says `online` on its status topic, and all 13 come again, live, within the delay.
         watcher = subscribe(broker, ["ha/+/+/+/config"])
         assert watcher.wait_for(lambda: sum(was_retained for *_, was_retained in watcher.messages) == 9, timeout=10)
         before = len(watcher.messages)
         mqtt_publish.single("ha/status", "offline", qos=1, hostname="127.0.0.1", port=broker.port)
         mqtt_publish.single("ha/status", "online", qos=1, hostname="127.0.0.1", port=broker.port)
-        assert watcher.wait_for(lambda: len(watcher.messages) == before + 12, timeout=BIRTH_DELAY_MAX_S + 5)
+        assert watcher.wait_for(lambda: len(watcher.messages) == before + 13, timeout=BIRTH_DELAY_MAX_S + 5)
         assert not any(was_retained for _, _, was_retained in watcher.messages[before:])
         time.sleep(BIRTH_DELAY_MAX_S + 0.3)
-        assert len(watcher.messages) == before + 12 and discovery.announcements == 2  # for `online`, not for `offline`
+        assert len(watcher.messages) == before + 13 and discovery.announcements == 2  # for `online`, not for `offline`
         # Home Assistant's birth topic keeps its default when only the discovery prefix was moved.
         mqtt_publish.single("homeassistant/status", "online", qos=1, hostname="127.0.0.1", port=broker.port)
         assert watcher.wait_for(lambda: discovery.announcements == 3, timeout=BIRTH_DELAY_MAX_S + 5)
@@ -260,6 +266,15 @@ def test_configs_come_again_on_home_assistants_birth_and_after_a_broker_restart(
         assert len(retained_when(broker, subscribe, 9, "ha/#")) == 9
     finally:
         publisher.close()
+
+
+def test_a_triggered_cameras_verdict_sensor_appears_and_goes_with_the_mode(broker, subscribe):
+    config = parse_broker_url(broker.url)
+    assert publish_configs(config, "riad", "line1", triggered=True) == 10
+    verdict = [check_config_message("homeassistant", t, p) for t, p in retained(broker, subscribe).items() if t.endswith("/verdict/config")]
+    assert len(verdict) == 1 and verdict[0]["name"] == "Verdict" and verdict[0]["value_template"] == "{{ value_json.verdict }}"
+    assert publish_configs(config, "riad", "line1") == 9  # the same camera, now free-running
+    assert not any(t.endswith("/verdict/config") for t in retained(broker, subscribe))
 
 
 def test_controls_appear_with_commands_and_are_removed_without(broker, subscribe):
@@ -282,11 +297,13 @@ def test_a_station_announces_every_camera(bottle_dir, tmp_path, broker, subscrib
     from edge.station.station import Station
 
     model = write_tiny_onnx(tmp_path / "tiny.onnx")
-    cameras = [CameraConfig(cid, str(bottle_dir / "test" / "good"), model, spool=tmp_path / f"{cid}.spool") for cid in ("cam-a", "cam b")]
+    cameras = [CameraConfig(cid, str(bottle_dir / "test" / "good"), model, mode=mode, spool=tmp_path / f"{cid}.spool")
+               for cid, mode in (("cam-a", "free"), ("cam b", "triggered"))]  # fmt: skip
     with Station(StationConfig(cameras), parse_broker_url(broker.url), console=False, ha_prefix="homeassistant"):
-        configs = retained_when(broker, subscribe, 18)
-    devices = {check_config_message("homeassistant", t, p)["device"]["name"] for t, p in configs.items()}
-    assert len(configs) == 18 and devices == {"cam-a", "cam b"}
+        configs = retained_when(broker, subscribe, 19)
+    announced = [check_config_message("homeassistant", t, p) for t, p in configs.items()]
+    assert len(configs) == 19 and {c["device"]["name"] for c in announced} == {"cam-a", "cam b"}
+    assert [c["device"]["name"] for c in announced if c["name"] == "Verdict"] == ["cam b"]  # the triggered camera's
 
 
 @pytest.mark.parametrize(

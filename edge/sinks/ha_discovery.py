@@ -76,8 +76,9 @@ def _software_version() -> str | None:
         return None
 
 
-def _entities(base: str, commands_enabled: bool) -> list[tuple[str, str, dict]]:
-    """(component, key, options) for every entity a camera may have; command entities only when enabled."""
+def _entities(base: str, commands_enabled: bool, triggered: bool = False) -> list[tuple[str, str, dict]]:
+    """(component, key, options) for every entity a camera may have; command entities only
+    when enabled, the verdict only for a triggered camera."""
     stats = f"{base}/stats"
     sensors: list[tuple[str, str, dict]] = [
         ("sensor", "anomaly_score", {
@@ -133,6 +134,11 @@ def _entities(base: str, commands_enabled: bool) -> list[tuple[str, str, dict]]:
         *sensors,
         ("image", "overlay", {"name": "Defect overlay", "image_topic": f"{base}/{OVERLAY}", "content_type": "image/jpeg"}),
         *(commands if commands_enabled else [(component, key, {}) for component, key, _ in commands]),
+        # The last part's verdict; the whole verdict (part id, score, error...) as its attributes.
+        ("sensor", "verdict", {
+            "name": "Verdict", "state_topic": f"{base}/verdict", "value_template": "{{ value_json.verdict }}",
+            "device_class": "enum", "options": ["OK", "NOK", "error"], "json_attributes_topic": f"{base}/verdict", "qos": 1,
+        } if triggered else {}),
     ]  # fmt: skip
 
 
@@ -147,11 +153,13 @@ def discovery_messages(
     ha_prefix: str = DEFAULT_HA_PREFIX,
     model_id: str = "",
     commands_enabled: bool = False,
+    triggered: bool = False,
 ) -> list[tuple[str, bytes]]:
     """(config topic, retained payload) for each entity; an empty payload removes an entity this run does not offer.
 
     Without commands the switch, number and button get empty payloads, so a run that had
-    them before leaves no controls behind that nothing answers.
+    them before leaves no controls behind that nothing answers; a free-running camera's
+    verdict sensor likewise.
     """
     base = f"{topic_prefix}/{camera_id}"
     node = node_id(topic_prefix, camera_id)
@@ -163,7 +171,7 @@ def discovery_messages(
     if version:
         device["sw_version"] = origin["sw_version"] = version
     messages = []
-    for component, key, options in _entities(base, commands_enabled):
+    for component, key, options in _entities(base, commands_enabled, triggered):
         topic = config_topic(ha_prefix, component, node, key)
         if not options:
             messages.append((topic, b""))
@@ -175,11 +183,13 @@ def discovery_messages(
     return messages
 
 
-def ha_hooks(topic_prefix: str, camera_id: str, ha_prefix: str | None, model_id: str, commands_enabled: bool = False) -> list:
+def ha_hooks(topic_prefix: str, camera_id: str, ha_prefix: str | None, model_id: str, commands_enabled: bool = False,
+             triggered: bool = False) -> list:  # fmt: skip
     """MqttPublisher's connect hooks for one camera: none when `ha_prefix` is None (discovery off)."""
     if ha_prefix is None:
         return []
-    discovery = HaDiscovery(topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled)
+    discovery = HaDiscovery(topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled,
+                            triggered=triggered)  # fmt: skip
     return [discovery.on_connected]
 
 
@@ -192,13 +202,13 @@ class HaDiscovery:
     """
 
     def __init__(self, topic_prefix: str, camera_id: str, *, ha_prefix: str = DEFAULT_HA_PREFIX,
-                 model_id: str = "", commands_enabled: bool = False):  # fmt: skip
+                 model_id: str = "", commands_enabled: bool = False, triggered: bool = False):  # fmt: skip
         self.ha_prefix = ha_prefix
         # Home Assistant's birth topic is a setting of its own, `homeassistant/status` unless changed;
         # whoever moved the discovery prefix may have moved it along.
         self.birth_topics = sorted({f"{DEFAULT_HA_PREFIX}/status", f"{ha_prefix}/status"})
         self.messages = discovery_messages(
-            topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled
+            topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled, triggered=triggered
         )
         self.announcements = 0  # how often the configs went out (connections and births)
 
@@ -230,12 +240,12 @@ class HaDiscovery:
 
 
 def publish_configs(broker: BrokerConfig, topic_prefix: str, camera_id: str, *, ha_prefix: str = DEFAULT_HA_PREFIX,
-                    model_id: str = "", commands_enabled: bool = False, timeout: float = 10.0) -> int:  # fmt: skip
+                    model_id: str = "", commands_enabled: bool = False, triggered: bool = False, timeout: float = 10.0) -> int:  # fmt: skip
     """Publishes a camera's configs and returns their number; BrokerError when the broker does not take them."""
     check_names(topic_prefix, camera_id)
     check_ha_prefix(ha_prefix)
     messages = discovery_messages(
-        topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled
+        topic_prefix, camera_id, ha_prefix=ha_prefix, model_id=model_id, commands_enabled=commands_enabled, triggered=triggered
     )
     client = connect_client(broker, timeout)
     try:
@@ -280,7 +290,7 @@ def remove_configs(broker: BrokerConfig, topic_prefix: str, camera_id: str, *, h
         last_arrival[0] = max(last_arrival[0], time.monotonic())
         while time.monotonic() - last_arrival[0] < RETAINED_QUIET_S and time.monotonic() < deadline:
             time.sleep(0.05)
-        ours = discovery_messages(topic_prefix, camera_id, ha_prefix=ha_prefix, commands_enabled=True)
+        ours = discovery_messages(topic_prefix, camera_id, ha_prefix=ha_prefix, commands_enabled=True, triggered=True)
         topics = sorted(found | {topic for topic, _ in ours})
         _publish_acknowledged(client, broker, [(topic, b"") for topic in topics], timeout)
     finally:

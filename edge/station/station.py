@@ -133,7 +133,7 @@ class Station:
     def _publisher(self, camera_id: str, camera: CameraConfig, backend: SharedBackend, stats):
         assert self.broker is not None
         publisher = open_publisher(self.broker, camera_id, self.config.topic_prefix, camera.spool, backend.manifest, stats,
-                                   self.ha_prefix, self.commands_enabled)  # fmt: skip
+                                   self.ha_prefix, self.commands_enabled, triggered=camera.mode == "triggered")  # fmt: skip
         self.publishers[camera_id] = publisher
         return publisher
 
