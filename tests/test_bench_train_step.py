@@ -17,7 +17,7 @@ def test_it_times_the_trainers_step_three_ways(bottle_dir):
     rows = re.findall(r"^\| (.+?) \| (\d+) \| ([\d.]+)x \|$", run.stdout, re.MULTILINE)
     assert [name for name, _, _ in rows] == ["float32", "float32, channels-last", "bfloat16 autocast, channels-last"]
     assert all(int(ms) > 0 for _, ms, _ in rows) and rows[0][2] == "1.00"
-    assert "recipe cpu: width 16, batch 4 x 3 masked copies, 128x128 crops" in run.stdout
+    assert "recipe cpu: width 16, batch 4 x 3 masked copies, 160x160 images" in run.stdout
 
 
 def test_compile_adds_the_net_and_loss_compiled_by_torch_compile(bottle_dir):

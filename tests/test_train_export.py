@@ -124,7 +124,7 @@ def test_a_channels_last_step_is_the_same_float32_arithmetic_as_the_default_layo
 
 def test_recipes():
     cpu, gpu = recipe("cpu"), recipe("gpu")
-    assert (cpu.input_size, cpu.crop_size, cpu.base_width) == (160, 128, 16)
+    assert (cpu.input_size, cpu.crop_size, cpu.base_width) == (160, 0, 16)
     assert (gpu.input_size, gpu.crop_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 0, 64, 300, 1e-4)
     assert recipe("gpu", epochs=5, base_width=None).epochs == 5
     assert (cpu.epochs, cpu.max_images_seen, gpu.max_images_seen) == (40, 8000, 0)
