@@ -262,7 +262,8 @@ def doctor_command(
     from edge.doctor import FAIL, format_table, run_checks, station_checks
     from edge.sinks.spool import default_spool_path
 
-    configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(source)])
+    secrets = [password, *url_passwords(broker), *url_passwords(source)]
+    configure_logging(log_level, log_format, secrets)
     if camera is not None and source is not None:
         raise typer.BadParameter("give one of --camera N or --source URI")
     if config is not None:
@@ -275,15 +276,15 @@ def doctor_command(
             station = load_config(config)
         except ConfigError as exc:
             raise typer.Exit(fail(str(exc), 2)) from None
-        configure_logging(log_level, log_format, [password, *url_passwords(broker), *url_passwords(station.broker),
+        # Again with the file's own secrets, known only now (the error above needed the log set up).
+        configure_logging(log_level, log_format, [*secrets, *url_passwords(station.broker),
                                                   *(p for c in station.cameras for p in url_passwords(c.source))])
         checks = station_checks(station, broker, username, password, tls_ca)
-        typer.echo(format_table(checks))
-        raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
-    uri = str(camera) if camera is not None else source
-    if spool_dir is None and broker is not None:
-        spool_dir = default_spool_path("cam").parent
-    checks = run_checks(uri, model, broker, username, password, tls_ca, spool_dir)
+    else:
+        uri = str(camera) if camera is not None else source
+        if spool_dir is None and broker is not None:
+            spool_dir = default_spool_path("cam").parent
+        checks = run_checks(uri, model, broker, username, password, tls_ca, spool_dir)
     typer.echo(format_table(checks))
     raise typer.Exit(1 if any(c.status == FAIL for c in checks) else 0)
 

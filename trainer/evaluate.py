@@ -32,7 +32,6 @@ from edge.manifest import Manifest, manifest_path
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 from edge.method.anomaly_map import describe_score
 from edge.method.preprocess import prepare, read_image
-from edge.method.roi import Roi
 from edge.method.regions import defect_boxes
 from edge.paths import make_folder
 from trainer.data import load_images
@@ -132,8 +131,8 @@ def prepared_items(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[
 def prepared_good_images(paths: list, manifest: Manifest) -> np.ndarray:
     """(N, 3, H, W): good images as the network takes them, cut to the manifest's ROI as
     training and export cut them (trainer.data.load_images). For research scripts."""
-    roi = Roi.from_dict(manifest.roi).spec() if manifest.roi else ""
-    return load_images([Path(p) for p in paths], manifest.input_shape, roi)
+    crop = manifest.crop
+    return load_images([Path(p) for p in paths], manifest.input_shape, crop.spec() if crop else "")
 
 
 def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ def _camera(data, index: int, base: Path) -> CameraConfig:
     for key in ("id", "source", "model"):
         if data.get(key) is None:
             raise ConfigError(f"{where} lacks '{key}'")
-    for key in ("id", "source", "model", "spool", "ignore_mask"):
+    for key in sorted(_TEXT_KEYS & _CAMERA_KEYS):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{where}: {key} must be a name or path, not {data[key]!r}")
     camera_id = str(data["id"])
