@@ -89,13 +89,15 @@ def test_the_table_names_a_training_that_left_the_recipe_and_record_refuses_it()
     assert script.training_note({"recipe": "cpu", "config": recipe | {"bf16": None}}) == ""  # an earlier summary's default
     assert script.training_note({"recipe": "cpu", "config": recipe | {"loss_gms": "map"}}) == " loss map"
     assert script.training_note({"recipe": "cpu", "config": recipe | {"crop_size": 128}}) == " 128 px crops"
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"minutes": 6.5}}) == " 6.5 min budget"
+    assert script.training_note({"recipe": "cpu", "config": recipe | {"minutes": 0.0}}) == ""  # a summary from before the budget
     assert script.training_note({"recipe": "gpu", "config": script.RECIPES["gpu"].to_dict()}) == ""
     assert script.training_note({"recipe": "gpu", "config": script.RECIPES["gpu"].to_dict() | {"crop_size": 96}}) == " 96 px crops"
     del recipe["loss_gms"]  # a summary from before the option
     assert script.training_note({"recipe": "cpu", "config": recipe}) == ""
 
 
-@pytest.mark.parametrize("option", [["--bf16"], ["--loss-gms", "map"], ["--crop-size", "128"]])
+@pytest.mark.parametrize("option", [["--bf16"], ["--loss-gms", "map"], ["--crop-size", "128"], ["--minutes", "6.5"]])
 def test_record_refuses_a_training_off_the_recipe(option):
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, str(root / "bench" / "accuracy"), *option, "--record"],

@@ -128,6 +128,8 @@ def test_recipes():
     assert (gpu.input_size, gpu.crop_size, gpu.base_width, gpu.epochs, gpu.lr) == (256, 0, 64, 300, 1e-4)
     assert recipe("gpu", epochs=5, base_width=None).epochs == 5
     assert (cpu.epochs, cpu.max_images_seen, gpu.max_images_seen) == (40, 8000, 0)
+    # The issue's hour on two cores, with time left to read the images and export.
+    assert (cpu.minutes, gpu.minutes) == (50, 0)
     with pytest.raises(TrainError, match="unknown recipe 'tpu'"):
         recipe("tpu")
 
@@ -161,7 +163,13 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     args = ["train", str(parts), "--out", str(run), "--input-size", "32", "--width", "4", "--batch-size", "1"]
     result = CliRunner().invoke(app, [*args, "--epochs", "1"])
     assert result.exit_code == 0, result.output
+    # The count asked for replaces the recipe's image and time budgets; --minutes as well keeps a time budget.
     assert load_checkpoint(run / "last.pt")["config"]["max_images_seen"] == 0
+    assert load_checkpoint(run / "last.pt")["config"]["minutes"] == 0
+    result = CliRunner().invoke(app, [*args[:3], str(tmp_path / "both"), *args[4:], "--epochs", "1", "--minutes", "30"])
+    assert result.exit_code == 0, result.output
+    config = load_checkpoint(tmp_path / "both" / "last.pt")["config"]
+    assert (config["epochs"], config["minutes"], config["max_images_seen"]) == (1, 30, 0)
     # A budgeted run resumed with more epochs trains them all.
     budgeted = tmp_path / "budgeted"
     state = load_checkpoint(train(parts, budgeted, recipe("cpu", **TINY | {"epochs": 5, "max_images_seen": 2})))
@@ -920,6 +928,44 @@ def test_a_time_budget_ends_training_and_spans_the_learning_rate(parts, tmp_path
     # Resumed with the budget taken away and no epoch count, it would never end: refused.
     result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path / "run"), "--resume", "--minutes", "0"])
     assert result.exit_code == 2 and "would never end; give --minutes or --epochs" in result.output
+
+
+def test_the_cpu_recipes_time_budget_ends_a_slow_training_and_says_so_after_its_first_epoch(parts, tmp_path, monkeypatch):
+    """On a CPU too slow for the recipe's epochs within the hour, time ends the run, and
+    the first epoch's pace tells the user so while there is still time to choose."""
+    from trainer import train as training
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock["now"])
+    real_cosine = training.cosine_lr
+
+    def cosine(base, progress):
+        clock["now"] += 20 * 60.0  # every step takes 20 minutes
+        return real_cosine(base, progress)
+
+    monkeypatch.setattr(training, "cosine_lr", cosine)
+    args = ["train", str(parts), "--out", str(tmp_path / "run"), "--input-size", "32", "--width", "4", "--batch-size", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    # 2 images, 1 a step: 40 minutes an epoch, so the 50-minute budget ends the second of 40.
+    assert state["epoch"] == 2 and state["config"]["minutes"] == 50 and state["config"]["epochs"] == 40
+    assert ("at 40.0 min an epoch, 40 epochs would take 1600 min: the time budget of 50 min ends training after "
+            "about 2 epochs") in result.output
+    assert "(--epochs 40 trains them all)" in result.output
+    assert "the time budget of 50 min ended training after 2 of 40 epochs" in result.output
+
+
+def test_the_time_budget_note_speaks_only_when_time_will_end_the_run():
+    from trainer.train import UNLIMITED_EPOCHS, time_budget_note
+
+    cpu = recipe("cpu")
+    assert time_budget_note(cpu, 40, 1, 20.0) is None  # the EPYC Zen 5's pace: 13 minutes in all
+    assert time_budget_note(cpu, 40, 2, 2 * 75.0) is None  # exactly 50 minutes: the epochs end it
+    note = time_budget_note(cpu, 40, 2, 2 * 96.0)  # 1.6 minutes an epoch: 64 in all
+    assert note.startswith("at 1.6 min an epoch, 40 epochs would take 64 min") and "after about 32 epochs" in note
+    assert time_budget_note(recipe("cpu", minutes=0.0), 40, 1, 600.0) is None  # no budget
+    assert time_budget_note(recipe("cpu", minutes=5.0), UNLIMITED_EPOCHS, 1, 600.0) is None  # time alone ends it anyway
 
 
 def test_an_epoch_cap_ends_a_budgeted_run_first(parts, tmp_path):

@@ -31,10 +31,14 @@ def train(
     data_dir: Annotated[Path, typer.Argument(help="defect-free images: an MVTec category (<cat>/train/good) or a folder")],
     out: Annotated[Path, typer.Option("--out", help="the run folder; the checkpoint is OUT/last.pt")],
     recipe: Annotated[
-        str | None, typer.Option(help="cpu: 16-wide net, 160x160 px, 40 epochs or 8,000 images seen, whichever ends first: about "
-                    "8 to 37 minutes for 200 images on 2 cores, by the CPU (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
+        str | None, typer.Option(help="cpu: 16-wide net, 160x160 px, 40 epochs, 8,000 images seen or 50 minutes, whichever ends first: "
+                    "13 minutes for 200 images on a 2-core EPYC Zen 5 (docs/benchmarks.md); gpu: the paper's net at 256 px, 300 epochs")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="train this many epochs in all, however many images (may grow on --resume)")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="train this many epochs in all, however many images and minutes (may grow on --resume; "
+                     "--minutes as well caps them)"),
+    ] = None,
     minutes: Annotated[
         float | None,
         typer.Option(help="a time budget: stop after the first epoch past this many minutes of training (the learning rate's "
@@ -76,6 +80,8 @@ def train(
     options["bf16"] = bf16
     if minutes and epochs is None:
         options["epochs"] = UNLIMITED_EPOCHS
+    if epochs is not None and minutes is None:
+        options["minutes"] = 0.0  # the epochs asked for, all of them, however long they take
     if epochs is not None or minutes is not None:
         options["max_images_seen"] = 0  # the user's own count or budget replaces the recipe's
     try:

@@ -1,8 +1,8 @@
 """RIAD training: teach the U-Net to inpaint hidden cells of defect-free images.
 
 The network input keeps the training images' aspect ratio (trainer.data.input_shape).
-Each step takes a random crop of every image (the net is fully convolutional, so it
-learns at the full input resolution for the price of a smaller image), picks a cell
+Each step takes a batch of whole images (or, with crop_size, a random crop of each: the net is
+fully convolutional, so it learns at the full input resolution for the price of a smaller image), picks a cell
 size k at random, hides the cells of one of n disjoint sets in n copies of every crop
 (edge.method.masks draws them, fresh every step), runs the net on all copies, and takes every
 pixel back from the copy in which it was hidden. The loss compares that recombined
@@ -118,16 +118,22 @@ class TrainConfig:
         return replace(config, cell_sizes=tuple(config.cell_sizes))
 
 
+# The cpu recipe's time budget. A line is promised a model within an hour on two cores; its
+# trainings take 13 minutes on the EPYC Zen 5 and would take about 60 on an older AVX2 CPU, so
+# on a slow machine time ends the run (the learning rate's cosine spread over the minutes, a few
+# epochs short) rather than the hour running out. Ten minutes are left for reading the images and export.
+CPU_RECIPE_MINUTES = 50.0
+
 RECIPES = {
-    # Two CPU cores, 8 to 37 minutes for bottle's 189 training images by the CPU (docs/benchmarks.md): a
-    # 16-wide net (1.2 M weights, 1/16 of the paper's) whose input has about 160 x 160
-    # pixels (INT8 on a 2-core AVX2 CPU: 5 frames/s; 192 px, the default until the map's c
-    # was measured per part, detects no better at 4), trained on 128 px crops so a step
-    # costs what a 128 px image would. The small net tolerates lr 1e-3, ten times the
+    # Two CPU cores, 13 minutes for bottle's 189 training images on the EPYC Zen 5, at most
+    # CPU_RECIPE_MINUTES anywhere (docs/benchmarks.md): a 16-wide net (1.2 M weights, 1/16 of
+    # the paper's) whose input has about 160 x 160 pixels (INT8 on a 2-core AVX2 CPU: 5
+    # frames/s; 192 px, the default until the map's c was measured per part, detects no
+    # better at 4), trained on whole images. The small net tolerates lr 1e-3, ten times the
     # paper's, which it needs to converge in so few steps.
     # Its 40 epochs stop at 8,000 images seen: a set of 400 images trains 20 epochs, in
     # the time of bottle's 40, not twice as long (the same number of steps).
-    "cpu": TrainConfig(max_images_seen=8000),
+    "cpu": TrainConfig(max_images_seen=8000, minutes=CPU_RECIPE_MINUTES),
     # The paper's set-up: 256 px, the 64-wide U-Net, whole images, Adam at 1e-4 for 300 epochs.
     "gpu": TrainConfig(recipe="gpu", input_size=256, crop_size=0, base_width=64, epochs=300, batch_size=8, lr=1e-4),
 }
@@ -349,6 +355,21 @@ def planned_epochs(config: TrainConfig, images: int) -> int:
     return max(1, min(config.epochs, math.ceil(config.max_images_seen / images)))
 
 
+def time_budget_note(config: TrainConfig, epochs: int, epochs_done: int, seconds: float) -> str | None:
+    """After `epochs_done` epochs in `seconds`: a line saying the time budget will end the run
+    before its `epochs` planned epochs, at this pace; None where it will not."""
+    if config.minutes <= 0 or epochs >= UNLIMITED_EPOCHS or epochs_done == 0:
+        return None
+    per_epoch, budget = seconds / epochs_done, 60 * config.minutes
+    if per_epoch * epochs <= budget:
+        return None
+    return (
+        f"at {per_epoch / 60:.1f} min an epoch, {epochs} epochs would take {per_epoch * epochs / 60:.0f} min: the time budget "
+        f"of {config.minutes:g} min ends training after about {min(epochs, math.ceil(budget / per_epoch))} epochs, the learning "
+        f"rate's schedule spread over the minutes (--epochs {epochs} trains them all)"
+    )
+
+
 class Schedule:
     """Where training stands: the share of its epochs or of its time budget spent, whichever is more.
 
@@ -463,6 +484,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
         tqdm.write(f"{len(images)} training images: {epochs} epochs, the recipe's budget of "
                    f"{config.max_images_seen} images seen (--epochs sets the count instead)")
     schedule = Schedule(config, len(loader), epochs, seconds)
+    first_epoch = epoch  # of this run: the pace is known once it is done
     model.train()
     try:
         while not schedule.finished(epoch):
@@ -482,7 +504,11 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
             losses.append(total / count)
             save()
             tqdm.write(f"epoch {epoch}{of}  loss {losses[-1]:.4f}  {schedule.seconds / 60:.1f} min  saved {path}")
+            if epoch == first_epoch + 1 and (note := time_budget_note(config, epochs, epoch, schedule.seconds)):
+                tqdm.write(note)
     except KeyboardInterrupt:
         save()
         raise
+    if epoch < epochs < UNLIMITED_EPOCHS:
+        tqdm.write(f"the time budget of {config.minutes:g} min ended training after {epoch} of {epochs} epochs")
     return path
