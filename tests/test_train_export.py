@@ -170,6 +170,11 @@ def test_an_explicit_epoch_count_replaces_the_recipes_image_budget(parts, tmp_pa
     assert result.exit_code == 0, result.output
     config = load_checkpoint(tmp_path / "both" / "last.pt")["config"]
     assert (config["epochs"], config["minutes"], config["max_images_seen"]) == (1, 30, 0)
+    # --minutes 0 lifts the time budget only: the recipe's epochs and image budget stay.
+    result = CliRunner().invoke(app, [*args[:3], str(tmp_path / "untimed"), *args[4:], "--minutes", "0"])
+    assert result.exit_code == 0, result.output
+    config = load_checkpoint(tmp_path / "untimed" / "last.pt")["config"]
+    assert (config["epochs"], config["minutes"], config["max_images_seen"]) == (40, 0, 8000)
     # A budgeted run resumed with more epochs trains them all.
     budgeted = tmp_path / "budgeted"
     state = load_checkpoint(train(parts, budgeted, recipe("cpu", **TINY | {"epochs": 5, "max_images_seen": 2})))

@@ -42,7 +42,7 @@ def train(
     minutes: Annotated[
         float | None,
         typer.Option(help="a time budget: stop after the first epoch past this many minutes of training (the learning rate's "
-                     "schedule spans them); without --epochs, time alone ends the run"),
+                     "schedule spans them); without --epochs, time alone ends the run; 0: none, the recipe's epochs all trained"),
     ] = None,
     input_size: Annotated[
         int | None, typer.Option(help="the input has about SIZE x SIZE pixels, in the images' aspect ratio, never more than they have; a multiple of 16")
@@ -82,8 +82,8 @@ def train(
         options["epochs"] = UNLIMITED_EPOCHS
     if epochs is not None and minutes is None:
         options["minutes"] = 0.0  # the epochs asked for, all of them, however long they take
-    if epochs is not None or minutes is not None:
-        options["max_images_seen"] = 0  # the user's own count or budget replaces the recipe's
+    if epochs is not None or minutes:
+        options["max_images_seen"] = 0  # the user's own count or budget replaces the recipe's; --minutes 0 only lifts the time
     try:
         if resume:
             config = resume_config(out, recipe=recipe, **options)
