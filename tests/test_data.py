@@ -140,3 +140,11 @@ def test_the_input_never_enlarges_images_smaller_than_the_named_pixel_count(bott
     assert input_shape(shrunk("tall", 50, 130), 160, 16) == (128, 48)  # the aspect kept within 130 x 50
     assert input_shape(shrunk("8", 8, 8), 160, 16) == (16, 16)  # the smallest the net takes
     assert input_shape(shrunk("240", 240, 240), 160, 16) == (160, 160)  # larger images: the named count
+
+
+def test_a_folder_of_good_and_bad_parts_points_training_at_its_good_folder(tmp_path):
+    """The layout evaluate reads (parts/good, parts/bad) given to train: the error names good/."""
+    for folder in ("OK", "bad"):
+        (tmp_path / "parts" / folder).mkdir(parents=True)
+    with pytest.raises(DataError, match=r"no images in .*parts .*it holds OK/: train on .*parts/OK, keeping the good parts"):
+        find_training_set(tmp_path / "parts")

@@ -191,6 +191,44 @@ def test_a_folder_of_good_images_has_no_test_set(bottle_dir):
         load_test_set(bottle_dir / "train" / "good")
 
 
+def test_a_folder_of_good_and_bad_parts_and_a_test_folder_given_itself_are_test_sets(category, tmp_path):
+    """What users have: parts/good and parts/bad, no test/ level and no masks; or an MVTec
+    category's test/ folder given itself, whose masks lie beside it."""
+    items = load_test_set(category / "test")
+    assert [(i.defect_type, i.image_path.name, i.mask_path) for i in items] == [
+        (i.defect_type, i.image_path.name, i.mask_path) for i in load_test_set(category)
+    ]
+    assert items[0].mask_path == category / "ground_truth" / "broken_large" / "000_mask.png"
+
+    parts = tmp_path / "parts"
+    shutil.copytree(category / "test" / "good", parts / "OK")
+    shutil.copytree(category / "test" / "broken_large", parts / "bad")
+    items = load_test_set(parts)
+    assert [(i.defect_type, i.image_path.name, i.mask_path) for i in items] == [  # folders in name order, OK first
+        ("good", "000.png", None), ("good", "001.png", None), ("bad", "000.png", None)
+    ]
+    # Masks in the folder's own ground_truth/, which is no defect type.
+    shutil.copytree(category / "ground_truth" / "broken_large", parts / "ground_truth" / "bad")
+    items = load_test_set(parts)
+    assert [i.defect_type for i in items] == ["good", "good", "bad"]
+    assert items[2].mask_path == parts / "ground_truth" / "bad" / "000_mask.png"
+
+
+def test_evaluate_reads_a_folder_of_good_and_bad_parts_from_the_command_line(category, tiny_onnx_model, tmp_path):
+    parts = tmp_path / "parts"
+    shutil.copytree(category / "test" / "good", parts / "good")
+    shutil.copytree(category / "test" / "contamination", parts / "bad")
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_onnx_model), str(parts), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["category"] == "parts" and [d for d in metrics["per_defect"]] == ["bad"]
+    assert "not measured" in result.output  # no masks: the pixel metrics are not guessed
+    # The test folder itself is named after its category.
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_onnx_model), str(category / "test"), "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["category"] == "bottle"
+
+
 def test_a_test_set_needs_good_and_defective_images(category):
     shutil.rmtree(category / "test" / "good")
     with pytest.raises(TestSetError, match="no good images"):

@@ -238,7 +238,8 @@ def variants_summary(cell_sizes: list[int], num_sets: int) -> str:
 def evaluate(
     model: Annotated[Path, typer.Argument(help="the exported model, MODEL.onnx, with MODEL.onnx.json beside it")],
     data_dir: Annotated[
-        Path, typer.Argument(help="a labelled test set: test/good/ and test/<defect>/ images, ground_truth/ masks optional")
+        Path, typer.Argument(help="a labelled test set: test/good/ and test/<defect>/ images (or good/ and <defect>/ "
+                                "in DATA itself), ground_truth/ masks optional")
     ],
     out: Annotated[
         Path | None, typer.Option("--out", help="where metrics and overlays go (default: eval/ beside the model)")

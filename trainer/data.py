@@ -83,7 +83,10 @@ def find_training_set(
     folder, category = image_folder(Path(data_dir))
     images = list_images(folder)
     if not images:
-        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        # A folder of good/ and bad/ parts, as evaluate reads: its good/ is what to train on.
+        good = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in GOOD_FOLDERS]
+        hint = f"; it holds {good[0].name}/: train on {good[0]}, keeping the good parts you evaluate with out of it" if good else ""
+        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){hint}")
     n_held = held_out or held_out_count(len(images), holdout_fraction)
     if len(images) < n_held + MIN_TRAINING:
         raise DataError(

@@ -44,7 +44,7 @@ from trainer.metrics import (
     thresholds_for_false_alarm_rates,
 )
 from trainer.plots import draw_roc, draw_score_histogram
-from trainer.testset import MASK_LAYOUTS, TestItem, load_test_set, read_mask
+from trainer.testset import MASK_LAYOUTS, TestItem, load_test_set, name_of_test_set, read_mask
 
 MAX_FPR = 0.3
 # The false-alarm rates a line is offered a threshold for, from none to one part in five.
@@ -188,7 +188,7 @@ def build_report(model_path: Path, category_dir: Path, manifest: Manifest, score
         "model": model_path.name,
         "model_sha256": manifest.model_sha256,
         "test_set": str(category_dir.resolve()),
-        "category": category_dir.resolve().name,
+        "category": name_of_test_set(category_dir),
         "threshold": manifest.threshold,
         "image_score": describe_score(manifest.score_top_fraction, manifest.score_reference),
         "pixel_metrics_resolution": f"{manifest.input_width}x{manifest.input_height} (ground truth resized with nearest neighbour)",

@@ -4,6 +4,10 @@
     <category>/test/<defect>/000.png                  defective; any other folder name is a defect type
     <category>/ground_truth/<defect>/000_mask.png     its mask, if there is one (PNG, the image's size, bright = defect)
 
+The data directory may also be that test folder itself (`<category>/test`, its masks still read from
+`<category>/ground_truth`), or any folder holding `good/` beside folders of defective images
+(`parts/good`, `parts/bad`), with masks, if any, in its own `ground_truth/`.
+
 Masks are optional: most users have a folder of good and a folder of bad parts. A defective
 image without a mask still counts for the image metrics; the pixel metrics are measured on
 the defective images that have one, and are reported as not measured where none has.
@@ -26,6 +30,7 @@ from edge.method.preprocess import list_images, read_image
 from trainer.data import GOOD_FOLDERS, DataError
 
 GOOD = "good"
+MASKS_FOLDER = "ground_truth"
 # Where a defective image test/<defect>/<name>.* may have its mask; reports name them.
 MASK_LAYOUTS = "ground_truth/<defect>/<name>_mask.png, <name>.png or <name>/*.png"
 
@@ -60,36 +65,53 @@ def load_test_set(category_dir: str | Path) -> list[TestItem]:
     Every image, good or defective, and every mask is decoded once here, so that a broken file stops the run
     before minutes of scoring rather than after.
     """
-    category_dir = Path(category_dir)
-    test_dir = category_dir / "test"
-    if not category_dir.is_dir():
-        raise TestSetError(f"data directory {category_dir} does not exist")
-    if not test_dir.is_dir():
-        raise TestSetError(
-            f"{category_dir} has no test/ folder, so there is nothing to measure detection on: "
-            "a folder of good images only allows calibrating the threshold. Evaluation needs "
-            "test/good/ and one or more folders of defective images, test/<defect>/ "
-            "(pixel masks in ground_truth/<defect>/<name>_mask.png are optional)"
-        )
+    test_dir, masks_root = folders_of_test_set(Path(category_dir))
     items = []
-    # Hidden folders (.ipynb_checkpoints, a file manager's thumbnails) hold no defect type.
+    # Hidden folders (.ipynb_checkpoints, a file manager's thumbnails) hold no defect type, nor do the masks'.
     for folder in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder == masks_root / MASKS_FOLDER:
+            continue
         for image_path in list_images(folder):
             if folder.name.lower() in GOOD_FOLDERS:
                 items.append(TestItem(image_path, GOOD, None))
             else:
-                items.append(TestItem(image_path, folder.name, _mask_of(category_dir, folder.name, image_path)))
+                items.append(TestItem(image_path, folder.name, _mask_of(masks_root, folder.name, image_path)))
             _check_decodes(items[-1])
     if not any(item.defect_type == GOOD for item in items):
-        raise TestSetError(f"{test_dir} has no good images (test/good or test/ok); false alarms and AUROC need them")
+        raise TestSetError(f"{test_dir} has no good images (good/ or ok/); false alarms and AUROC need them")
     if all(item.defect_type == GOOD for item in items):
-        raise TestSetError(f"{test_dir} has no defective images (test/<defect>/); only calibration is possible")
+        raise TestSetError(f"{test_dir} has no defective images (<defect>/ beside good/); only calibration is possible")
     return items
 
 
-def _mask_of(category_dir: Path, defect: str, image_path: Path) -> Path | None:
+def folders_of_test_set(data_dir: Path) -> tuple[Path, Path]:
+    """(the folder of good/ and defect folders, the folder whose ground_truth/ holds the masks) of a data directory."""
+    if not data_dir.is_dir():
+        raise TestSetError(f"data directory {data_dir} does not exist")
+    if (data_dir / "test").is_dir():
+        return data_dir / "test", data_dir
+    if any(p.is_dir() and p.name.lower() in GOOD_FOLDERS for p in data_dir.iterdir()):
+        # <category>/test given itself: MVTec AD keeps the masks beside it, not in it.
+        beside = data_dir.resolve().parent
+        masks_root = beside if data_dir.resolve().name == "test" and (beside / MASKS_FOLDER).is_dir() else data_dir
+        return data_dir, masks_root
+    raise TestSetError(
+        f"{data_dir} has no test/ folder and no good/ folder, so there is nothing to measure detection on: "
+        "a folder of good images only allows calibrating the threshold. Evaluation needs good/ and one or more "
+        "folders of defective images (<defect>/), in DATA/test/ or in DATA itself "
+        f"(pixel masks in {MASKS_FOLDER}/<defect>/<name>_mask.png are optional)"
+    )
+
+
+def name_of_test_set(data_dir: Path) -> str:
+    """The test set's name for a report: its category's, where the data directory is <category>/test."""
+    resolved = data_dir.resolve()
+    return resolved.parent.name if resolved.name == "test" else resolved.name
+
+
+def _mask_of(masks_root: Path, defect: str, image_path: Path) -> Path | None:
     """The ground truth of a defective image: the first of the MASK_LAYOUTS that exists, or None."""
-    masks = category_dir / "ground_truth" / defect
+    masks = masks_root / MASKS_FOLDER / defect
     candidates = [masks / f"{image_path.stem}_mask.png", masks / f"{image_path.stem}.png", masks / image_path.stem]
     for candidate in candidates:
         if candidate.is_file() or (candidate.is_dir() and list_images(candidate)):
