@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.method.anomaly_map import MapSpec, score_margin, scored_part, usable_gms_constant, usable_top_fraction
 from edge.method.masks import MaskSpec, check_input_size
+from edge.method.preprocess import FULL_SCALE_16, prepare
 from edge.method.roi import Roi
 from edge.paths import replaced_when_done
 
@@ -31,10 +32,11 @@ from edge.paths import replaced_when_done
 # such a model differently from the threshold export set; it refuses the newer version
 # instead. Version 4: the image score may count the map's rise above the good maps'
 # per-pixel maximum (score_reference_map). Version 5: the image score may weigh the map by
-# how little good maps vary at each pixel (score_weight_map). Older manifests still load
-# here: without those keys they mean the paper's map and score.
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# how little good maps vary at each pixel (score_weight_map). Version 6: a 16-bit frame's
+# white may be below 65535 (pixel_white). Older manifests still load here: without those
+# keys they mean the paper's map and score, and 16-bit frames at full scale.
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 MAP_CHANNELS = ("grey", "rgb")  # Manifest.map_channels
 
 
@@ -80,6 +82,9 @@ class Manifest:
     # The image score (edge.method.anomaly_map.image_score): the mean of the map's highest
     # this fraction of pixels; None, the map's maximum (the paper's, and manifests before it).
     score_top_fraction: float | None = None
+    # The value a 16-bit frame reads as white (edge.method.preprocess.to_rgb8): that of the
+    # training images, 4095 for a 12-bit camera's 16-bit files; 65535 for 8-bit ones and before it.
+    pixel_white: int = FULL_SCALE_16
     # fp32, or int8 (quantised for ONNX Runtime on a CPU; see trainer/quantize.py).
     precision: str = "fp32"
     input_name: str = "images"
@@ -115,6 +120,10 @@ class Manifest:
     def input_shape(self) -> tuple[int, int]:
         """(height, width) of the network input, as edge.method.preprocess.prepare takes it."""
         return self.input_height, self.input_width
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """A frame (or its ROI view) as this model's network takes it (edge.method.preprocess.prepare)."""
+        return prepare(frame, self.input_shape, self.pixel_white)
 
     @property
     def crop(self) -> Roi | None:
@@ -230,6 +239,9 @@ class Manifest:
                     f"manifest {path}: score_top_fraction {fraction!r} must be above 0 and at most 1, or null "
                     "for the map's maximum; re-export the model"
                 )
+            white = manifest.pixel_white
+            if not (_whole_number(white, least=255) and white <= FULL_SCALE_16):
+                raise ManifestError(f"manifest {path}: pixel_white {white!r} must be a whole number from 255 to 65535; re-export the model")
             seed = manifest.mask_seed
             if not _whole_number(seed, least=0):  # numpy's generators take seeds of 0 and up
                 raise ManifestError(f"manifest {path}: mask_seed {seed!r} must be a whole number, 0 or more; re-export the model")

@@ -136,21 +136,24 @@ def test_the_score_counts_the_map_weighted_by_the_score_weight(tiny_onnx_model, 
 def test_format_versions_this_edge_cannot_read_are_refused_with_directions(tiny_onnx_model):
     """An older riad-edge skips keys it does not know, so a new manifest's per-channel map,
     reference map (version 2), top-pixels score (version 3), score reference (version 4) or
-    score weight (version 5) would silently change its scores; new exports say version 5,
-    which they refuse. This edge reads all five: older manifests mean the paper's grey map
-    and its maximum as the score, of the map itself."""
+    score weight (version 5) or 16-bit white level (version 6) would silently change its
+    scores; new exports say version 6, which they refuse. This edge reads all six: older
+    manifests mean the paper's grey map and its maximum as the score, of the map itself,
+    and 16-bit frames at full scale."""
     path = manifest_path(tiny_onnx_model)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 5
-    for version in (1, 2, 3, 4):
-        older = {k: v for k, v in data.items() if k not in ("score_top_fraction", "score_reference_map", "score_weight_map")}
+    assert data["format_version"] == 6
+    newer = ("score_top_fraction", "score_reference_map", "score_weight_map", "pixel_white")
+    for version in (1, 2, 3, 4, 5):
+        older = {k: v for k, v in data.items() if k not in newer}
         path.write_text(json.dumps(older | {"format_version": version}))
         manifest = Manifest.for_model(tiny_onnx_model)
         assert manifest.score_top_fraction is None and manifest.score_margin is None  # the map's maximum
         assert manifest.score_weight is None and manifest.score_reference == "mean"  # ... of all of the map
-    for version in (6, 0, "5", True, None):
+        assert manifest.pixel_white == 65535
+    for version in (7, 0, "6", True, None):
         path.write_text(json.dumps(data | {"format_version": version}))
-        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2, 3, 4 and 5: upgrade"):
+        with pytest.raises(ManifestError, match=r"format version .*; this riad-edge reads versions 1, 2, 3, 4, 5 and 6: upgrade"):
             Manifest.for_model(tiny_onnx_model)
     del data["format_version"]
     path.write_text(json.dumps(data))
@@ -176,8 +179,11 @@ DAMAGED_NUMBERS += [("map_c", c, "must be a number above 0") for c in (0, -0.002
 # export writes score_top_fraction, the share of the map's pixels the score averages.
 DAMAGED_NUMBERS += [("score_top_fraction", f, "must be above 0 and at most 1, or null for the map's maximum")
                     for f in (0, -0.01, 1.5, "0.01", True, math.inf, math.nan)]
-# any seed numpy takes; a c under the floor, set by hand; the whole map's mean
-ACCEPTED = {"mask_seed": 2**40, "map_c": 1e-5, "score_top_fraction": 1}
+# export writes pixel_white, a 16-bit frame's white: 2**b - 1 for 8 to 16 bits.
+DAMAGED_NUMBERS += [("pixel_white", w, "must be a whole number from 255 to 65535")
+                    for w in (0, 254, 65536, 4095.5, "4095", True, None)]
+# any seed numpy takes; a c under the floor, set by hand; the whole map's mean; a 10-bit camera's white
+ACCEPTED = {"mask_seed": 2**40, "map_c": 1e-5, "score_top_fraction": 1, "pixel_white": 1023}
 
 
 @pytest.mark.parametrize(("key", "value", "words"), DAMAGED_NUMBERS)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge.method.preprocess import IMAGE_SUFFIXES, list_images, prepare, read_image
+from edge.method.preprocess import FULL_SCALE_16, IMAGE_SUFFIXES, list_images, prepare, read_image, white_level
 from edge.method.roi import Roi
 
 HOLDOUT_FRACTION = 0.1
@@ -129,12 +129,25 @@ def input_shape(paths: list[Path], side: int, multiple: int, roi: str = "") -> t
     return max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple)
 
 
-def load_images(paths: list[Path], shape: tuple[int, int], roi: str = "") -> np.ndarray:
-    """(N, 3, H, W) float32: the files through the edge's own ROI crop, read and resize."""
+def pixel_white(paths: list[Path], roi: str = "") -> int:
+    """The white level of the training images' 16-bit files (edge.method.preprocess.white_level
+    of their brightest pixel); full scale for 8-bit images, which are looked at one only."""
+    peak = 0
+    for path in paths:
+        frame = _decode(path, roi)
+        if frame.dtype != np.uint16:
+            break
+        peak = max(peak, int(frame.max()))
+    return white_level(peak) if peak else FULL_SCALE_16
+
+
+def load_images(paths: list[Path], shape: tuple[int, int], roi: str = "", white: int = FULL_SCALE_16) -> np.ndarray:
+    """(N, 3, H, W) float32: the files through the edge's own ROI crop, read and resize;
+    16-bit files read with `white` as white (the model's Manifest.pixel_white)."""
     images = np.empty((len(paths), 3, *shape), np.float32)
     for i, path in enumerate(paths):
         try:
-            images[i] = prepare(_decode(path, roi), shape)
+            images[i] = prepare(_decode(path, roi), shape, white)
         except ValueError as exc:
             raise DataError(f"cannot use training image {path}: {exc}") from None
     return images
@@ -149,8 +162,8 @@ class GoodImages(Dataset):
     would teach the net that a part mounted the wrong way round is normal.
     """
 
-    def __init__(self, paths: list[Path], shape: tuple[int, int], roi: str = ""):
-        self.images = torch.from_numpy(load_images(paths, shape, roi))
+    def __init__(self, paths: list[Path], shape: tuple[int, int], roi: str = "", white: int = FULL_SCALE_16):
+        self.images = torch.from_numpy(load_images(paths, shape, roi, white))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -31,7 +31,7 @@ from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, manifest_path
 from edge.sinks.overlay import encode_jpeg, heatmap_overlay
 from edge.method.anomaly_map import describe_score
-from edge.method.preprocess import prepare, read_image
+from edge.method.preprocess import read_image
 from edge.method.regions import defect_boxes
 from edge.paths import make_folder
 from trainer.data import load_images
@@ -113,9 +113,8 @@ def score_items(
     backend: OnnxCpuBackend, items: list[TestItem]
 ) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None, FrameScore]]:
     """Each test item as the edge sees it: (item, frame, mask, the edge's score of the frame)."""
-    shape = backend.manifest.input_shape
     for item, frame, mask in cut_to_roi(items, backend.manifest):
-        yield item, frame, mask, backend.score(prepare(frame, shape))
+        yield item, frame, mask, backend.score(backend.manifest.prepare(frame))
 
 
 def prepared_items(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[TestItem, np.ndarray, np.ndarray | None]]:
@@ -124,7 +123,7 @@ def prepared_items(items: list[TestItem], manifest: Manifest) -> Iterator[tuple[
     For research scripts that score the network's reconstructions several ways.
     """
     for item, frame, mask in cut_to_roi(items, manifest):
-        image = prepare(frame, manifest.input_shape)
+        image = manifest.prepare(frame)
         yield item, image, None if mask is None else at_map_size(mask, image[0])
 
 
@@ -132,7 +131,7 @@ def prepared_good_images(paths: list, manifest: Manifest) -> np.ndarray:
     """(N, 3, H, W): good images as the network takes them, cut to the manifest's ROI as
     training and export cut them (trainer.data.load_images). For research scripts."""
     crop = manifest.crop
-    return load_images([Path(p) for p in paths], manifest.input_shape, crop.spec() if crop else "")
+    return load_images([Path(p) for p in paths], manifest.input_shape, crop.spec() if crop else "", manifest.pixel_white)
 
 
 def at_map_size(mask: np.ndarray, amap: np.ndarray) -> np.ndarray:
@@ -341,9 +340,9 @@ def edge_frames_per_second(model: Path, data: Path, frames: int = 24) -> float:
     """Frames/s of the CPU edge on a test set's first images, decode to score, after one warm-up frame."""
     paths = [item.image_path for item in load_test_set(data)][:frames]
     with OnnxCpuBackend(model) as backend:
-        shape = backend.manifest.input_shape
-        backend.score(prepare(read_image(paths[0]), shape))
+        prepared = backend.manifest.prepare
+        backend.score(prepared(read_image(paths[0])))
         start = time.perf_counter()
         for path in paths:
-            backend.score(prepare(read_image(path), shape))
+            backend.score(prepared(read_image(path)))
         return len(paths) / (time.perf_counter() - start)

@@ -36,6 +36,7 @@ from edge.backends.base import Backend
 from edge.backends.onnx_cpu import OnnxCpuBackend
 from edge.manifest import Manifest, encode_reference, file_sha256, manifest_path
 from edge.method.masks import MaskSpec, fixed_masks, masked_variants
+from edge.method.preprocess import FULL_SCALE_16
 from edge.method.roi import Roi
 from edge.method.threshold import check_false_alarm_rate
 from edge.paths import make_folder, replaced_when_done
@@ -272,6 +273,7 @@ def export_onnx(
     spec = MaskSpec(inference_cell_sizes(config, cell_sizes) * mask_draws, config.num_sets)
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
+    white = state.get("pixel_white", FULL_SCALE_16)  # checkpoints from before it read 16-bit files at full scale
     held_out = [Path(p) for p in state["held_out_images"]]
     reference_paths = spread(state["train_images"], REFERENCE_IMAGES) if reference_map else []
     missing = [str(p) for p in [*held_out, *reference_paths] if not p.is_file()]
@@ -288,7 +290,7 @@ def export_onnx(
     # Decoded once, before any file is written, so a damaged one is named first. They set
     # the threshold; the first one's masked variants, the batch the edge really sends,
     # check the file against torch.
-    held_out_images = load_images(held_out, (height, width), config.roi)
+    held_out_images = load_images(held_out, (height, width), config.roi, white)
     map_channels = map_channels_for(held_out_images)
     if map_c is None:  # a scalar of the surface, measured on the good parts that also set the threshold
         map_c = gms_constant(held_out_images, MapSpec(per_channel=map_channels == "rgb"))
@@ -302,7 +304,8 @@ def export_onnx(
         write_onnx(model, torch.from_numpy(variants[:2]), float_path)
         diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
         if int8:
-            calibration_images = load_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]], (height, width), config.roi)
+            calibration_paths = [Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]]
+            calibration_images = load_images(calibration_paths, (height, width), config.roi, white)
             try:
                 quantize_int8(float_path, partial, calibration_images, masks, INPUT_NAME)
             finally:
@@ -327,6 +330,7 @@ def export_onnx(
             map_c=map_c,
             map_channels=map_channels,
             score_top_fraction=score_top_fraction,
+            pixel_white=white,
             roi=Roi.parse(config.roi).as_dict() if config.roi else {},
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
@@ -337,7 +341,7 @@ def export_onnx(
             # The reference comes from training images and the threshold from the held-out
             # ones, so the held-out scores are those of parts the reference has not seen.
             if reference_paths:
-                good = load_images(reference_paths, (height, width), config.roi)
+                good = load_images(reference_paths, (height, width), config.roi, white)
                 statistics = reference_anomaly_maps(backend, good)
                 manifest = with_reference_maps(manifest, statistics, reference_statistic, score_reference)
                 backend.manifest = manifest

@@ -41,7 +41,8 @@ from edge.method.masks import (
 from edge.method.anomaly_map import GMS_C, MapSpec, gms_constant, map_channels_for
 from edge.method.roi import Roi
 from edge.paths import make_folder
-from trainer.data import HOLDOUT_FRACTION, MIN_HELD_OUT, GoodImages, find_training_set, input_shape, load_images
+from edge.method.preprocess import FULL_SCALE_16
+from trainer.data import HOLDOUT_FRACTION, MIN_HELD_OUT, GoodImages, find_training_set, input_shape, load_images, pixel_white
 from trainer.losses import RiadLoss
 from trainer.model import UNet
 
@@ -461,6 +462,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
                 "precision": "bfloat16 autocast" if bf16 else "float32",
                 "config": config.to_dict(),
                 "input_shape": list(shape),
+                "pixel_white": white,
                 "category": data.category,
                 "data_root": str(data.root),
                 "train_images": [str(p) for p in data.train],
@@ -472,8 +474,11 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
         )
 
     shape = input_shape(data.train, config.input_size, max(2**UNET_DEPTH, max(config.cell_sizes)), config.roi)
-    images = GoodImages(data.train, shape, config.roi)
-    load_images(data.held_out, shape, config.roi)  # a damaged held-out file fails now, not at export
+    white = pixel_white(data.train, config.roi)
+    if white != FULL_SCALE_16:
+        tqdm.write(f"16-bit images with values up to {white}: read with {white} as white, here and at the edge")
+    images = GoodImages(data.train, shape, config.roi, white)
+    load_images(data.held_out, shape, config.roi, white)  # a damaged held-out file fails now, not at export
     loader = DataLoader(images, batch_size=config.batch_size, shuffle=True, generator=shuffle)
     loss_fn = build_loss(config, images.images.numpy())
     if config.loss_gms != "paper":

@@ -21,7 +21,7 @@ import numpy as np
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
 from edge.method.anomaly_map import image_score
-from edge.method.preprocess import prepare
+
 from edge.method.regions import defect_boxes
 from edge.results import FrameResult
 from edge.method.roi import IgnoreMask, Roi
@@ -64,7 +64,7 @@ class FrameJudge:
         """The frame's result; CorruptFrameError for a frame that cannot be prepared."""
         try:
             view = self.roi.view(frame.image) if self.roi else frame.image
-            image = prepare(view, self.backend.manifest.input_shape)
+            image = self.backend.manifest.prepare(view)
         except ValueError as exc:  # RoiError included: a frame smaller than the ROI
             raise CorruptFrameError(str(exc)) from None
         threshold = self.threshold  # once: a command may change it while this frame is judged

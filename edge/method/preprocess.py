@@ -14,10 +14,29 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def to_rgb8(frame: np.ndarray) -> np.ndarray:
-    """Any OpenCV frame (grey, BGR or BGRA, 8 or 16 bit) as an 8-bit RGB image."""
+# The 16-bit value read as white by default. A camera with 10 or 12 bits saves them in 16-bit
+# files (0 to 4095 for 12 bits), which at full scale keep 16 grey levels of 256: a model reads
+# its frames with the white level of its training images instead (Manifest.pixel_white).
+FULL_SCALE_16 = 65535
+
+
+def white_level(peak: int) -> int:
+    """The white level of 16-bit images whose brightest pixel is `peak`: 2**b - 1 for the
+    fewest bits b, 8 to 16, that hold it (4095 for a 12-bit camera's images)."""
+    bits = max(8, int(peak).bit_length())
+    return min(2**bits - 1, FULL_SCALE_16)
+
+
+def to_rgb8(frame: np.ndarray, white: int | None = FULL_SCALE_16) -> np.ndarray:
+    """Any OpenCV frame (grey, BGR or BGRA, 8 or 16 bit) as an 8-bit RGB image.
+
+    A 16-bit frame's `white` and above read as 255; None takes the frame's own white_level,
+    for showing a frame rather than scoring it (a model reads every frame with one level).
+    """
     if frame.dtype == np.uint16:
-        frame = (frame / 257).astype(np.uint8)
+        white = white_level(frame.max()) if white is None else white
+        # Multiplied before dividing: 4095 * 255 / 4095 is 255 exactly, and 65535 is the old / 257.
+        frame = (np.minimum(frame, white) * 255.0 / white).astype(np.uint8)
     elif frame.dtype != np.uint8:
         raise ValueError(f"unsupported frame dtype {frame.dtype}; expected 8- or 16-bit pixels")
     if frame.ndim == 2:
@@ -29,15 +48,16 @@ def to_rgb8(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported frame shape {frame.shape}")
 
 
-def prepare(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def prepare(frame: np.ndarray, shape: tuple[int, int], white: int = FULL_SCALE_16) -> np.ndarray:
     """(3, H, W) float32 RGB in [0, 1] from an OpenCV frame of any size.
 
     `shape` is the model's input (height, width), which the trainer chose in the aspect
     ratio of its training images, so a part framed as in training is not distorted.
+    `white`: what a 16-bit frame's white is (to_rgb8), the model's Manifest.pixel_white.
     """
     if frame is None or frame.size == 0:
         raise ValueError("empty frame")
-    rgb = to_rgb8(frame)
+    rgb = to_rgb8(frame, white)
     h, w = rgb.shape[:2]
     height, width = shape
     # Area averaging when shrinking (no aliasing); linear when enlarging.

@@ -31,7 +31,7 @@ def heatmap_overlay(
     """
     from edge.method.preprocess import to_rgb8
 
-    bgr = cv2.cvtColor(to_rgb8(frame), cv2.COLOR_RGB2BGR)
+    bgr = cv2.cvtColor(to_rgb8(frame, white=None), cv2.COLOR_RGB2BGR)  # a 16-bit frame shown in its own range
     h, w = bgr.shape[:2]
     if threshold <= 0:
         level = np.clip(amap, 0.0, 1.0)

@@ -83,8 +83,8 @@ class SnapshotSaver:
             return
         stem = f"{event_time(result.timestamp)}_f{result.frame_index:06d}"
         jpegs = {
-            # JPEG holds 8-bit grey or BGR only; cameras also give 16-bit and BGRA frames.
-            self.save_dir / f"{stem}_frame.jpg": encode_jpeg(cv2.cvtColor(to_rgb8(result.frame), cv2.COLOR_RGB2BGR)),
+            # JPEG holds 8-bit grey or BGR only; cameras also give 16-bit (shown in their own range) and BGRA frames.
+            self.save_dir / f"{stem}_frame.jpg": encode_jpeg(cv2.cvtColor(to_rgb8(result.frame, white=None), cv2.COLOR_RGB2BGR)),
             self.save_dir / f"{stem}_overlay.jpg": result.overlay_jpeg(),
         }
         written: list[Path] = []
