@@ -131,13 +131,14 @@ def input_shape(paths: list[Path], side: int, multiple: int, roi: str = "") -> t
 
 def pixel_white(paths: list[Path], roi: str = "") -> int:
     """The white level of the training images' 16-bit files (edge.method.preprocess.white_level
-    of their brightest pixel); full scale for 8-bit images, which are looked at one only."""
+    of their brightest pixel); full scale for a set whose first image is 8-bit, the rest unread."""
     peak = 0
-    for path in paths:
+    for index, path in enumerate(paths):
         frame = _decode(path, roi)
-        if frame.dtype != np.uint16:
+        if frame.dtype == np.uint16:
+            peak = max(peak, int(frame.max()))
+        elif index == 0:
             break
-        peak = max(peak, int(frame.max()))
     return white_level(peak) if peak else FULL_SCALE_16
 
 
