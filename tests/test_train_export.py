@@ -957,8 +957,13 @@ def test_the_cpu_recipes_time_budget_ends_a_slow_training_and_says_so_after_its_
     assert state["epoch"] == 2 and state["config"]["minutes"] == 50 and state["config"]["epochs"] == 40
     assert ("at 40.0 min an epoch, 40 epochs would take 1600 min: the time budget of 50 min ends training after "
             "about 2 epochs") in result.output
-    assert "(--epochs 40 trains them all)" in result.output
+    assert "(--minutes 0 trains them all)" in result.output
     assert "the time budget of 50 min ended training after 2 of 40 epochs" in result.output
+    # Resumed with the budget lifted, it trains on (the minutes spent count no more).
+    result = CliRunner().invoke(app, ["train", str(parts), "--out", str(tmp_path / "run"), "--resume", "--minutes", "0",
+                                      "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
 
 
 def test_the_time_budget_note_speaks_only_when_time_will_end_the_run():
@@ -969,6 +974,7 @@ def test_the_time_budget_note_speaks_only_when_time_will_end_the_run():
     assert time_budget_note(cpu, 40, 2, 2 * 75.0) is None  # exactly 50 minutes: the epochs end it
     note = time_budget_note(cpu, 40, 2, 2 * 96.0)  # 1.6 minutes an epoch: 64 in all
     assert note.startswith("at 1.6 min an epoch, 40 epochs would take 64 min") and "after about 32 epochs" in note
+    assert "after about 1 epoch," in time_budget_note(cpu, 40, 1, 3000.0)
     assert time_budget_note(recipe("cpu", minutes=0.0), 40, 1, 600.0) is None  # no budget
     assert time_budget_note(recipe("cpu", minutes=5.0), UNLIMITED_EPOCHS, 1, 600.0) is None  # time alone ends it anyway
 

@@ -364,10 +364,11 @@ def time_budget_note(config: TrainConfig, epochs: int, epochs_done: int, seconds
     per_epoch, budget = seconds / epochs_done, 60 * config.minutes
     if per_epoch * epochs <= budget:
         return None
+    expected = min(epochs, math.ceil(budget / per_epoch))
     return (
         f"at {per_epoch / 60:.1f} min an epoch, {epochs} epochs would take {per_epoch * epochs / 60:.0f} min: the time budget "
-        f"of {config.minutes:g} min ends training after about {min(epochs, math.ceil(budget / per_epoch))} epochs, the learning "
-        f"rate's schedule spread over the minutes (--epochs {epochs} trains them all)"
+        f"of {config.minutes:g} min ends training after about {expected} epoch{'s' if expected != 1 else ''}, the learning "
+        f"rate's schedule spread over the minutes (--minutes 0 trains them all)"
     )
 
 
@@ -515,5 +516,6 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume
         save()
         raise
     if epoch < epochs < UNLIMITED_EPOCHS:
-        tqdm.write(f"the time budget of {config.minutes:g} min ended training after {epoch} of {epochs} epochs")
+        tqdm.write(f"the time budget of {config.minutes:g} min ended training after {epoch} of {epochs} epochs "
+                   "(--resume with a larger --minutes, or --minutes 0 for every epoch, trains on)")
     return path
