@@ -18,7 +18,7 @@ from edge.manifest import Manifest, manifest_path
 from edge.method.roi import Roi
 from edge.method.preprocess import prepare, read_image
 from trainer.cli import app
-from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, prepared_good_images, prepared_items, recall_at_false_alarms
+from trainer.evaluate import FALSE_ALARM_RATES, LINE_FALSE_ALARM_RATE, evaluate, markdown_table, prepared_good_images, prepared_items, recall_at_false_alarms
 from trainer.plots import Axes
 from trainer.testset import TestSetError, load_test_set, read_mask
 from tests.conftest import DATA, OLD_BOTTLE_MODEL
@@ -450,3 +450,9 @@ def test_cli_evaluate_without_masks(bottle_without_masks, tiny_onnx_model, tmp_p
     assert result.exit_code == 0, result.output
     assert "Pixel metrics not measured" in result.output and "Choosing a threshold" in result.output
     assert f"written to {tmp_path / 'e'}: metrics.md, metrics.json, roc.png, scores.png" in result.output
+
+
+def test_a_test_set_with_one_good_image_is_told_in_the_singular(category, tiny_onnx_model, tmp_path):
+    (category / "test" / "good" / "001.png").unlink()
+    table = markdown_table(evaluate(tiny_onnx_model, category, tmp_path / "eval", overlays=False))
+    assert "false alarms on this one good image within each rate" in table and "these 1 good" not in table

@@ -245,6 +245,10 @@ def record_in_manifest(model_path: Path, manifest: Manifest, report: dict) -> No
     manifest.save(manifest_path(model_path))
 
 
+def _these_good(count: int) -> str:
+    return "this one good image" if count == 1 else f"these {count} good images"
+
+
 def markdown_table(report: dict) -> str:
     overall = report["overall"]
     rows = [("**all**", overall)] + list(report["per_defect"].items())
@@ -281,7 +285,7 @@ def markdown_table(report: dict) -> str:
         "### Choosing a threshold",
         "",
         (
-            f"The lowest threshold that keeps the false alarms on these {overall['good_images']} good images within "
+            f"The lowest threshold that keeps the false alarms on {_these_good(overall['good_images'])} within "
             f"each rate (one false alarm is {_percent(1 / overall['good_images'])} of them), and the defective "
             "images it catches. Read off this very test set, so optimistic for new parts; try one with "
             "`riad-edge run --threshold`."
