@@ -274,6 +274,11 @@ def export_onnx(
     # Checkpoints from before non-square inputs were square.
     height, width = state.get("input_shape") or (config.input_size, config.input_size)
     white = state.get("pixel_white", FULL_SCALE_16)  # checkpoints from before it read 16-bit files at full scale
+
+    def good_images(paths: list[Path]) -> np.ndarray:
+        """Good images as training read them: its input shape, ROI and 16-bit white."""
+        return load_images(paths, (height, width), config.roi, white)
+
     held_out = [Path(p) for p in state["held_out_images"]]
     reference_paths = spread(state["train_images"], REFERENCE_IMAGES) if reference_map else []
     missing = [str(p) for p in [*held_out, *reference_paths] if not p.is_file()]
@@ -290,7 +295,7 @@ def export_onnx(
     # Decoded once, before any file is written, so a damaged one is named first. They set
     # the threshold; the first one's masked variants, the batch the edge really sends,
     # check the file against torch.
-    held_out_images = load_images(held_out, (height, width), config.roi, white)
+    held_out_images = good_images(held_out)
     map_channels = map_channels_for(held_out_images)
     if map_c is None:  # a scalar of the surface, measured on the good parts that also set the threshold
         map_c = gms_constant(held_out_images, MapSpec(per_channel=map_channels == "rgb"))
@@ -304,8 +309,7 @@ def export_onnx(
         write_onnx(model, torch.from_numpy(variants[:2]), float_path)
         diff = check_against_torch(model, float_path, variants, MAX_ABS_DIFF)
         if int8:
-            calibration_paths = [Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]]
-            calibration_images = load_images(calibration_paths, (height, width), config.roi, white)
+            calibration_images = good_images([Path(p) for p in state["train_images"][:CALIBRATION_IMAGES]])
             try:
                 quantize_int8(float_path, partial, calibration_images, masks, INPUT_NAME)
             finally:
@@ -341,7 +345,7 @@ def export_onnx(
             # The reference comes from training images and the threshold from the held-out
             # ones, so the held-out scores are those of parts the reference has not seen.
             if reference_paths:
-                good = load_images(reference_paths, (height, width), config.roi, white)
+                good = good_images(reference_paths)
                 statistics = reference_anomaly_maps(backend, good)
                 manifest = with_reference_maps(manifest, statistics, reference_statistic, score_reference)
                 backend.manifest = manifest

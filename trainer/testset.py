@@ -92,9 +92,8 @@ def folders_of_test_set(data_dir: Path) -> tuple[Path, Path]:
         return data_dir / "test", data_dir
     if any(p.is_dir() and p.name.lower() in GOOD_FOLDERS for p in data_dir.iterdir()):
         # <category>/test given itself: MVTec AD keeps the masks beside it, not in it.
-        beside = data_dir.resolve().parent
-        masks_root = beside if data_dir.resolve().name == "test" and (beside / MASKS_FOLDER).is_dir() else data_dir
-        return data_dir, masks_root
+        category = _category_of_test_folder(data_dir)
+        return data_dir, category if category is not None and (category / MASKS_FOLDER).is_dir() else data_dir
     raise TestSetError(
         f"{data_dir} has no test/ folder and no good/ folder, so there is nothing to measure detection on: "
         "a folder of good images only allows calibrating the threshold. Evaluation needs good/ and one or more "
@@ -103,10 +102,15 @@ def folders_of_test_set(data_dir: Path) -> tuple[Path, Path]:
     )
 
 
+def _category_of_test_folder(data_dir: Path) -> Path | None:
+    """The category folder of a data directory that is <category>/test itself, else None."""
+    resolved = data_dir.resolve()
+    return resolved.parent if resolved.name == "test" else None
+
+
 def name_of_test_set(data_dir: Path) -> str:
     """The test set's name for a report: its category's, where the data directory is <category>/test."""
-    resolved = data_dir.resolve()
-    return resolved.parent.name if resolved.name == "test" else resolved.name
+    return (_category_of_test_folder(data_dir) or data_dir.resolve()).name
 
 
 def _mask_of(masks_root: Path, defect: str, image_path: Path) -> Path | None:

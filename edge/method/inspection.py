@@ -21,7 +21,6 @@ import numpy as np
 from edge.backends.base import Backend
 from edge.manifest import ManifestError
 from edge.method.anomaly_map import image_score
-
 from edge.method.regions import defect_boxes
 from edge.results import FrameResult
 from edge.method.roi import IgnoreMask, Roi
